@@ -1,0 +1,154 @@
+"""Search-space vocabulary: Float, Int, Choice, Beta and Fixed.
+
+Each dimension maps 1:1 onto an Optuna distribution but this module never imports Optuna:
+``suggest(trial, name)`` only calls the ``trial.suggest_*`` methods (duck typing), so the catalog
+tables that use these types stay cheap to import.
+
+``Beta`` is the one twist: a momentum-like coefficient close to 1 (β2 = 0.999) is sampled on a
+log scale of ``1 - β``, so 0.9, 0.99 and 0.999 are equally likely. Its Optuna parameter is named
+``<name>.one_minus`` and holds ``1 - β``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
+
+
+class TrialLike(Protocol):
+    """The part of ``optuna.Trial`` a dimension needs."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Float:
+    """A real number in [low, high], optionally on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"low must be <= high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got low={self.low}")
+
+    def suggest(self, trial: TrialLike, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def grid(self, n: int) -> list[float]:
+        if n == 1 or self.low == self.high:
+            return [self.low]
+        if self.log:
+            a, b = math.log(self.low), math.log(self.high)
+            return [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
+        return [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer in [low, high], optionally on a log scale."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"low must be <= high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got low={self.low}")
+
+    def suggest(self, trial: TrialLike, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log)
+
+    def grid(self, n: int) -> list[int]:
+        values = Float(self.low, self.high, self.log).grid(n)
+        return sorted({int(round(v)) for v in values})
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed list of options (str, int, float or bool)."""
+
+    options: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.options) == 0:
+            raise ValueError("a choice needs at least one option, got an empty list")
+        object.__setattr__(self, "options", tuple(self.options))
+
+    def suggest(self, trial: TrialLike, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.options))
+
+    def grid(self, n: int) -> list[Any]:
+        return list(self.options)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "choice", "options": list(self.options)}
+
+
+@dataclass(frozen=True)
+class Beta:
+    """A coefficient β in [low, high] ⊂ [0, 1), sampled log-uniformly in ``1 - β``."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high < 1:
+            raise ValueError(f"a beta range needs 0 <= low <= high < 1, got low={self.low}, high={self.high}")
+
+    @property
+    def _one_minus(self) -> Float:
+        return Float(1 - self.high, 1 - self.low, log=True)
+
+    def suggest(self, trial: TrialLike, name: str) -> float:
+        return 1.0 - self._one_minus.suggest(trial, f"{name}.one_minus")
+
+    def grid(self, n: int) -> list[float]:
+        return [1.0 - v for v in self._one_minus.grid(n)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "beta", "low": self.low, "high": self.high, "scale": "log(1-beta)"}
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A value that is not searched (a pinned hyperparameter)."""
+
+    value: Any
+
+    def suggest(self, trial: TrialLike, name: str) -> Any:
+        return self.value
+
+    def grid(self, n: int) -> list[Any]:
+        return [self.value]
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "fixed", "value": self.value}
+
+
+Dimension = Union[Float, Int, Choice, Beta, Fixed]
+
+
+def optuna_param_names(dimension: Dimension, name: str) -> list[str]:
+    """The Optuna parameter names a dimension registers when suggested under ``name``."""
+    if isinstance(dimension, Fixed):
+        return []
+    if isinstance(dimension, Beta):
+        return [f"{name}.one_minus"]
+    return [name]
