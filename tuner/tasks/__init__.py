@@ -1,0 +1,12 @@
+"""Training tasks: the ``Task`` protocol, the built-in offline tasks and loading a user's own task.
+
+Cheap to import: torch, numpy and scikit-learn are imported only when a task builds its model or data.
+"""
+
+from tuner.tasks.base import SimpleTask, Task, TaskData, TaskSpec
+from tuner.tasks.builtin import BUILTIN_TASKS
+from tuner.tasks.loader import check_task, load_task, resolve_task_file
+
+__all__ = [
+    "BUILTIN_TASKS", "SimpleTask", "Task", "TaskData", "TaskSpec", "check_task", "load_task", "resolve_task_file",
+]

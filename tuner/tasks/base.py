@@ -1,0 +1,196 @@
+"""The Task protocol, the data a task hands to the trainer, and ``SimpleTask``.
+
+A task is what gets trained: it builds a model, loads its (small, in-memory) data, and says how to
+score outputs. The trainer seeds torch, calls ``build_model()``, moves ``load_data()`` to the device
+once, slices mini-batches by index, and averages ``metrics()`` over validation chunks weighted by
+their size. So ``metrics`` must return per-batch *means* over examples and always include ``"loss"``.
+
+This module does not import torch: tensors are only touched through their methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
+
+DIRECTIONS = ("maximize", "minimize")
+
+#: What an object must have to be used as a Task (attributes, then methods).
+TASK_ATTRIBUTES = ("name", "metric", "direction", "directions", "default_batch_size")
+TASK_METHODS = ("build_model", "load_data", "loss", "metrics")
+
+
+@dataclass
+class TaskData:
+    """In-memory train and validation tensors; the first dimension of each indexes examples."""
+
+    train_inputs: Any
+    train_targets: Any
+    val_inputs: Any
+    val_targets: Any
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val"):
+            inputs, targets = getattr(self, f"{split}_inputs"), getattr(self, f"{split}_targets")
+            for name, tensor in ((f"{split}_inputs", inputs), (f"{split}_targets", targets)):
+                if not hasattr(tensor, "shape") or len(tensor.shape) == 0:
+                    raise ValueError(f"{name} must be a tensor with an examples dimension, got {type(tensor).__name__}")
+            if inputs.shape[0] != targets.shape[0]:
+                raise ValueError(
+                    f"{split}_inputs and {split}_targets must have as many examples, "
+                    f"got {inputs.shape[0]} and {targets.shape[0]}"
+                )
+            if inputs.shape[0] == 0:
+                raise ValueError(f"{split} split is empty")
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_inputs.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val_inputs.shape[0])
+
+    def to(self, device: Any) -> "TaskData":
+        """A copy with every tensor moved to ``device``."""
+        return TaskData(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the trainer needs from a task (see the module docstring for the contract)."""
+
+    name: str
+    metric: str
+    direction: str
+    directions: Mapping[str, str]
+    default_batch_size: Optional[int]
+
+    def build_model(self) -> Any: ...
+
+    def load_data(self) -> TaskData: ...
+
+    def loss(self, outputs: Any, targets: Any) -> Any: ...
+
+    def metrics(self, outputs: Any, targets: Any) -> dict[str, float]: ...
+
+
+def validate_directions(metric: str, direction: str, directions: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` unless ``direction`` is valid and ``directions[metric] == direction``."""
+    for key, value in {**directions, metric: direction}.items():
+        if value not in DIRECTIONS:
+            raise ValueError(f"direction of {key!r} must be 'maximize' or 'minimize', got {value!r}")
+    if "loss" not in directions:
+        raise ValueError(f"directions must include 'loss', got directions={dict(directions)}")
+    if metric not in directions:
+        raise ValueError(f"metric {metric!r} is not in directions {sorted(directions)}")
+    if directions[metric] != direction:
+        raise ValueError(f"direction={direction!r} disagrees with directions[{metric!r}]={directions[metric]!r}")
+
+
+def missing_task_members(obj: Any) -> list[str]:
+    """The Task attributes and methods ``obj`` lacks (methods must be callable)."""
+    missing = [name for name in TASK_ATTRIBUTES if not hasattr(obj, name)]
+    missing += [f"{name}()" for name in TASK_METHODS if not callable(getattr(obj, name, None))]
+    return missing
+
+
+@dataclass
+class SimpleTask:
+    """A Task made of plain callables, for user task files::
+
+        def make_task():
+            return SimpleTask(name="mine", model_fn=build, data_fn=load, loss_fn=torch.nn.functional.cross_entropy,
+                              metrics_fn=lambda out, y: {"accuracy": (out.argmax(1) == y).float().mean().item()},
+                              metric="accuracy", direction="maximize")
+
+    ``data_fn`` returns a ``TaskData`` (or a ``(train_x, train_y, val_x, val_y)`` tuple) and is called
+    once per task object. ``metrics_fn`` may be omitted; ``"loss"`` is always added to the metrics.
+    ``directions`` defaults to ``{"loss": "minimize", metric: direction}``.
+    """
+
+    name: str
+    model_fn: Callable[[], Any]
+    data_fn: Callable[[], Any]
+    loss_fn: Callable[[Any, Any], Any]
+    metrics_fn: Optional[Callable[[Any, Any], Mapping[str, Any]]] = None
+    metric: str = "loss"
+    direction: str = "minimize"
+    directions: Mapping[str, str] = field(default_factory=dict)
+    default_batch_size: Optional[int] = 64
+    _data: Optional[TaskData] = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("model_fn", "data_fn", "loss_fn"):
+            if not callable(getattr(self, name)):
+                raise ValueError(f"{name} must be callable, got {name}={getattr(self, name)!r}")
+        if self.metrics_fn is not None and not callable(self.metrics_fn):
+            raise ValueError(f"metrics_fn must be callable or None, got metrics_fn={self.metrics_fn!r}")
+        self.directions = {"loss": "minimize", self.metric: self.direction, **self.directions}
+        validate_directions(self.metric, self.direction, self.directions)
+        if self.default_batch_size is not None and self.default_batch_size < 1:
+            raise ValueError(
+                f"default_batch_size must be >= 1 or None, got default_batch_size={self.default_batch_size}"
+            )
+
+    def build_model(self) -> Any:
+        """A fresh model (the trainer seeds torch first)."""
+        return self.model_fn()
+
+    def load_data(self) -> TaskData:
+        """The task's data, loaded once per task object."""
+        if self._data is None:
+            data = self.data_fn()
+            self._data = data if isinstance(data, TaskData) else TaskData(*data)
+        return self._data
+
+    def loss(self, outputs: Any, targets: Any) -> Any:
+        """Scalar mean loss of a batch."""
+        return self.loss_fn(outputs, targets)
+
+    def metrics(self, outputs: Any, targets: Any) -> dict[str, float]:
+        """Per-batch means: ``metrics_fn``'s values plus ``"loss"``."""
+        values = dict(self.metrics_fn(outputs, targets)) if self.metrics_fn is not None else {}
+        if "loss" not in values:
+            values["loss"] = self.loss_fn(outputs, targets)
+        return {key: _as_float(value) for key, value in values.items()}
+
+
+def _as_float(value: Any) -> float:
+    return float(value.item()) if hasattr(value, "item") else float(value)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A built-in task: its name, a one-line description, ``factory(**options)`` and the option defaults."""
+
+    name: str
+    description: str
+    factory: Callable[..., Task]
+    options: Mapping[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for the catalog (``tuner tasks``)."""
+        return {"name": self.name, "description": self.description, "options": dict(self.options)}
+
+
+# --- shared helpers for classification-style tasks (torch imported lazily) ---------------------
+
+
+def cross_entropy(logits: Any, targets: Any) -> Any:
+    """Mean cross-entropy; logits ``(..., classes)``, targets ``(...)`` class indices."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def classification_metrics(logits: Any, targets: Any) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over every predicted position."""
+    flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return {
+        "loss": cross_entropy(flat_logits, flat_targets).item(),
+        "accuracy": (flat_logits.argmax(-1) == flat_targets).float().mean().item(),
+    }
+
+
+CLASSIFICATION_DIRECTIONS = {"loss": "minimize", "accuracy": "maximize"}
