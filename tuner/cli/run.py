@@ -1,0 +1,80 @@
+"""``tuner run``: create or resume a study from a study file and run its trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tuner.cli._common import user_errors
+
+
+@user_errors
+def run(
+    study_file: Annotated[Path, typer.Argument(help="study file (YAML)")],
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="target number of finished trials (overrides the file)")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="local worker processes on the same storage")] = 1,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: file, $TUNER_STORAGE, sqlite:///tuner.db)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI ('none' disables)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+) -> None:
+    """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
+    from tuner import engine
+
+    prepared = engine.prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
+    budget = prepared.spec.budget
+    options = engine.RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs)
+    try:
+        with _Progress(prepared.spec.name, options.n_trials) as progress:
+            study = engine.run_study(prepared, options, on_trial=progress.update)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.", err=True)
+        raise typer.Exit(130)
+    _print_result(study, prepared)
+
+
+class _Progress:
+    """A rich progress bar: trials done/total, best so far, pruned/failed counts, ETA."""
+
+    def __init__(self, name: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+        )
+        self.task = self.progress.add_task(name, total=total, stats="")
+
+    def __enter__(self) -> "_Progress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, study) -> None:
+        from tuner.engine import summarize
+
+        summary = summarize(study)
+        done = summary.get("complete", 0) + summary.get("pruned", 0)
+        best = f"best {summary['best_value']:.4g}" if "best_value" in summary else "best -"
+        stats = f"{best}  pruned {summary.get('pruned', 0)}  failed {summary.get('fail', 0)}"
+        self.progress.update(self.task, completed=min(done, self.progress.tasks[0].total), stats=stats)
+
+
+def _print_result(study, prepared) -> None:
+    from tuner.engine import best_trial, summarize
+
+    summary = summarize(study)
+    counts = ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail"))
+    typer.echo(f"study {study.study_name!r}: {counts}")
+    if "best_value" not in summary:
+        typer.echo("no complete trial yet")
+        return
+    trial = best_trial(study)
+    recipe = trial.user_attrs["recipe"]
+    typer.echo(f"best {prepared.metric} = {trial.value:.6g} (trial {trial.number}): {recipe['optimizer']} lr={recipe['lr']:.3g} "
+               f"schedule={recipe['schedule']}")
+    typer.echo(f"next: tuner best {study.study_name}   |   tuner export {study.study_name} --format python")

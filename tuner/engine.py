@@ -1,0 +1,360 @@
+"""The Optuna side: study create-or-resume, sampler and pruner tables, the objective, local workers.
+
+``prepare`` validates a study file completely (names, ranges, task, metric) and writes nothing;
+``run_study`` then creates or resumes the study in its storage and runs trials until the study
+holds ``n_trials`` finished trials (complete or pruned) or ``timeout`` passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.errors import TunerError, lookup
+from tuner.recipe import Recipe
+from tuner.search import SearchSpace, resolve_space
+from tuner.spec import StudySpec, load_study, parse_study
+from tuner.tasks import Task, load_task
+from tuner.tracking import Tracker, TrialRun, make_tracker
+from tuner.train import Evaluation, FitResult, TrainBudget, fit
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPEC_ATTR, SPEC_DIR_ATTR, PARENT_RUN_ATTR = "spec", "spec_dir", "mlflow_parent_run_id"
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, space, **o: optuna.samplers.TPESampler(seed=seed, **{"multivariate": True, "group": True, **o}),
+    "random": lambda seed, space, **o: optuna.samplers.RandomSampler(seed=seed, **o),
+    "grid": lambda seed, space, points=3, **o: optuna.samplers.GridSampler(space.grid(points), seed=seed, **o),
+    "gp": lambda seed, space, **o: optuna.samplers.GPSampler(seed=seed, **o),
+    "cmaes": lambda seed, space, **o: optuna.samplers.CmaEsSampler(seed=seed, **o),
+    "qmc": lambda seed, space, **o: optuna.samplers.QMCSampler(seed=seed, **o),
+}
+
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "median": lambda **o: optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **o}),
+    "asha": lambda **o: optuna.pruners.SuccessiveHalvingPruner(**o),
+    "hyperband": lambda **o: optuna.pruners.HyperbandPruner(**o),
+    "none": lambda **o: optuna.pruners.NopPruner(),
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated study: everything needed to run trials, nothing written yet."""
+
+    spec: StudySpec
+    spec_dir: str
+    task: Task
+    space: SearchSpace
+    metric: str
+    direction: str
+    storage_url: str
+    tracking_uri: str
+    device: str
+
+
+def prepare(source: str | Path | StudySpec, *, storage: Optional[str] = None, tracking_uri: Optional[str] = None,
+            device: Optional[str] = None, spec_dir: Optional[str] = None) -> Prepared:
+    """Load and check a study (file path or spec): names, ranges, task and metric. Raises ``TunerError``."""
+    if isinstance(source, StudySpec):
+        spec, where = source, source.name
+    else:
+        spec, where = load_study(source), str(source)
+        spec_dir = spec_dir or str(Path(source).resolve().parent)
+    spec_dir = spec_dir or os.getcwd()
+    try:
+        task = load_task(spec.task.name, spec.task.options, base_dir=spec_dir)
+        space = resolve_space(spec.space, task.default_batch_size)
+    except TunerError as error:
+        raise TunerError(f"{where}: {error}") from None
+    metric = spec.metric or task.metric
+    if metric not in task.directions:
+        raise TunerError(f"{where}: metric: unknown metric {metric!r} for task {spec.task.name!r}; "
+                         f"valid metrics: {', '.join(sorted(task.directions))}")
+    direction = spec.direction or task.directions[metric]
+    return Prepared(spec, spec_dir, task, space, metric, direction, spec.resolved_storage(storage),
+                    spec.resolved_tracking_uri(tracking_uri), device or spec.device)
+
+
+def quiet_libraries() -> None:
+    """Keep Optuna's and MLflow's INFO chatter and experimental-feature warnings off the user's terminal."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*noload.*")
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A per-trial seed derived from the study seed and the trial number (stable across processes)."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+def open_storage(url: str, attempts: int = 3, wait: float = 1.0) -> optuna.storages.BaseStorage:
+    """An RDB storage for ``url``, retried a few times (a database restarting, two processes creating the schema at
+    once); still unreachable, it is a ``TunerError`` naming the URL with its password masked."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except Exception as error:
+            if attempt == attempts - 1:
+                raise TunerError(f"cannot open storage {mask_url(url)}: {type(error).__name__}: {_first_line(error)}") from None
+            time.sleep(wait * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ""
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_existing_study(name: str, storage_url: str) -> optuna.Study:
+    """An existing study, or ``TunerError`` listing the studies that exist."""
+    storage = open_storage(storage_url)
+    names = study_names(storage)
+    if name not in names:
+        listing = ", ".join(sorted(names)) or "(none)"
+        raise TunerError(f"no study named {name!r} in {mask_url(storage_url)}; studies: {listing}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
+    """Create the study (and its MLflow parent run) or resume it when one of that name exists."""
+    quiet_libraries()
+    spec = prepared.spec
+    storage = open_storage(prepared.storage_url)
+    exists = spec.name in study_names(storage)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=prepared.direction, load_if_exists=True)
+    if exists and study.direction.name.lower() != prepared.direction:
+        raise TunerError(f"study {spec.name!r} exists with direction {study.direction.name.lower()}, "
+                         f"but the study file asks for {prepared.direction}")
+    study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+    study.set_user_attr(SPEC_DIR_ATTR, prepared.spec_dir)
+    study.set_user_attr("metric", prepared.metric)
+    if PARENT_RUN_ATTR not in study.user_attrs:
+        parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
+        study.set_user_attr(PARENT_RUN_ATTR, parent)
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# -- the objective ----------------------------------------------------------------------------------
+
+class Objective:
+    """Sample a recipe, train it, report every evaluation to the pruner, log the trial to the tracker."""
+
+    def __init__(self, prepared: Prepared, tracker: Tracker, parent_run_id: Optional[str]) -> None:
+        self.prepared, self.tracker, self.parent_run_id = prepared, tracker, parent_run_id
+        budget = prepared.spec.budget
+        self.budget = TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        recipe = self.prepared.space.sample(trial)
+        seed = trial_seed(self.prepared.spec.seed, trial.number)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        trial.set_user_attr("seed", seed)
+        run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
+                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
+        started = time.perf_counter()
+        state, reason, value, curve = "FAIL", "error", None, []
+        try:
+            result = self._fit(trial, recipe, seed, run)
+            curve = result.lr_curve
+            trial.set_user_attr("total_steps", result.total_steps)
+            state, reason, value = outcome(result, self.prepared.metric)
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            raise
+        except Exception as error:
+            reason = f"error: {type(error).__name__}: {error}"
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("duration_s", round(duration, 3))
+            errors = self.tracker.end_trial(run, state, reason, duration, curve, value)
+            if errors:
+                trial.set_user_attr("tracking_errors", errors[:5])
+        if state == "PRUNED":
+            raise optuna.TrialPruned(reason)
+        return value
+
+    def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun) -> FitResult:
+        prepared = self.prepared
+
+        def on_eval(evaluation: Evaluation) -> bool:
+            self.tracker.log_metrics(run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
+            trial.report(evaluation.metrics[prepared.metric], evaluation.step)
+            return trial.should_prune()
+
+        return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
+                   on_eval=on_eval, device=prepared.device, seed=seed, deterministic=prepared.spec.deterministic)
+
+
+def outcome(result: FitResult, metric: str) -> tuple[str, str, Optional[float]]:
+    """(state, reason, value) of a finished fit: best evaluation for complete runs; pruned otherwise."""
+    if result.status in ("completed", "early_stopped") and result.best is not None:
+        reason = "completed" if result.status == "completed" else f"early stopped: {result.reason}"
+        return "COMPLETE", reason, result.best.metrics[metric]
+    last = result.evaluations[-1].metrics[metric] if result.evaluations else None
+    if result.status == "stopped":
+        return "PRUNED", f"pruned at step {result.steps_done}", last
+    return "PRUNED", result.reason or "no evaluation", last
+
+
+# -- running ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunOptions:
+    n_trials: int
+    timeout: Optional[float] = None
+    jobs: int = 1
+
+
+def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
+    """Create or resume the study and run it to ``n_trials`` finished trials, with ``jobs`` local processes."""
+    tracker = make_tracker(prepared.tracking_uri)
+    study = open_study(prepared, tracker)
+    workers = _start_workers(prepared, options) if options.jobs > 1 else []
+    try:
+        optimize(study, prepared, tracker, options, worker_index=0, on_trial=on_trial)
+    except KeyboardInterrupt:
+        for worker in workers:  # they got the same SIGINT from the terminal; give them a moment to mark their trials
+            worker.join(timeout=10)
+            worker.terminate()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
+        tracker.end_study(study.user_attrs.get(PARENT_RUN_ATTR), _best_recipe_or_none(study), summarize(study))
+    return study
+
+
+def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options: RunOptions, worker_index: int,
+             on_trial: Optional[Callable[[optuna.Study], None]] = None) -> None:
+    """Run trials in this process until the study holds ``n_trials`` finished trials or ``timeout`` passes."""
+    remaining = options.n_trials - finished_count(study)
+    if remaining <= 0:
+        return
+    study.sampler = make_sampler(prepared, worker_index, len(study.trials))
+    study.pruner = make_pruner(prepared)
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if on_trial is not None:
+            on_trial(study)
+        if finished_count(study) >= options.n_trials:
+            study.stop()
+
+    objective = Objective(prepared, tracker, study.user_attrs.get(PARENT_RUN_ATTR))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
+
+
+def make_sampler(prepared: Prepared, worker_index: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from the study seed, this worker and how far the study is (so a resume or a second
+    worker does not replay the same random draws)."""
+    spec = prepared.spec.sampler
+    factory = lookup(SAMPLERS, "sampler", spec.name)
+    seed = trial_seed(prepared.spec.seed, 1_000_003 * worker_index + trials_so_far)
+    try:
+        return factory(seed, prepared.space, **spec.options)
+    except TypeError as error:
+        raise TunerError(f"sampler {spec.name!r}: bad options {spec.options}: {error}") from None
+
+
+def make_pruner(prepared: Prepared) -> optuna.pruners.BasePruner:
+    spec = prepared.spec.pruner
+    factory = lookup(PRUNERS, "pruner", spec.name)
+    try:
+        return factory(**spec.options)
+    except TypeError as error:
+        raise TunerError(f"pruner {spec.name!r}: bad options {spec.options}: {error}") from None
+
+
+def _start_workers(prepared: Prepared, options: RunOptions) -> list[multiprocessing.Process]:
+    context = multiprocessing.get_context("spawn")
+    args = (prepared.spec.model_dump(mode="json"), prepared.spec_dir, prepared.storage_url, prepared.tracking_uri,
+            prepared.device, options)
+    workers = [context.Process(target=_worker_main, args=(*args, index), daemon=False) for index in range(1, options.jobs)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def _worker_main(spec: dict, spec_dir: str, storage_url: str, tracking_uri: str, device: str, options: RunOptions,
+                 worker_index: int) -> None:
+    """Entry point of a local worker process started by ``run_study(jobs=K)``."""
+    logging.disable(logging.WARNING)
+    prepared = prepare(parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device, spec_dir=spec_dir)
+    tracker = make_tracker(tracking_uri)
+    study = optuna.load_study(study_name=prepared.spec.name, storage=open_storage(storage_url))
+    try:
+        optimize(study, prepared, tracker, options, worker_index)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- results --------------------------------------------------------------------------------------------
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        raise TunerError(f"study {study.study_name!r} has no complete trial yet") from None
+
+
+def best_recipe(study: optuna.Study) -> Recipe:
+    return Recipe.from_dict(best_trial(study).user_attrs["recipe"])
+
+
+def _best_recipe_or_none(study: optuna.Study) -> Optional[dict[str, Any]]:
+    try:
+        return best_trial(study).user_attrs.get("recipe")
+    except TunerError:
+        return None
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Counts by state, best value and best trial number."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    summary: dict[str, Any] = {"trials": len(trials), **{k: v for k, v in counts.items() if v}}
+    best = [t for t in trials if t.state == TrialState.COMPLETE]
+    if best:
+        trial = study.best_trial
+        summary.update(best_value=trial.value, best_trial=trial.number)
+    return summary

@@ -1,0 +1,201 @@
+"""The study file: pydantic models, ``load_study(path) -> StudySpec`` and its JSON Schema.
+
+A five-line study file works::
+
+    name: quickstart
+    task: digits-mlp
+    space:
+      optimizers: [adam, sgd]
+      schedules: [constant, cosine]
+
+Everything else has a default. Names of optimizers, schedules, samplers and pruners are checked
+against their tables here, so a bad file fails before anything is written to a study or to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner.errors import TunerError
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+SAMPLER_NAMES = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
+PRUNER_NAMES = ("median", "asha", "hyperband", "none")
+
+# A range in the file: {low, high, log?} or a list of choices or a single fixed value.
+RangeValue = Union[dict[str, Any], list[Any], float, int, str, bool, None]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskRef(Strict):
+    """A built-in task name, ``path/to/file.py:make_task`` or ``package.module:make_task``, and its options."""
+
+    name: str = Field(description="built-in task name, 'file.py:function' or 'package.module:function'")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the task factory")
+
+
+class Budget(Strict):
+    """How long each trial trains and how many trials the study runs."""
+
+    epochs: Optional[int] = Field(None, gt=0, description="passes over the training set (default 10 unless steps is set)")
+    steps: Optional[int] = Field(None, gt=0, description="optimizer steps per trial (instead of epochs)")
+    eval_every: Optional[int] = Field(
+        None, gt=0, description="evaluate every this many epochs (epoch budget) or steps (step budget); default: 1 epoch / steps//10"
+    )
+    patience: Optional[int] = Field(None, gt=0, description="stop a trial after this many evaluations without improvement")
+    n_trials: int = Field(20, gt=0, description="target number of finished (complete or pruned) trials in the study")
+    timeout: Optional[float] = Field(None, gt=0, description="stop starting new trials after this many seconds")
+    divergence_factor: float = Field(
+        1e3, gt=1, description="a training loss above this multiple of the first loss counts as divergence"
+    )
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "Budget":
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"set either epochs or steps, not both (got epochs={self.epochs}, steps={self.steps})")
+        return self
+
+
+class NamedOptions(Strict):
+    """A table entry chosen by name, with keyword options for its constructor."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SpaceSpec(Strict):
+    """What is searched. ``optimizers``/``schedules`` are a list of names or a mapping from name to overrides of that entry's
+    default ranges (``{lr: {low: 1e-4, high: 1e-2}, beta2: {low: 0.99, high: 0.9999}}``); a range is ``{low, high, log}``,
+    a list of choices, or a single fixed value."""
+
+    optimizers: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(default_factory=lambda: ["adam", "sgd", "momentum"])
+    schedules: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(default_factory=lambda: ["constant", "cosine"])
+    batch_size: RangeValue = Field(None, description="batch size choices; null = the task's default (full batch if it has none)")
+    weight_decay: RangeValue = Field(0.0, description="weight decay: a value or a range")
+    weight_decay_mode: RangeValue = Field("coupled", description="'coupled' (L2), 'decoupled', or a list of both")
+    clip_norm: RangeValue = Field(None, description="gradient norm clipping: null, a value or a range")
+    clip_value: RangeValue = Field(None, description="gradient value clipping: null, a value or a range")
+    warmup: RangeValue = Field(0, description="warmup in steps (int) or as a fraction (< 1) of training: a value or a range")
+    warmup_kind: RangeValue = Field("linear", description="'linear' or 'exponential'")
+
+    @field_validator("optimizers", "schedules")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if len(value) == 0:
+            raise ValueError("must name at least one entry, got an empty list")
+        return value
+
+
+class StudySpec(Strict):
+    """A whole study file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="study name (letters, digits, _ . -)")
+    task: TaskRef
+    metric: Optional[str] = Field(None, description="metric to optimize; default: the task's")
+    direction: Optional[Literal["maximize", "minimize"]] = Field(None, description="default: the task's direction for the metric")
+    budget: Budget = Field(default_factory=Budget)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    sampler: NamedOptions = Field(default_factory=lambda: NamedOptions(name="tpe"))
+    pruner: NamedOptions = Field(default_factory=lambda: NamedOptions(name="median"))
+    seed: int = 0
+    deterministic: bool = Field(False, description="torch deterministic algorithms (bit-identical reruns on CPU)")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1' ...")
+    storage: Optional[str] = Field(None, description=f"Optuna storage URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
+    tracking_uri: Optional[str] = Field(
+        None, description=f"MLflow tracking URI; default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}; 'none' disables"
+    )
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("sampler", "pruner", mode="before")
+    @classmethod
+    def _named_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: NamedOptions) -> NamedOptions:
+        _check_name("sampler", value.name, SAMPLER_NAMES)
+        return value
+
+    @field_validator("pruner")
+    @classmethod
+    def _known_pruner(cls, value: NamedOptions) -> NamedOptions:
+        _check_name("pruner", value.name, PRUNER_NAMES)
+        return value
+
+    def resolved_storage(self, override: Optional[str] = None) -> str:
+        return absolute_sqlite(override or self.storage or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE)
+
+    def resolved_tracking_uri(self, override: Optional[str] = None) -> str:
+        return absolute_sqlite(override or self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def absolute_sqlite(url: str) -> str:
+    """``sqlite:///tuner.db`` relative to the current directory, made absolute so that every process (and MLflow's
+    per-URI store cache) sees the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + os.path.abspath(url[len(prefix):])
+    return url
+
+
+def _check_name(kind: str, name: str, valid: tuple[str, ...]) -> None:
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file; any problem raises ``TunerError`` naming the file, field and value."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunerError(f"{path}: study file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise TunerError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise TunerError(f"{path}: a study file must be a mapping of keys (name, task, space ...), got {type(data).__name__}")
+    return parse_study(data, source=str(path))
+
+
+def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
+    """Validate a study given as a dict (what a study file holds)."""
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as error:
+        raise TunerError(f"{source}: invalid study file:\n{format_validation_error(error)}") from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {location}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a study file (for editor autocompletion)."""
+    schema = StudySpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tuner study file"
+    return schema
