@@ -247,9 +247,11 @@ class RunOptions:
 
 def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
     """Create or resume the study and run it to ``n_trials`` finished trials, with ``jobs`` local processes."""
+    quiet_libraries()
     tracker = make_tracker(prepared.tracking_uri)
     study = open_study(prepared, tracker)
     workers = _start_workers(prepared, options) if options.jobs > 1 else []
+    share_cpu_threads(options.jobs)
     try:
         optimize(study, prepared, tracker, options, worker_index=0, on_trial=on_trial)
     except KeyboardInterrupt:
@@ -305,6 +307,15 @@ def make_pruner(prepared: Prepared) -> optuna.pruners.BasePruner:
         raise TunerError(f"pruner {spec.name!r}: bad options {spec.options}: {error}") from None
 
 
+def share_cpu_threads(processes: int) -> None:
+    """Give each of ``processes`` local training processes its share of the CPU cores (oversubscribed intra-op
+    threads make small models many times slower)."""
+    if processes > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+
+
 def _start_workers(prepared: Prepared, options: RunOptions) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")
     args = (prepared.spec.model_dump(mode="json"), prepared.spec_dir, prepared.storage_url, prepared.tracking_uri,
@@ -319,6 +330,7 @@ def _worker_main(spec: dict, spec_dir: str, storage_url: str, tracking_uri: str,
                  worker_index: int) -> None:
     """Entry point of a local worker process started by ``run_study(jobs=K)``."""
     logging.disable(logging.WARNING)
+    share_cpu_threads(options.jobs)
     prepared = prepare(parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device, spec_dir=spec_dir)
     tracker = make_tracker(tracking_uri)
     study = optuna.load_study(study_name=prepared.spec.name, storage=open_storage(storage_url))
