@@ -1,0 +1,136 @@
+"""The engine's population path: ask Optuna for N trials at once, train them in one vectorized pass, tell each.
+
+``engine.optimize`` calls ``optimize_population`` when ``RunOptions.population > 1``. Every member stays an
+ordinary trial: the same user attrs ("recipe", "seed", "reason", "duration_s", "total_steps"), the same MLflow
+child run through the Tracker, the same pruning (each member reports to its own trial at each evaluation and
+leaves the population when its trial should be pruned), the same outcome rules (``engine.outcome``).
+``duration_s`` is the wall time of the shared pass until that member finished; user attr ``population`` is the
+number of members it was stacked with (1: it trained sequentially, see ``tuner.population``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome, trial_seed
+from tuner.population import fit_population
+from tuner.recipe import Recipe
+from tuner.tracking import Tracker, TrialRun
+from tuner.train import Evaluation, FitResult
+
+
+@dataclass
+class _Member:
+    trial: Any
+    recipe: Recipe
+    seed: int
+    run: TrialRun
+
+
+def optimize_population(study: Any, prepared: Prepared, tracker: Tracker, options: RunOptions,
+                        on_trial: Optional[Callable[[Any], None]] = None) -> None:
+    """Run populations of up to ``options.population`` trials until the study holds ``n_trials`` finished trials,
+    ``timeout`` passes, or as many trials as were missing at the start have been asked."""
+    objective = Objective(prepared, tracker, study.user_attrs.get(PARENT_RUN_ATTR))
+    started, asked = time.monotonic(), 0
+    budget = options.n_trials - finished_count(study)
+    while asked < budget and finished_count(study) < options.n_trials:
+        if options.timeout is not None and time.monotonic() - started > options.timeout:
+            break
+        size = min(options.population, budget - asked, options.n_trials - finished_count(study))
+        asked += size
+        _run_population(study, objective, size)
+        if on_trial is not None:
+            on_trial(study)
+
+
+def _run_population(study: Any, objective: Objective, size: int) -> None:
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    prepared, tracker = objective.prepared, objective.tracker
+    optuna.storages.fail_stale_trials(study)  # what study.optimize does before each trial
+    with warnings.catch_warnings():  # heartbeats work with ask/tell too: we run the threads study.optimize would
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        members = [_start_member(study.ask(), objective) for _ in range(size)]
+    heartbeats = [get_heartbeat_thread(m.trial._trial_id, study._storage) for m in members]
+    for heartbeat in heartbeats:
+        heartbeat.start()
+    try:
+        _train(study, objective, members)
+    finally:
+        for heartbeat in heartbeats:
+            heartbeat.join()
+
+
+def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
+    prepared, tracker = objective.prepared, objective.tracker
+    started = time.perf_counter()
+    try:
+        results = fit_population(
+            prepared.task, [m.recipe for m in members], objective.budget, seeds=[m.seed for m in members],
+            on_eval=[_on_eval(m, tracker, prepared.metric) for m in members], metric=prepared.metric,
+            direction=prepared.direction, device=prepared.device, deterministic=prepared.spec.deterministic,
+        )
+    except KeyboardInterrupt:
+        _fail_all(study, members, tracker, "interrupted", time.perf_counter() - started)
+        raise
+    except Exception as error:  # the sequential path marks such a trial FAIL and goes on; so do we, for each member
+        _fail_all(study, members, tracker, f"error: {type(error).__name__}: {error}", time.perf_counter() - started)
+        return
+    for member, result in zip(members, results):
+        _finish_member(study, member, result, tracker, prepared.metric)
+
+
+def _start_member(trial: Any, objective: Objective) -> _Member:
+    recipe = objective.prepared.space.sample(trial)
+    seed = trial.user_attrs.get("seed", trial_seed(objective.prepared.spec.seed, trial.number))  # a retry keeps its seed
+    trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    run = objective.tracker.start_trial(objective.parent_run_id, objective.prepared.spec.name, trial.number, recipe,
+                                        {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
+    trial.set_user_attr("mlflow_run_id", run.run_id or "")
+    return _Member(trial, recipe, seed, run)
+
+
+def _on_eval(member: _Member, tracker: Tracker, metric: str) -> Callable[[Evaluation], bool]:
+    def on_eval(evaluation: Evaluation) -> bool:
+        tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
+        member.trial.report(evaluation.metrics[metric], evaluation.step)
+        return member.trial.should_prune()
+
+    return on_eval
+
+
+def _finish_member(study: Any, member: _Member, result: FitResult, tracker: Tracker, metric: str) -> None:
+    from optuna.trial import TrialState
+
+    state, reason, value = outcome(result, metric)
+    trial = member.trial
+    trial.set_user_attr("total_steps", result.total_steps)
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("duration_s", round(result.seconds, 3))
+    trial.set_user_attr("population", int(result.extras.get("population", 1)))
+    errors = tracker.end_trial(member.run, state, reason, result.seconds, result.lr_curve, value)
+    if errors:
+        trial.set_user_attr("tracking_errors", errors[:5])
+    if state == "PRUNED":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, value)
+
+
+def _fail_all(study: Any, members: list[_Member], tracker: Tracker, reason: str, seconds: float) -> None:
+    from optuna.trial import TrialState
+
+    for member in members:
+        member.trial.set_user_attr("reason", reason)
+        member.trial.set_user_attr("duration_s", round(seconds, 3))
+        tracker.end_trial(member.run, "FAIL", reason, seconds, [], None)
+        study.tell(member.trial, state=TrialState.FAIL)

@@ -1,0 +1,399 @@
+"""``fit_population(task, recipes, budget, ...)``: train many recipes of one task in one vectorized pass.
+
+Same contract as ``tuner.train.fit``, per member: member ``i`` trains ``task``'s model with ``recipes[i]`` and
+``seeds[i]``, hears ``on_eval[i]`` at each evaluation (returning True stops that member only) and gets its own
+``FitResult``. Under the hood the members' parameters are stacked (``torch.func.stack_module_state``) and one
+``vmap(functional_call)`` computes every member's loss (one autograd pass their gradients); ``BatchedOptimizer``
+applies each member's own optimizer hyperparameters, LR schedule, weight decay and clipping.
+
+Exactness. Each member equals training it alone with ``fit``: the same model init (``build_model`` right
+after ``torch.manual_seed(seed)``), the same data order (each member's own ``torch.randperm`` generator seeded
+by its seed -- members gather their own mini-batches from the shared data, so different seeds need no
+grouping), the same update rules (tests/test_batched.py, 1e-5 relative in float32).
+
+Members that stop (pruned, diverged, early-stopped) leave the stacks at once, so they cost nothing after; a
+NaN stays in its member's rows (every operation is per member). Members that cannot be stacked -- an
+optimizer without a batched rule, an optimizer switch, a model vmap cannot run (BatchNorm running statistics,
+dropout's random masks and other buffers or randomness fall back: they would not reproduce ``fit``) -- train
+sequentially with ``fit``, after one ``PopulationFallbackWarning``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from tuner.optim.batched import BatchedOptimizer, population_key
+from tuner.recipe import Recipe
+from tuner.schedules import build_schedule
+from tuner.tasks import Task
+from tuner.train import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
+                         plan_steps, resolve_device, seed_everything)
+
+MEMORY_SHARE = 0.5
+"""Fraction of the free device memory a population may plan to use (the cap on its size)."""
+
+
+class PopulationFallbackWarning(UserWarning):
+    """Some members train sequentially (the reason says why)."""
+
+
+def fit_population(
+    task: Task,
+    recipes: Sequence[Recipe],
+    budget: TrainBudget,
+    *,
+    seeds: Sequence[int],
+    on_eval: Optional[Sequence[Optional[OnEval]]] = None,
+    metric: Optional[str] = None,
+    direction: Optional[str] = None,
+    device: str = "auto",
+    deterministic: bool = False,
+    max_members: Optional[int] = None,
+    keep_params: bool = False,
+) -> list[FitResult]:
+    """Train ``recipes`` (member ``i`` with ``seeds[i]`` and ``on_eval[i]``) and return one ``FitResult`` each, in order.
+
+    Members are grouped by what must match to stack them (optimizer and its branch switches, batch size); each
+    group trains in vectorized passes of at most ``max_members`` (default: what fits in ``MEMORY_SHARE`` of the
+    free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
+    """
+    if len(seeds) != len(recipes):
+        raise ValueError(f"need one seed per recipe, got {len(recipes)} recipes and {len(seeds)} seeds")
+    callbacks = list(on_eval) if on_eval is not None else [None] * len(recipes)
+    if len(callbacks) != len(recipes):
+        raise ValueError(f"need one on_eval per recipe, got {len(recipes)} recipes and {len(callbacks)} callbacks")
+    metric = metric or task.metric
+    members = [_Member(i, r, s, callbacks[i] or _never_stop) for i, (r, s) in enumerate(zip(recipes, seeds))]
+    common = _Common(task, budget, metric, direction or task.directions.get(metric, task.direction),
+                     resolve_device(device), deterministic, keep_params)
+    results: dict[int, FitResult] = {}
+    for key, group in _groups(members).items():
+        results.update(_train_group(common, group, key is not None, max_members))
+    return [results[i] for i in range(len(recipes))]
+
+
+def _never_stop(evaluation: Evaluation) -> bool:
+    return False
+
+
+@dataclass
+class _Common:
+    task: Task
+    budget: TrainBudget
+    metric: str
+    direction: str
+    device: torch.device
+    deterministic: bool
+    keep_params: bool
+
+
+@dataclass
+class _Member:
+    """One member's bookkeeping, mirroring ``tuner.train._Run.train`` decision by decision."""
+
+    index: int
+    recipe: Recipe
+    seed: int
+    on_eval: OnEval
+    schedule: Any = None
+    evaluations: list[Evaluation] = field(default_factory=list)
+    lr_curve: list[tuple[int, float]] = field(default_factory=list)
+    best: Optional[Evaluation] = None
+    since_best: int = 0
+    first_loss: Optional[float] = None
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    status: str = "completed"
+    reason: str = ""
+    steps_done: int = 0
+    lr: float = 0.0
+
+
+def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
+    groups: dict[Any, list[_Member]] = {}
+    for member in members:
+        groups.setdefault(population_key(member.recipe), []).append(member)
+    return groups
+
+
+def _train_group(common: _Common, group: list[_Member], stackable: bool, max_members: Optional[int]) -> dict[int, FitResult]:
+    if not stackable:
+        names = sorted({m.recipe.optimizer + (" + switch" if m.recipe.switch else "") for m in group})
+        return _sequential(common, group, f"no batched optimizer for {', '.join(names)}")
+    data = data_on_device(common.task, common.device)
+    seed_everything(group[0].seed, common.deterministic)
+    probe = common.task.build_model().to(common.device)
+    reason = vmap_blocker(probe)
+    if reason is not None:
+        return _sequential(common, group, reason)
+    cap = max_members or population_cap(probe, data.train_inputs, group[0].recipe.batch_size, common.device)
+    results: dict[int, FitResult] = {}
+    for start in range(0, len(group), cap):
+        chunk = group[start:start + cap]
+        try:
+            population = _Population(common, chunk)
+        except _VmapFailed as error:
+            results.update(_sequential(common, chunk, str(error)))
+            continue
+        results.update(population.train())
+    return results
+
+
+def _sequential(common: _Common, group: list[_Member], reason: str) -> dict[int, FitResult]:
+    warnings.warn(f"population training: {len(group)} member(s) of task {common.task.name!r} train sequentially: {reason}",
+                  PopulationFallbackWarning, stacklevel=3)
+    results = {}
+    for m in group:
+        results[m.index] = fit(common.task, m.recipe, common.budget, metric=common.metric, direction=common.direction,
+                               on_eval=m.on_eval, device=str(common.device), seed=m.seed, deterministic=common.deterministic)
+    return results
+
+
+# ----------------------------------------------------------------------------- what vmap can run
+
+
+def vmap_blocker(model: torch.nn.Module) -> Optional[str]:
+    """Why ``model`` cannot train stacked to the same result as alone (buffers, random layers), or None."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.training and module.track_running_stats:
+            return f"module {name!r} ({type(module).__name__}) updates running statistics"
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return f"module {name!r} ({type(module).__name__}) draws random masks"
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        return f"the model has buffers {buffers[:3]} (stateful layers are not stacked)"
+    return None
+
+
+class _VmapFailed(Exception):
+    pass
+
+
+def population_cap(model: torch.nn.Module, inputs: torch.Tensor, batch_size: Optional[int], device: torch.device) -> int:
+    """How many members fit in ``MEMORY_SHARE`` of the free memory of ``device`` (at least 1)."""
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = max(batch_size or len(inputs), min(len(inputs), EVAL_CHUNK))
+    activations = _activation_bytes_per_example(model, inputs[:1]) * rows
+    per_member = 8 * param_bytes + 3 * activations  # params, grads, up to 3 state slots, temporaries; fwd + bwd
+    return max(1, int(MEMORY_SHARE * free_memory(device) // max(per_member, 1)))
+
+
+def _activation_bytes_per_example(model: torch.nn.Module, example: torch.Tensor) -> int:
+    total = [example.numel() * example.element_size()]
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: CUDA's ``mem_get_info``, else the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+# ----------------------------------------------------------------------------- the vectorized run
+
+
+class _Population:
+    """Stacked models, one batched optimizer, per-member schedules, data orders and bookkeeping."""
+
+    def __init__(self, common: _Common, members: list[_Member]) -> None:
+        self.common, self.members = common, list(members)
+        task, device = common.task, common.device
+        self.data = data_on_device(task, device)
+        models = []
+        for m in members:
+            seed_everything(m.seed, common.deterministic)
+            models.append(task.build_model().to(device))
+        params, _ = stack_module_state(models)
+        self.layout = [(name, p.shape[1:], p[0].numel()) for name, p in params.items()]
+        self.flat = torch.cat([p.detach().flatten(1) for p in params.values()], 1).requires_grad_(True)
+        self.base = copy.deepcopy(models[0]).to("meta")
+        recipe = members[0].recipe
+        self.batch_size = recipe.batch_size
+        self.per_epoch, self.total_steps, self.eval_every = plan_steps(len(self.data.train_inputs), self.batch_size, common.budget)
+        for m in members:
+            m.schedule = build_schedule(m.recipe.schedule, self.total_steps, m.recipe.schedule_params,
+                                        warmup_steps=m.recipe.warmup_steps(self.total_steps), warmup_kind=m.recipe.warmup_kind)
+        self.optimizer = BatchedOptimizer([m.recipe for m in members], {"flat": self.flat})
+        self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
+        self.curve_every = max(1, self.total_steps // LR_CURVE_POINTS)
+        self.losses = vmap(self._loss, in_dims=(0, 0, 0) if self.batch_size else (0, None, None))
+        self.forward = vmap(self._forward, in_dims=(0, None))
+        self.orders: Optional[torch.Tensor] = None
+        self._probe()
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Each parameter's stacked (N, *shape) view into the flat (N, P) buffer the optimizer updates."""
+        views, offset, n = {}, 0, self.flat.shape[0]
+        for name, shape, size in self.layout:
+            views[name] = self.flat[:, offset:offset + size].view(n, *shape)
+            offset += size
+        return views
+
+    def _grads(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's gradient (N, P) and loss (N,): members are independent, so d(sum of losses)/d(member's
+        parameters) is that member's own gradient, exactly."""
+        views = self.params
+        losses = self.losses(views, inputs, targets)
+        grads = torch.autograd.grad(losses.sum(), list(views.values()))  # per view: no zero-filled flat gradients
+        return torch.cat([g.flatten(1) for g in grads], 1), losses.detach()
+
+    def _loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.common.task.loss(functional_call(self.base, params, (inputs,)), targets)
+
+    def _forward(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, params, (inputs,))
+
+    def _probe(self) -> None:
+        """One vectorized gradient on a few examples (nothing changes); a failure means: train sequentially."""
+        inputs, targets = self.data.train_inputs[:2], self.data.train_targets[:2]
+        if self.batch_size:
+            n = len(self.members)
+            inputs, targets = inputs.expand(n, *inputs.shape), targets.expand(n, *targets.shape)
+        try:
+            self._grads(inputs, targets)
+        except Exception as error:  # any failure of torch.func on this model: the sequential path still works
+            raise _VmapFailed(f"torch.func.vmap cannot run this model: {type(error).__name__}: {error}") from None
+
+    # -- the loop
+
+    def train(self) -> dict[int, FitResult]:
+        started = time.perf_counter()
+        finished: dict[int, FitResult] = {}
+        for step in range(self.total_steps):
+            if not self.members:
+                break
+            if self.batch_size is not None and step % self.per_epoch == 0:
+                self.orders = torch.stack([torch.randperm(len(self.data.train_inputs), generator=g) for g in self.generators])
+            multipliers = [m.schedule(step) for m in self.members]
+            losses = self._step(step, multipliers)
+            stopped = self._after_step(step, losses, multipliers)
+            if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
+                stopped |= self._evaluate(step + 1, stopped)
+            self._finish(stopped, step + 1, started, finished)
+        self._finish(set(range(len(self.members))), self.total_steps, started, finished)
+        return finished
+
+    def _step(self, step: int, multipliers: list[float]) -> list[float]:
+        data = self.data
+        if self.batch_size is None:
+            inputs, targets = data.train_inputs, data.train_targets
+        else:
+            position = step % self.per_epoch
+            index = self.orders[:, position * self.batch_size:(position + 1) * self.batch_size].to(data.train_inputs.device)
+            inputs, targets = data.train_inputs[index], data.train_targets[index]
+        grads, losses = self._grads(inputs, targets)
+        self.optimizer.step({"flat": self.flat}, {"flat": grads}, torch.tensor(multipliers, dtype=torch.float64))
+        return losses.tolist()
+
+    def _after_step(self, step: int, losses: list[float], multipliers: list[float]) -> set[int]:
+        """Record each member's loss and LR; the rows of members that diverged."""
+        stopped = set()
+        factor = self.common.budget.divergence_factor
+        for row, (m, loss, multiplier) in enumerate(zip(self.members, losses, multipliers)):
+            m.lr = m.recipe.lr * multiplier
+            if step % self.curve_every == 0 or step == self.total_steps - 1:
+                m.lr_curve.append((step, m.lr))
+            m.first_loss = loss if m.first_loss is None else m.first_loss
+            if not math.isfinite(loss) or loss > factor * max(abs(m.first_loss), 1e-12):
+                m.status, m.reason = "diverged", f"diverged at step {step + 1}: training loss {loss:.4g} (first loss {m.first_loss:.4g})"
+                stopped.add(row)
+                continue
+            m.loss_sum, m.loss_count = m.loss_sum + loss, m.loss_count + 1
+        return stopped
+
+    @torch.no_grad()
+    def _evaluate(self, step: int, skip: set[int]) -> set[int]:
+        """Evaluate every member (but ``skip``), feed its schedule, best, ``on_eval`` and patience; rows that stop."""
+        metrics = self._val_metrics()
+        stopped = set()
+        for row, m in enumerate(self.members):
+            if row not in skip and self._record(m, step, metrics[row]):
+                stopped.add(row)
+        return stopped
+
+    def _val_metrics(self) -> list[dict[str, float]]:
+        inputs, targets = self.data.val_inputs, self.data.val_targets
+        totals: list[dict[str, float]] = [{} for _ in self.members]
+        for start in range(0, len(inputs), EVAL_CHUNK):
+            chunk_inputs, chunk_targets = inputs[start:start + EVAL_CHUNK], targets[start:start + EVAL_CHUNK]
+            outputs = self.forward(self.params, chunk_inputs)
+            for row in range(len(self.members)):
+                for name, value in self.common.task.metrics(outputs[row], chunk_targets).items():
+                    totals[row][name] = totals[row].get(name, 0.0) + float(value) * len(chunk_inputs)
+        return [{name: total / len(inputs) for name, total in row.items()} for row in totals]
+
+    def _record(self, m: _Member, step: int, metrics: dict[str, float]) -> bool:
+        evaluation = Evaluation(step, step / self.per_epoch, metrics, m.loss_sum / max(m.loss_count, 1), m.lr)
+        m.loss_sum, m.loss_count = 0.0, 0
+        if hasattr(m.schedule, "report"):
+            m.schedule.report(metrics["loss"])
+        if not all(math.isfinite(v) for v in metrics.values()):
+            m.status, m.reason = "diverged", f"diverged at step {step}: validation metrics {metrics}"
+            return True
+        m.evaluations.append(evaluation)
+        if m.best is None or self._better(evaluation, m.best):
+            m.best, m.since_best = evaluation, 0
+        else:
+            m.since_best += 1
+        if m.on_eval(evaluation):
+            m.status, m.reason = "stopped", f"stopped by the caller at step {step}"
+            return True
+        patience = self.common.budget.patience
+        if patience is not None and m.since_best >= patience:
+            m.status, m.reason = "early_stopped", f"no improvement in {patience} evaluations (step {step})"
+            return True
+        return False
+
+    def _better(self, a: Evaluation, b: Evaluation) -> bool:
+        x, y = a.metrics[self.common.metric], b.metrics[self.common.metric]
+        return x > y if self.common.direction == "maximize" else x < y
+
+    def _finish(self, rows: set[int], steps_done: int, started: float, finished: dict[int, FitResult]) -> None:
+        """Hand the members at ``rows`` their results and take them out of the stacks."""
+        if not rows:
+            return
+        seconds = time.perf_counter() - started
+        for row in sorted(rows):
+            m = self.members[row]
+            extras: dict[str, Any] = {"population": len(self.optimizer)}
+            if self.common.keep_params:
+                extras["params"] = {name: p[row].detach().clone() for name, p in self.params.items()}
+            finished[m.index] = FitResult(m.status, m.reason, m.evaluations, m.best, m.lr_curve, self.total_steps,
+                                          steps_done, seconds, extras)
+        keep = [row for row in range(len(self.members)) if row not in rows]
+        index = torch.tensor(keep, dtype=torch.long)
+        self.members = [self.members[row] for row in keep]
+        self.generators = [self.generators[row] for row in keep]
+        self.orders = self.orders.index_select(0, index) if self.orders is not None and keep else self.orders
+        if keep:
+            self.flat = self.flat.detach().index_select(0, index.to(self.flat.device)).requires_grad_(True)
+            self.optimizer.select(index)
