@@ -1,0 +1,79 @@
+"""``tuner lock`` and ``tuner regress``: best recipes as checked-in lock files that CI re-runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tuner.cli._common import user_errors
+
+
+@user_errors
+def lock(
+    study: Annotated[str, typer.Argument(help="study name")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="lock file (default: studies/STUDY.lock.yaml)")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="lock the best K distinct recipes")] = 1,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="fixed seeds each recipe is trained on")] = 5,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ... (default: the study's)")] = None,
+    floor: Annotated[Optional[float], typer.Option(min=0, help="absolute floor of the tolerance (default: 1% of |mean|)")] = None,
+    min_effect: Annotated[float, typer.Option("--min-effect", min=0, help="minimum effect size, in locked std units")] = 0.5,
+    alpha: Annotated[float, typer.Option(min=1e-6, max=0.5, help="significance level of the one-sided test")] = 0.05,
+    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="torch deterministic algorithms")] = True,
+    jobs: Annotated[int, typer.Option(min=1, help="local processes training the seeds")] = 1,
+) -> None:
+    """Re-train the best recipe(s) of STUDY over fixed seeds at full budget and write a lock file for `tuner regress`."""
+    from tuner.cli.study import _storage
+    from tuner.lock import lock_study
+    from tuner.regress import dump_lock, fmt, write_atomically
+
+    path = output or Path("studies") / f"{study}.lock.yaml"
+    locked = lock_study(study, _storage(storage), path, top_k=top_k, seeds=seeds, device=device, floor=floor,
+                        min_effect=min_effect, alpha=alpha, deterministic=deterministic, processes=jobs)
+    write_atomically(path, dump_lock(locked))
+    for entry in locked.recipes:
+        typer.echo(f"#{entry.rank} {entry.recipe['optimizer']} lr={entry.recipe['lr']:.3g} schedule={entry.recipe['schedule']}: "
+                   f"{locked.metric} {fmt(entry.mean)} ± {fmt(entry.std)} over {len(entry.seeds)} seeds, "
+                   f"tolerance {fmt(entry.tolerance)}")
+    typer.echo(f"wrote {path}; check it with: tuner regress {path}")
+
+
+@user_errors
+def regress(
+    locks: Annotated[list[Path], typer.Argument(metavar="LOCK", help="lock files (from `tuner lock`)")],
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="write a JUnit XML report (one testcase per locked recipe)")] = None,
+    summary: Annotated[Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="local processes training the runs")] = 1,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ... (default: the lock's)")] = None,
+) -> None:
+    """Re-run every locked recipe and fail (exit 1) when one got worse than its lock by more than the tolerance."""
+    from tuner.regress import junit_xml, markdown_summary, regress as run_regress, write_atomically
+
+    cases = run_regress(locks, seeds=seeds, jobs=jobs, device=device)
+    _print_table(cases)
+    if junit is not None:
+        write_atomically(junit, junit_xml(cases))
+    if summary is not None:
+        write_atomically(summary, markdown_summary(cases))
+    failed = [case for case in cases if not case.verdict.passed]
+    for case in cases:
+        typer.echo(f"{case.name}: {case.verdict.reason}" + "".join(f"\n  note: {note}" for note in case.notes))
+    typer.echo(f"{len(cases) - len(failed)} passed, {len(failed)} regressed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_table(cases) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuner.regress import COLUMNS, HEADERS, table_rows
+
+    table = Table(*HEADERS)
+    for row in table_rows(cases):
+        style = "green" if row["verdict"] == "PASS" else "bold red"
+        table.add_row(*(row[column] for column in COLUMNS[:-1]), f"[{style}]{row['verdict']}[/{style}]")
+    Console(width=160).print(table)
