@@ -1,0 +1,267 @@
+"""The LR range test: an exponential LR sweep over a short run, a smoothed loss curve, and a suggestion.
+
+One run per optimizer (its catalog defaults, constant schedule, no weight decay): the LR grows
+geometrically from ``lr_start`` to ``lr_end`` over ``steps`` optimizer steps while the training loss is
+recorded, and the sweep stops early when the loss diverges. Training uses the trainer's own run (same
+model building, ``build_optimizer``, mini-batching and seeding as ``tuner.train.fit``); the LR is driven
+through the ``ManagedOptimizer``'s multiplier, so companions (muon's AdamW part) follow it too.
+
+The suggestion is made to survive the two known failures of LR finders:
+
+* **an early spike** (a few huge losses in the first steps) fools the steepest-slope rule and a
+  divergence check relative to the first loss. Here every curve is median-filtered before anything
+  is read from it, the divergence check waits for ``min_steps``, and the reference level is the median
+  of the first tenth of the sweep, not the first value;
+* **returning nothing** when the loss never decreases or is flat. Here there is always an answer:
+  the knee of the valley when the loss fell clearly, the LR of the lowest loss otherwise, each with a
+  ``note`` saying which rule applied.
+
+Rule: with ``s`` the smoothed loss, ``s_min`` its minimum at ``lr_min_loss`` and ``drop`` the fall from the
+start level, the suggestion is the first LR where ``s`` is within ``KNEE`` of ``drop`` above ``s_min`` — the
+entrance of the valley, stable under noise in its flat bottom — and the safe range is
+``[suggestion / 10, max(lr_min_loss, 3 * suggestion)]``: past the lowest loss, training gets worse.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+from tuner.recipe import Recipe
+
+KNEE = 0.1  # the valley starts where the smoothed loss is within 10% of the total drop from its minimum
+MEDIAN_WINDOW = 5
+MEAN_WINDOW = 5
+DIVERGENCE_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The sweep: ``steps`` optimizer steps from ``lr_start`` to ``lr_end`` (geometric)."""
+
+    lr_start: float = 1e-6
+    lr_end: float = 10.0
+    steps: int = 100
+    divergence_factor: float = DIVERGENCE_FACTOR
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_start < self.lr_end:
+            raise ValueError(f"need 0 < lr_start < lr_end, got lr_start={self.lr_start}, lr_end={self.lr_end}")
+        if self.steps < 10:
+            raise ValueError(f"steps must be >= 10, got steps={self.steps}")
+        if not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1, got divergence_factor={self.divergence_factor}")
+
+    def lrs(self) -> list[float]:
+        ratio = self.lr_end / self.lr_start
+        return [self.lr_start * ratio ** (i / (self.steps - 1)) for i in range(self.steps)]
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The suggested LR, the safe range around it and which rule produced it."""
+
+    lr: float
+    low: float
+    high: float
+    lr_min_loss: float
+    note: str
+
+
+@dataclass(frozen=True)
+class LRFinding:
+    """The result of one optimizer's range test."""
+
+    optimizer: str
+    batch_size: Optional[int]
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    stopped: str
+    suggestion: Suggestion
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The suggestion as plain data (for study user attrs and MLflow)."""
+        return {"optimizer": self.optimizer, "batch_size": self.batch_size, **asdict(self.suggestion), "stopped": self.stopped}
+
+
+# -- the suggestion (pure) ------------------------------------------------------------------------
+
+def smooth(losses: Sequence[float]) -> list[float]:
+    """A centered running median (kills isolated spikes) followed by a centered running mean (noise); no lag."""
+    medians = _centered(losses, MEDIAN_WINDOW, statistics.median)
+    return _centered(medians, MEAN_WINDOW, statistics.fmean)
+
+
+def _centered(values: Sequence[float], window: int, reduce) -> list[float]:
+    half = window // 2
+    return [reduce(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The suggested LR and safe range from a sweep's (lr, loss) points; never empty.
+
+    ``losses`` may be shorter than ``lrs`` (a sweep stopped early) and may end with non-finite values.
+    """
+    finite = _finite_prefix(losses)
+    if not finite:
+        return _fallback(lrs[0], lrs[0], "the loss was not finite at the first step; the sweep started too high")
+    s = smooth(finite)
+    i_min = min(range(len(s)), key=s.__getitem__)
+    start = statistics.median(finite[:max(1, len(finite) // 10)])
+    drop = start - s[i_min]
+    noise = _noise(finite)
+    if i_min == 0 or drop <= max(3 * noise, 1e-3 * abs(start)):
+        return _fallback(lrs[i_min] / 10, lrs[i_min], "the loss barely fell; suggestion = LR of the lowest loss / 10")
+    knee = next(i for i in range(i_min + 1) if s[i] <= s[i_min] + KNEE * drop)
+    lr = lrs[knee]
+    return Suggestion(lr=lr, low=lr / 10, high=max(lrs[i_min], 3 * lr), lr_min_loss=lrs[i_min],
+                      note="valley entrance of the smoothed loss")
+
+
+def _finite_prefix(losses: Sequence[float]) -> list[float]:
+    out = []
+    for loss in losses:
+        if not math.isfinite(loss):
+            break
+        out.append(float(loss))
+    return out
+
+
+def _noise(losses: Sequence[float]) -> float:
+    """A robust step-to-step noise level: the median absolute first difference."""
+    if len(losses) < 3:
+        return 0.0
+    return statistics.median(abs(b - a) for a, b in zip(losses, losses[1:]))
+
+
+def _fallback(lr: float, lr_min_loss: float, note: str) -> Suggestion:
+    return Suggestion(lr=lr, low=lr / 10, high=max(lr_min_loss, 3 * lr), lr_min_loss=lr_min_loss, note=note)
+
+
+def diverged(losses: Sequence[float], min_steps: int, factor: float) -> bool:
+    """True when the last loss is not finite, or (after ``min_steps``) the running median of the last
+    ``MEDIAN_WINDOW`` losses exceeds ``factor`` times the lowest such median so far."""
+    if not math.isfinite(losses[-1]):
+        return True
+    if len(losses) < max(min_steps, MEDIAN_WINDOW):
+        return False
+    medians = [statistics.median(losses[max(0, i - MEDIAN_WINDOW + 1):i + 1]) for i in range(MEDIAN_WINDOW - 1, len(losses))]
+    return medians[-1] > factor * min(medians)
+
+
+# -- the sweep (torch) --------------------------------------------------------------------------------
+
+def range_test(task: Any, optimizer: str, *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
+               seed: int = 0, device: str = "auto") -> LRFinding:
+    """Run the LR range test of ``optimizer`` (catalog defaults) on ``task`` and suggest an LR."""
+    from tuner.train import TrainBudget, _Run, resolve_device, seed_everything
+
+    lrs = config.lrs()
+    recipe = Recipe(optimizer=optimizer, lr=config.lr_end, batch_size=batch_size, schedule="constant")
+    seed_everything(seed)
+    run = _Run(task, recipe, TrainBudget(steps=config.steps), task.metric, task.direction, resolve_device(device), seed)
+    run.model.train()
+    run.optimizer.train()
+    losses: list[float] = []
+    stopped = f"completed {config.steps} steps"
+    for step, (inputs, targets) in enumerate(run._batches()):
+        loss = run.optimizer.step(step, lrs[step] / config.lr_end, run._closure(inputs, targets)).item()
+        losses.append(loss)
+        if diverged(losses, config.steps // 10, config.divergence_factor):
+            stopped = f"diverged at lr {lrs[step]:.3g} (step {step + 1})"
+            break
+    finite = _finite_prefix(losses)
+    return LRFinding(optimizer, batch_size, lrs[:len(losses)], losses, smooth(finite) if finite else [], stopped,
+                     suggest(lrs, losses))
+
+
+def find_lrs(task: Any, optimizers: Sequence[str], *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
+             seed: int = 0, device: str = "auto") -> dict[str, LRFinding]:
+    """``range_test`` for each optimizer (same seed, so every optimizer sees the same initial model and batches)."""
+    return {name: range_test(task, name, batch_size=batch_size, config=config, seed=seed, device=device) for name in optimizers}
+
+
+def sweep_batch_size(space: Any) -> Optional[int]:
+    """The batch size a study's range test uses: the fixed one, or the middle (lower-middle) of the choices."""
+    from tuner.space import Choice, Fixed, Float, Int
+
+    dim = space.shared["batch_size"]
+    if isinstance(dim, Fixed):
+        return dim.value
+    if isinstance(dim, Choice):
+        options = sorted(o for o in dim.options if o is not None)
+        return options[(len(options) - 1) // 2] if options else None
+    if isinstance(dim, (Int, Float)):
+        return int(round(math.sqrt(dim.low * dim.high)))
+    return None
+
+
+def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
+    """Raw and smoothed loss against LR (log axis) per optimizer, suggestion marked, written to ``path`` (png/svg/pdf)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, finding in findings.items():
+        (line,) = axis.plot(finding.lrs[:len(finding.smoothed)], finding.smoothed, label=f"{name} (suggest {finding.suggestion.lr:.2g})")
+        axis.plot(finding.lrs[:len(finding.smoothed)], finding.losses[:len(finding.smoothed)], color=line.get_color(), alpha=0.25)
+        axis.axvline(finding.suggestion.lr, color=line.get_color(), linestyle="--", linewidth=1)
+    starts = [f.smoothed[0] for f in findings.values() if f.smoothed]
+    if starts:  # the divergence at the end would flatten every curve
+        axis.set_ylim(0, 1.5 * max(starts))
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.set_title("LR range test (faint: raw loss; dashed: suggestion)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+# -- `lr: auto` in a study ------------------------------------------------------------------------------
+
+LR_AUTO_ATTR = "lr_auto"  # study user attr: optimizer -> Finding.summary() (the ranges every worker searches)
+
+
+def apply_auto_lr(study: Any, prepared: Any, tracker: Any, say: Any = print) -> Any:
+    """``lr: auto``: run the range test once per study for the optimizers that have none recorded yet, record the
+    ranges on the study (user attr ``lr_auto``) and on its MLflow parent run (params ``lr_auto.<opt>.*``), print them,
+    and return ``prepared`` searching those ranges."""
+    missing = [name for name in prepared.space.auto_lr if name not in study.user_attrs.get(LR_AUTO_ATTR, {})]
+    if missing:
+        batch_size = sweep_batch_size(prepared.space)
+        findings = find_lrs(prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device)
+        found = {**study.user_attrs.get(LR_AUTO_ATTR, {}), **{name: f.summary() for name, f in findings.items()}}
+        study.set_user_attr(LR_AUTO_ATTR, found)
+        params = {f"lr_auto.{name}.{key}": found[name][key] for name in missing for key in ("lr", "low", "high", "batch_size")}
+        tracker.log_to_study(study.user_attrs.get("mlflow_parent_run_id"), params=params,
+                             tags={"tuner.lr_auto": ", ".join(f"{n}=[{r['low']:.3g}, {r['high']:.3g}]" for n, r in found.items())})
+        for name in missing:
+            say(f"lr: auto  {describe(found[name])}")
+    return with_lr_ranges(prepared, study.user_attrs)
+
+
+def with_lr_ranges(prepared: Any, user_attrs: dict[str, Any]) -> Any:
+    """``prepared`` with the LR ranges recorded on the study (``lr_auto``) in its search space; unchanged without them."""
+    from dataclasses import replace
+
+    from tuner.search import resolve_space
+
+    found = user_attrs.get(LR_AUTO_ATTR)
+    if not prepared.space.auto_lr or not found:
+        return prepared
+    ranges = {name: (row["low"], row["high"]) for name, row in found.items()}
+    return replace(prepared, space=resolve_space(prepared.spec.space, prepared.task.default_batch_size, ranges))
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line: optimizer, suggested LR, safe range, batch size, rule."""
+    return (f"{row['optimizer']:<12} suggested lr {row['lr']:.3g}   safe range [{row['low']:.3g}, {row['high']:.3g}]   "
+            f"(batch {row['batch_size']}; {row['note']}; {row['stopped']})")

@@ -1,0 +1,237 @@
+"""``tuner report``: one self-contained HTML page that explains a study.
+
+Sections: the best recipe; counts of complete / pruned / failed trials with their reasons; Optuna's own plots
+(optimization history, parallel coordinates, parameter importances); the best value per optimizer family; the
+LR curves of the top-K trials, recomputed from each recipe, its schedule and the trial's ``total_steps``; and
+their learning curves (the intermediate values the pruner saw). plotly.js is embedded once, inline, so the
+page works offline. The page is also logged on the study's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.recipe import Recipe
+
+LR_CURVE_POINTS = 200
+PLOT_HEIGHT = 420
+
+
+def write_report(study_name: str, storage_url: str, output: str | Path, *, top_k: int = 5,
+                 tracking_uri: Optional[str] = None) -> Optional[str]:
+    """Write the report of ``study_name`` to ``output`` (atomically) and log it on the study's MLflow parent run.
+
+    Returns the MLflow run id it was logged to, or None (no parent run, or tracking disabled).
+    """
+    from tuner.engine import load_existing_study, quiet_libraries
+
+    quiet_libraries()
+    study = load_existing_study(study_name, storage_url)
+    page = render(study, top_k=top_k)
+    output = Path(output)
+    handle, temporary = tempfile.mkstemp(dir=output.parent.resolve(), prefix=f".{output.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(page)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, output)
+    return _log_to_mlflow(study, output, tracking_uri)
+
+
+def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str]) -> Optional[str]:
+    from tuner.spec import parse_study
+    from tuner.tracking import make_tracker
+
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    spec = study.user_attrs.get("spec")
+    if parent is None or (spec is None and tracking_uri is None):
+        return None
+    uri = tracking_uri or parse_study(spec).resolved_tracking_uri()
+    if uri.lower() == "none":
+        return None
+    make_tracker(uri).log_to_study(parent, files=(str(path),))
+    return parent
+
+
+# -- the page -------------------------------------------------------------------------------------------
+
+def render(study: optuna.Study, top_k: int = 5) -> str:
+    """The whole HTML page of ``study``."""
+    from plotly.offline import get_plotlyjs
+
+    trials = study.get_trials(deepcopy=False)
+    top = top_trials(study, top_k)
+    sections = [
+        _section("Result", _result_html(study)),
+        _section("Trials", _counts_html(trials)),
+        *[_figure_section(title, build, study, top) for title, build in FIGURES],
+    ]
+    title = f"tuner report: {html.escape(study.study_name)}"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>\n<style>{CSS}</style>\n"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n<h1>{title}</h1>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+       "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+       "pre{background:#f5f5f5;padding:8px}.note{color:#777}")
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>"
+
+
+def _figure_section(title: str, build: Callable[[optuna.Study, list[FrozenTrial]], Any], study: optuna.Study,
+                    top: list[FrozenTrial]) -> str:
+    """One plot; a plot that cannot be drawn (too few trials, no variation) becomes a note saying why."""
+    import plotly.io
+
+    try:
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials" on small studies
+            warnings.simplefilter("ignore")
+            figure = build(study, top)
+    except Exception as error:  # Optuna's plots refuse some studies (one trial, conditional params): say so
+        return _section(title, f"<p class='note'>not available: {html.escape(str(error) or type(error).__name__)}</p>")
+    figure.update_layout(height=PLOT_HEIGHT)
+    div = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False, div_id=_slug(title))
+    return _section(title, div)
+
+
+def _slug(title: str) -> str:
+    return "plot-" + re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _result_html(study: optuna.Study) -> str:
+    metric = study.user_attrs.get("metric", "value")
+    parts = [f"<p>direction: {study.direction.name.lower()}, metric: {html.escape(str(metric))}</p>"]
+    try:
+        best = study.best_trial
+    except ValueError:
+        return parts[0] + "<p>no complete trial yet</p>"
+    parts.append(f"<p>best {html.escape(str(metric))} = {best.value:.6g} (trial {best.number})</p>")
+    parts.append(f"<pre>{html.escape(yaml.safe_dump(best.user_attrs.get('recipe', best.params), sort_keys=False))}</pre>")
+    auto = study.user_attrs.get("lr_auto")
+    if auto:
+        rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['lr']:.3g}</td><td>[{r['low']:.3g}, {r['high']:.3g}]</td></tr>"
+                       for n, r in auto.items())
+        parts.append(f"<p>LR ranges set by the LR range test (<code>lr: auto</code>):</p>"
+                     f"<table><tr><th>optimizer</th><th>suggested</th><th>searched range</th></tr>{rows}</table>")
+    return "\n".join(parts)
+
+
+def reason_group(reason: str) -> str:
+    """A reason without its numbers, so that alike reasons count together (``diverged at step N``)."""
+    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", reason.split(":")[0]).strip() or "(none)"
+
+
+def _counts_html(trials: list[FrozenTrial]) -> str:
+    counts = Counter((t.state.name, reason_group(str(t.user_attrs.get("reason", "")))) for t in trials)
+    states = Counter(t.state.name for t in trials)
+    summary = ", ".join(f"{states.get(state, 0)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL"))
+    rows = "".join(f"<tr><td>{state.lower()}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
+                   for (state, reason), n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"<p>{len(trials)} trials: {summary}</p>\n<table><tr><th>state</th><th>reason</th><th>trials</th></tr>{rows}</table>"
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The ``k`` best complete trials, best first."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction.name == "MAXIMIZE"
+    return sorted(complete, key=lambda t: -t.value if maximize else t.value)[:k]
+
+
+# -- figures ----------------------------------------------------------------------------------------------
+
+def _history(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    return optuna.visualization.plot_optimization_history(study)
+
+
+def _parallel(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    return optuna.visualization.plot_parallel_coordinate(study)
+
+
+def _importances(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    return optuna.visualization.plot_param_importances(study)
+
+
+def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    import plotly.graph_objects as go
+
+    from tuner.optim import OPTIMIZERS
+
+    maximize = study.direction.name == "MAXIMIZE"
+    best: dict[str, tuple[float, str]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = trial.user_attrs.get("recipe", {}).get("optimizer", "?")
+        family = OPTIMIZERS[name].family if name in OPTIMIZERS else "?"
+        old = best.get(family, (None,))[0]
+        if old is None or (trial.value > old if maximize else trial.value < old):
+            best[family] = (trial.value, f"{name} (trial {trial.number})")
+    if not best:
+        raise ValueError("no complete trial yet")
+    families = sorted(best, key=lambda f: best[f][0], reverse=maximize)
+    bar = go.Bar(x=families, y=[best[f][0] for f in families], text=[best[f][1] for f in families])
+    return go.Figure(bar, layout={"title": "best value per optimizer family", "yaxis_title": study.user_attrs.get("metric", "value")})
+
+
+def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) -> tuple[list[int], list[float]]:
+    """(steps, LR) of a recipe over a run of ``total_steps``: peak LR times the schedule (plateau: never reduced)."""
+    from tuner.schedules import build_schedule
+
+    schedule = build_schedule(recipe.schedule, total_steps, recipe.schedule_params,
+                              warmup_steps=recipe.warmup_steps(total_steps), warmup_kind=recipe.warmup_kind)
+    switch_step = round(recipe.switch.at_fraction * total_steps) if recipe.switch else None
+    every = max(1, total_steps // points)
+    steps = sorted({*range(0, total_steps, every), total_steps - 1})
+    peak = [recipe.switch.lr if switch_step is not None and s >= switch_step else recipe.lr for s in steps]
+    return steps, [p * schedule(s) for p, s in zip(peak, steps)]
+
+
+def _lr_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure(layout={"title": "LR curves of the top trials", "xaxis_title": "optimizer step",
+                               "yaxis_title": "learning rate", "yaxis_type": "log"})
+    for trial in top:
+        if "recipe" not in trial.user_attrs or "total_steps" not in trial.user_attrs:
+            continue
+        recipe = Recipe.from_dict(trial.user_attrs["recipe"])
+        steps, lrs = lr_curve(recipe, int(trial.user_attrs["total_steps"]))
+        figure.add_scatter(x=steps, y=lrs, mode="lines", name=f"#{trial.number} {recipe.optimizer} {recipe.schedule}")
+    if not figure.data:
+        raise ValueError("no complete trial with a recipe and total_steps")
+    return figure
+
+
+def _learning_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
+    import plotly.graph_objects as go
+
+    figure = go.Figure(layout={"title": "learning curves of the top trials (intermediate values)", "xaxis_title": "optimizer step",
+                               "yaxis_title": study.user_attrs.get("metric", "value")})
+    for trial in top:
+        values = sorted(trial.intermediate_values.items())
+        if values:
+            figure.add_scatter(x=[s for s, _ in values], y=[v for _, v in values], mode="lines+markers", name=f"#{trial.number}")
+    if not figure.data:
+        raise ValueError("no intermediate values recorded")
+    return figure
+
+
+FIGURES: list[tuple[str, Callable[[optuna.Study, list[FrozenTrial]], Any]]] = [
+    ("Optimization history", _history),
+    ("Parallel coordinates", _parallel),
+    ("Parameter importances", _importances),
+    ("Best value per optimizer family", _by_family),
+    ("LR curves of the top trials", _lr_curves),
+    ("Learning curves of the top trials", _learning_curves),
+]
