@@ -104,15 +104,21 @@ def test_jobs_run_local_workers_on_one_study(workdir: Path, cli) -> None:
 
 
 def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: Path) -> None:
-    path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 1000, "n_trials": 3})  # runs until interrupted
+    path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 200, "n_trials": 3})  # runs until interrupted
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(path), "--tracking-uri", "none"],
-                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _has_running_trial(workdir):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not _has_running_trial(workdir):
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave a run of ten million steps behind
+            process.kill()
+            process.wait()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     interrupted = [t for t in _study(workdir).trials if t.user_attrs.get("reason") == "interrupted"]
@@ -125,8 +131,14 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
+def _default_sigint() -> None:
+    """A process started in the background of a non-interactive shell inherits SIGINT ignored (and so would the run
+    under test); restore the default so Python raises KeyboardInterrupt as it does at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _has_running_trial(workdir: Path) -> bool:
-    """Read the study database read-only (creating Optuna's schema here would race the process under test)."""
+    """Whether a trial is training. Read the study database read-only (creating Optuna's schema here would race the process under test)."""
     import sqlite3
 
     db = workdir / "tuner.db"
@@ -134,7 +146,9 @@ def _has_running_trial(workdir: Path) -> bool:
         return False
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
-            return connection.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0] > 0
+            return connection.execute(  # running and past its first evaluation: well inside the training loop
+                "SELECT count(*) FROM trials JOIN trial_intermediate_values USING (trial_id) WHERE state = 'RUNNING'"
+            ).fetchone()[0] > 0
     except sqlite3.Error:
         return False
 

@@ -62,3 +62,30 @@ def test_grid_lists_every_parameter() -> None:
     grid = space.grid(points_per_range=2)
     assert grid["optimizer"] == ["adam", "sgd"]
     assert len(grid["sgd.lr"]) == 2 and "adam.beta2.one_minus" in grid
+
+
+def test_switch_is_searched_with_its_own_lr_and_fraction() -> None:
+    space = _space(optimizers=["adam"], schedules=["constant"],
+                   switch={"to": ["sgd", "momentum"], "at_fraction": {"low": 0.4, "high": 0.6}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        recipe = space.sample(trial)
+        switch = recipe.switch
+        seen.add(None if switch is None else switch.optimizer)
+        if switch is not None:
+            assert 0.4 <= switch.at_fraction <= 0.6
+            low, high = (1e-3, 1.0) if switch.optimizer == "sgd" else (1e-4, 0.5)
+            assert low <= switch.lr <= high and trial.params[f"switch.{switch.optimizer}.lr"] == switch.lr
+        study.tell(trial, 0.0)
+    assert seen == {None, "sgd", "momentum"}
+
+
+def test_switch_targets_are_checked() -> None:
+    from tuner.errors import TunerError
+
+    with pytest.raises(TunerError, match="sgdd"):
+        _space(optimizers=["adam"], schedules=["constant"], switch={"to": ["sgdd"]})
+    with pytest.raises(TunerError, match="at_fraction"):
+        _space(optimizers=["adam"], schedules=["constant"], switch={"to": ["sgd"], "at_fraction": {"low": 0.5, "high": 1.5}})

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
+from tuner import lrfind, warmstart
 from tuner.errors import TunerError, lookup
 from tuner.recipe import Recipe
+from tuner.resilience import make_storage, settle_lost_trials
 from tuner.search import SearchSpace, resolve_space
+from tuner.sqlite_tuning import speed_up_sqlite
 from tuner.spec import StudySpec, load_study, parse_study
 from tuner.tasks import Task, load_task
 from tuner.tracking import Tracker, TrialRun, make_tracker
@@ -89,6 +93,7 @@ def prepare(source: str | Path | StudySpec, *, storage: Optional[str] = None, tr
 def quiet_libraries() -> None:
     """Keep Optuna's and MLflow's INFO chatter and experimental-feature warnings off the user's terminal."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (it resets its logger)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*noload.*")
@@ -102,12 +107,15 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 # -- storage ---------------------------------------------------------------------------------------
 
-def open_storage(url: str, attempts: int = 3, wait: float = 1.0) -> optuna.storages.BaseStorage:
+def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
+                 on_lost: Optional[Callable[[str, str], None]] = None) -> optuna.storages.BaseStorage:
     """An RDB storage for ``url``, retried a few times (a database restarting, two processes creating the schema at
-    once); still unreachable, it is a ``TunerError`` naming the URL with its password masked."""
+    once); still unreachable, it is a ``TunerError`` naming the URL with its password masked. Heartbeats and
+    reconnecting calls: see ``tuner.resilience`` (``on_lost`` closes a lost trial's MLflow run)."""
+    speed_up_sqlite()
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            return make_storage(url, _engine_kwargs(url), on_lost)
         except Exception as error:
             if attempt == attempts - 1:
                 raise TunerError(f"cannot open storage {mask_url(url)}: {type(error).__name__}: {_first_line(error)}") from None
@@ -153,7 +161,7 @@ def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
     """Create the study (and its MLflow parent run) or resume it when one of that name exists."""
     quiet_libraries()
     spec = prepared.spec
-    storage = open_storage(prepared.storage_url)
+    storage = open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
     exists = spec.name in study_names(storage)
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=prepared.direction, load_if_exists=True)
     if exists and study.direction.name.lower() != prepared.direction:
@@ -166,6 +174,14 @@ def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
         parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
         study.set_user_attr(PARENT_RUN_ATTR, parent)
     return study
+
+
+def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
+    """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason)."""
+    def close(run_id: str, reason: str) -> None:
+        tracker.end_trial(TrialRun(run_id), "FAIL", reason, 0.0, [], None)
+
+    return close
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -184,11 +200,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         recipe = self.prepared.space.sample(trial)
-        seed = trial_seed(self.prepared.spec.seed, trial.number)
+        seed = trial.user_attrs.get("seed", trial_seed(self.prepared.spec.seed, trial.number))  # a retry keeps its seed
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
                                        {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
+        trial.set_user_attr("mlflow_run_id", run.run_id or "")  # a retry must not keep the lost trial's run id
         started = time.perf_counter()
         state, reason, value, curve = "FAIL", "error", None, []
         try:
@@ -243,13 +261,19 @@ class RunOptions:
     n_trials: int
     timeout: Optional[float] = None
     jobs: int = 1
+    warm_start: Optional[str] = None  # "OTHER_STUDY[:K]": enqueue its top-K recipes first (tuner.warmstart)
+    population: int = 1  # > 1: train this many trials at once in one vectorized pass (tuner.engine_population)
 
 
-def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
+def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None,
+              on_message: Callable[[str], None] = lambda message: None) -> optuna.Study:
     """Create or resume the study and run it to ``n_trials`` finished trials, with ``jobs`` local processes."""
     quiet_libraries()
     tracker = make_tracker(prepared.tracking_uri)
     study = open_study(prepared, tracker)
+    prepared = lrfind.apply_auto_lr(study, prepared, tracker, on_message)  # `lr: auto` (issue 7)
+    if options.warm_start:
+        warmstart.warm_start(study, prepared, options.warm_start, on_message)
     workers = _start_workers(prepared, options) if options.jobs > 1 else []
     share_cpu_threads(options.jobs)
     try:
@@ -272,8 +296,13 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
     remaining = options.n_trials - finished_count(study)
     if remaining <= 0:
         return
+    prepared = lrfind.with_lr_ranges(prepared, study.user_attrs)  # `lr: auto` ranges recorded on the study
     study.sampler = make_sampler(prepared, worker_index, len(study.trials))
     study.pruner = make_pruner(prepared)
+    if options.population > 1:
+        from tuner.engine_population import optimize_population
+
+        return optimize_population(study, prepared, tracker, options, on_trial)
 
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
@@ -284,6 +313,7 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
     objective = Objective(prepared, tracker, study.user_attrs.get(PARENT_RUN_ATTR))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
+    settle_lost_trials(study, lambda n: study.optimize(objective, n_trials=n, catch=(Exception,)))
 
 
 def make_sampler(prepared: Prepared, worker_index: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
@@ -333,7 +363,7 @@ def _worker_main(spec: dict, spec_dir: str, storage_url: str, tracking_uri: str,
     share_cpu_threads(options.jobs)
     prepared = prepare(parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device, spec_dir=spec_dir)
     tracker = make_tracker(tracking_uri)
-    study = optuna.load_study(study_name=prepared.spec.name, storage=open_storage(storage_url))
+    study = optuna.load_study(study_name=prepared.spec.name, storage=open_storage(storage_url, on_lost=lost_run_closer(tracker)))
     try:
         optimize(study, prepared, tracker, options, worker_index)
     except KeyboardInterrupt:

@@ -130,4 +130,21 @@ def _clip_lines(recipe: Recipe) -> list[str]:
     return lines or ["    pass  # the recipe does not clip gradients"]
 
 
+def export_lightning(recipe: Recipe, study: Any) -> str:
+    """``--format python`` plus the LightningModule hooks: ``configure_optimizers`` (scheduler stepped every optimizer
+    step, or on ``val_loss`` each epoch for plateau) and, when the recipe clips, ``configure_gradient_clipping``."""
+    snippet = export_python(recipe, study)
+    plateau = "ReduceLROnPlateau" in snippet
+    scheduler = ('{"scheduler": make_scheduler(optimizer), "monitor": "val_loss", "interval": "epoch"}' if plateau
+                 else '{"scheduler": make_scheduler(optimizer), "interval": "step", "frequency": 1}')
+    lines = ["", "", "# --- PyTorch Lightning: paste these methods into your LightningModule ---", "",
+             "def configure_optimizers(self):", "    optimizer = make_optimizer(self)",
+             f'    return {{"optimizer": optimizer, "lr_scheduler": {scheduler}}}']
+    if recipe.clip_norm is not None or recipe.clip_value is not None:
+        lines += ["", "", "def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):",
+                  "    clip_gradients(self)  # the recipe's clipping (leave the Trainer's gradient_clip_val unset)"]
+    return snippet + "\n".join(lines) + "\n"
+
+
 EXPORTERS: dict[str, Callable[[Recipe, Any], str]] = {"yaml": export_yaml, "json": export_json, "python": export_python}
+EXPORTERS["lightning"] = export_lightning  # issue 7

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from tuner.errors import TunerError, UnknownNameError
 from tuner.optim import OPTIMIZERS
-from tuner.recipe import Recipe
+from tuner.recipe import Recipe, Switch
 from tuner.schedules import SCHEDULES
 from tuner.space import Beta, Choice, Dimension, Fixed, Float, Int, TrialLike, optuna_param_names
 from tuner.spec import SpaceSpec
@@ -36,6 +36,8 @@ class SearchSpace:
     optimizers: Mapping[str, EntrySpace]  # each has an "lr" dimension
     schedules: Mapping[str, EntrySpace]
     shared: Mapping[str, Dimension]  # batch_size, weight_decay, weight_decay_mode, clip_norm, clip_value, warmup, warmup_kind
+    auto_lr: tuple[str, ...] = ()  # optimizers whose LR range comes from an LR range test (`lr: auto`)
+    switch: Optional["SwitchSearch"] = None
 
     def sample(self, trial: TrialLike) -> Recipe:
         """Sample one Recipe; only the chosen optimizer's and schedule's parameters are suggested."""
@@ -45,6 +47,8 @@ class SearchSpace:
         schedule = _choose(trial, "schedule", list(self.schedules))
         schedule_params = _suggest_all(trial, self.schedules[schedule])
         shared = {name: dim.suggest(trial, name) for name, dim in self.shared.items()}
+        if self.switch is not None:
+            shared["switch"] = self.switch.sample(trial)
         return Recipe(
             optimizer=optimizer,
             lr=lr,
@@ -66,9 +70,48 @@ class SearchSpace:
             for name, dim in params.items():
                 full = f"{prefix}.{name}" if prefix else name
                 for optuna_name in optuna_param_names(dim, full):
-                    values = dim.grid(points_per_range)
-                    grid[optuna_name] = [1.0 - v for v in values] if isinstance(dim, Beta) else values
+                    grid[optuna_name] = dim.optuna_grid(points_per_range) if isinstance(dim, Beta) else dim.grid(points_per_range)
         return grid
+
+
+@dataclass(frozen=True)
+class SwitchSearch:
+    """Which optimizer to switch to (or none), when, and at what peak LR (per target: ``switch.<name>.lr``)."""
+
+    targets: Mapping[str, Dimension]  # target optimizer -> its LR dimension
+    at_fraction: Dimension
+    optional: bool
+
+    def sample(self, trial: TrialLike) -> Optional[Switch]:
+        options = (["none"] if self.optional else []) + list(self.targets)
+        target = _choose(trial, "switch", options)
+        if target == "none":
+            return None
+        at_fraction = self.at_fraction.suggest(trial, "switch.at_fraction")
+        return Switch(optimizer=target, at_fraction=at_fraction, lr=self.targets[target].suggest(trial, f"switch.{target}.lr"))
+
+
+def _resolve_switch(space: SpaceSpec) -> Optional[SwitchSearch]:
+    if space.switch is None:
+        return None
+    targets = {}
+    for name in space.switch.to:
+        base_lr = _optimizer_base(name)["lr"]
+        lr = base_lr if space.switch.lr is None else _dimension("space.switch.lr", space.switch.lr, base_lr)
+        targets[name] = lr
+    at_fraction = _dimension("space.switch.at_fraction", space.switch.at_fraction, Float(0.3, 0.8))
+    if not all(isinstance(v, (int, float)) and 0 < v < 1 for v in _extremes(at_fraction)):
+        raise TunerError(f"space.switch.at_fraction: must lie in (0, 1), got {space.switch.at_fraction!r}")
+    return SwitchSearch(targets=targets, at_fraction=at_fraction, optional=space.switch.optional)
+
+
+def _extremes(dimension: Dimension) -> list[Any]:
+    """The values a dimension can take at its ends (all options of a choice)."""
+    if isinstance(dimension, Choice):
+        return list(dimension.options)
+    if isinstance(dimension, Fixed):
+        return [dimension.value]
+    return [dimension.low, dimension.high]
 
 
 def _choose(trial: TrialLike, name: str, options: list[str]) -> str:
@@ -79,14 +122,20 @@ def _suggest_all(trial: TrialLike, entry: EntrySpace) -> dict[str, Any]:
     return {name: dim.suggest(trial, f"{entry.name}.{name}") for name, dim in entry.params.items()}
 
 
-def resolve_space(space: SpaceSpec, default_batch_size: Optional[int]) -> SearchSpace:
+def resolve_space(space: SpaceSpec, default_batch_size: Optional[int],
+                  lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None) -> SearchSpace:
     """Check every name against the catalog and turn the file's ranges into dimensions.
 
+    ``lr_ranges`` (optimizer -> (low, high)) replaces the LR range of the optimizers with ``lr: auto``; without it they
+    keep the catalog's range until the range test has run (see ``tuner.lrfind``).
     Raises ``TunerError`` naming the field (``space.optimizers.adam.beta2``), the value and the valid options.
     """
+    entries = _entries(space.optimizers)
+    auto = tuple(name for name, overrides in entries.items() if _is_auto_lr(space, overrides))
     optimizers = {
-        name: _resolve_entry("optimizer", name, overrides, _optimizer_base(name))
-        for name, overrides in _entries(space.optimizers).items()
+        name: _resolve_entry("optimizer", name, _with_lr_range(overrides, name in auto, (lr_ranges or {}).get(name)),
+                             _optimizer_base(name))
+        for name, overrides in entries.items()
     }
     schedules = {
         name: _resolve_entry("schedule", name, overrides, _schedule_base(name))
@@ -105,7 +154,21 @@ def resolve_space(space: SpaceSpec, default_batch_size: Optional[int]) -> Search
     shared = {name: _dimension(f"space.{name}", value, None, log=name in _LOG_BY_DEFAULT) for name, value in shared_values.items()}
     _check_choice("space.weight_decay_mode", shared["weight_decay_mode"], ("coupled", "decoupled"))
     _check_choice("space.warmup_kind", shared["warmup_kind"], ("linear", "exponential"))
-    return SearchSpace(optimizers=optimizers, schedules=schedules, shared=shared)
+    return SearchSpace(optimizers=optimizers, schedules=schedules, shared=shared, auto_lr=auto,
+                       switch=_resolve_switch(space))
+
+
+def _is_auto_lr(space: SpaceSpec, overrides: Mapping[str, Any]) -> bool:
+    """``lr: auto`` on the optimizer, or a top-level ``space.lr: auto`` that the optimizer does not override."""
+    lr = (overrides or {}).get("lr")
+    return lr == "auto" or (space.lr == "auto" and lr is None)
+
+
+def _with_lr_range(overrides: Mapping[str, Any], auto: bool, lr_range: Optional[tuple[float, float]]) -> dict[str, Any]:
+    rest = {key: value for key, value in (overrides or {}).items() if not (auto and key == "lr")}
+    if auto and lr_range is not None:
+        rest["lr"] = {"low": float(lr_range[0]), "high": float(lr_range[1]), "log": True}
+    return rest
 
 
 def _entries(value: Any) -> dict[str, dict[str, Any]]:

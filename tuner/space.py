@@ -48,8 +48,10 @@ class Float:
             return [self.low]
         if self.log:
             a, b = math.log(self.low), math.log(self.high)
-            return [math.exp(a + (b - a) * i / (n - 1)) for i in range(n)]
-        return [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
+            inner = [math.exp(a + (b - a) * i / (n - 1)) for i in range(1, n - 1)]
+        else:
+            inner = [self.low + (self.high - self.low) * i / (n - 1) for i in range(1, n - 1)]
+        return [self.low, *inner, self.high]  # exact ends: exp(log(x)) may fall just outside the range
 
     def describe(self) -> dict[str, Any]:
         return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
@@ -121,6 +123,10 @@ class Beta:
 
     def grid(self, n: int) -> list[float]:
         return [1.0 - v for v in self._one_minus.grid(n)]
+
+    def optuna_grid(self, n: int) -> list[float]:
+        """Grid values of the Optuna parameter ``<name>.one_minus`` (``1 - β``)."""
+        return self._one_minus.grid(n)
 
     def describe(self) -> dict[str, Any]:
         return {"type": "beta", "low": self.low, "high": self.high, "scale": "log(1-beta)"}

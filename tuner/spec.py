@@ -58,6 +58,7 @@ class Budget(Strict):
     divergence_factor: float = Field(
         1e3, gt=1, description="a training loss above this multiple of the first loss counts as divergence"
     )
+    population: Optional[int] = Field(None, gt=0, description="train this many trials at once in one vectorized pass")
 
     @model_validator(mode="after")
     def _one_length(self) -> "Budget":
@@ -71,6 +72,17 @@ class NamedOptions(Strict):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SwitchSpace(Strict):
+    """Start with the sampled optimizer and switch to one of ``to`` part-way (Adam first for speed, then SGD to fine-tune).
+    ``at_fraction`` is the fraction of training at which to switch and ``lr`` the second optimizer's peak LR (default:
+    that optimizer's catalog range); with ``optional: true`` "no switch" is one of the choices."""
+
+    to: list[str] = Field(min_length=1, description="optimizers to switch to")
+    at_fraction: RangeValue = Field(default_factory=lambda: {"low": 0.3, "high": 0.8})
+    lr: RangeValue = Field(None, description="the second optimizer's peak LR; default: its catalog range")
+    optional: bool = True
 
 
 class SpaceSpec(Strict):
@@ -87,6 +99,10 @@ class SpaceSpec(Strict):
     clip_value: RangeValue = Field(None, description="gradient value clipping: null, a value or a range")
     warmup: RangeValue = Field(0, description="warmup in steps (int) or as a fraction (< 1) of training: a value or a range")
     warmup_kind: RangeValue = Field("linear", description="'linear' or 'exponential'")
+    switch: Optional[SwitchSpace] = Field(None, description="switch optimizer part-way through training (searched)")
+    lr: Optional[Literal["auto"]] = Field(
+        None, description="'auto': an LR range test per optimizer sets its LR search range (also per optimizer: adam: {lr: auto})"
+    )
 
     @field_validator("optimizers", "schedules")
     @classmethod

@@ -47,6 +47,9 @@ class Tracker(Protocol):
 
     def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None: ...
 
+    def log_to_study(self, parent_run_id: Optional[str], params: Optional[dict[str, Any]] = None,
+                     tags: Optional[dict[str, str]] = None, files: tuple[str, ...] = ()) -> None: ...
+
 
 class NullTracker:
     """Tracks nothing (``tracking_uri: none``)."""
@@ -66,6 +69,9 @@ class NullTracker:
     def end_study(self, parent_run_id, best, summary) -> None:
         pass
 
+    def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
+        pass
+
 
 _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
@@ -76,8 +82,12 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, retries: int = 1, retry_wait: float = 0.5) -> None:
         from mlflow.tracking import MlflowClient
 
+        from tuner.sqlite_tuning import speed_up_sqlite
+
+        speed_up_sqlite()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self._experiment_ids: dict[str, str] = {}
         self.retries, self.retry_wait = retries, retry_wait
 
     # -- study -------------------------------------------------------------------------------
@@ -100,6 +110,26 @@ class MlflowTracker:
         self._safe("log study summary", self.client.log_batch, parent_run_id, metrics=metrics, tags=tags)
         if best is not None:
             self._safe("log best recipe", self.client.log_text, parent_run_id, yaml.safe_dump(best, sort_keys=False), "best_recipe.yaml")
+
+    def log_to_study(self, parent_run_id: Optional[str], params: Optional[dict[str, Any]] = None,
+                     tags: Optional[dict[str, str]] = None, files: tuple[str, ...] = ()) -> None:
+        """Add params, tags and files (artifacts) to the study's parent run (LR ranges of ``lr: auto``, the report)."""
+        if parent_run_id is None:
+            return
+        from mlflow.entities import Param, RunTag
+
+        params_list = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in (params or {}).items()]
+        tags_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+        if params_list or tags_list:
+            self._safe("log study params", self.client.log_batch, parent_run_id, params=params_list, tags=tags_list)
+        for path in files:
+            self._safe(f"log {path}", self.client.log_artifact, parent_run_id, path)
+
+    def _trial_experiment_id(self, name: str) -> str:
+        """The study's experiment id, looked up once per process (one query less per trial)."""
+        if name not in self._experiment_ids:
+            self._experiment_ids[name] = self._experiment_id(name)
+        return self._experiment_ids[name]
 
     def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -129,7 +159,7 @@ class MlflowTracker:
         all_tags = {"tuner.role": "trial", "tuner.study": study_name, "tuner.trial_number": str(number), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self._experiment_id(study_name), run_name=f"trial-{number}", tags=all_tags)
+        run = self.client.create_run(self._trial_experiment_id(study_name), run_name=f"trial-{number}", tags=all_tags)
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in recipe.flat().items()]
         self.client.log_batch(run.info.run_id, params=params)
         self.client.log_text(run.info.run_id, yaml.safe_dump(recipe.to_dict(), sort_keys=False), "recipe.yaml")

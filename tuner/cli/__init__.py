@@ -26,6 +26,13 @@ app.command("export")(study.export)
 app.command("schema")(study.schema)
 app.command("optimizers")(optimizers.optimizers)
 app.add_typer(schedules.app, name="schedules")
+from tuner.cli import regress as _regress  # noqa: E402  (issue 5: lock files and CI regression)
+app.command("lock")(_regress.lock); app.command("regress")(_regress.regress)
+from tuner.cli import team  # noqa: E402  (issue 4: team service)
+app.command("worker")(team.worker)
+app.command("dashboard")(team.dashboard)
+from tuner.cli import insight  # noqa: E402  (issue 7: LR range test and study report)
+app.command("lr-find")(insight.lr_find); app.command("report")(insight.report)
 
 
 def main() -> None:

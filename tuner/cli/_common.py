@@ -37,3 +37,13 @@ def fail(message: str, code: int = 2) -> None:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def console():
+    """A rich console; when output is not a terminal (a pipe, a file, CI logs) and $COLUMNS is unset it is 160
+    columns wide, not rich's 80."""
+    import os
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)

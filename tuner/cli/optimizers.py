@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping
 
 import typer
 
-from tuner.cli._common import print_json, user_errors
+from tuner.cli._common import console, print_json, user_errors
 
 _FORMATS: Mapping[str, Callable[[dict[str, Any]], str]] = {
     "float": lambda d: f"[{d['low']:g}, {d['high']:g}]" + (" log" if d["log"] else ""),
@@ -44,7 +44,6 @@ def _notes(entry: dict[str, Any]) -> str:
 
 
 def _print_table(entries: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="optimizers", show_lines=True)
@@ -53,7 +52,7 @@ def _print_table(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         table.add_row(entry["name"], entry["family"], entry["description"], format_dimension(entry["lr"]),
                       _hyperparameters(entry), _notes(entry))
-    Console().print(table)
+    console().print(table)
 
 
 @user_errors

@@ -19,16 +19,24 @@ def run(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: file, $TUNER_STORAGE, sqlite:///tuner.db)")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI ('none' disables)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    population: Annotated[Optional[int], typer.Option(min=1, help="trials trained at once in one vectorized pass (overrides budget.population)")] = None,
+    warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="STUDY[:K]",
+                                                      help="first enqueue the top-K (default 3) recipes of an earlier study")] = None,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
     from tuner import engine
 
     prepared = engine.prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
     budget = prepared.spec.budget
-    options = engine.RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs)
+    if warm_start:  # a bad --warm-start fails before anything is written
+        from tuner.warmstart import check_source
+
+        check_source(warm_start, prepared)
+    options = engine.RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs,
+                                 warm_start=warm_start, population=population or budget.population or 1)
     try:
         with _Progress(prepared.spec.name, options.n_trials) as progress:
-            study = engine.run_study(prepared, options, on_trial=progress.update)
+            study = engine.run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.", err=True)
         raise typer.Exit(130)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tuner.cli._common import print_json, user_errors
+from tuner.cli._common import console, print_json, user_errors
 from tuner.schedules import SCHEDULES, MetricDriven, Schedule, build_schedule
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -164,7 +164,6 @@ def _describe_dimension(described: dict[str, Any]) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -175,7 +174,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         defaults = "\n".join(f"{key}={_show(value)}" for key, value in row["defaults"].items()) or "-"
         space = "\n".join(f"{key} {_describe_dimension(dim)}" for key, dim in row["space"].items()) or "-"
         table.add_row(*(Text(cell) for cell in (row["name"], row["description"], defaults, space)))
-    Console().print(table)
+    console().print(table)
 
 
 def _new_figure(width: float, height: float):

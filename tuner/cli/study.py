@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import print_json, user_errors
+from tuner.cli._common import console, print_json, user_errors
 
 StorageOption = Annotated[
     Optional[str], typer.Option("--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")
@@ -93,7 +93,7 @@ def best(study: Annotated[str, typer.Argument(help="study name")], storage: Stor
 
 @user_errors
 def export(study: Annotated[str, typer.Argument(help="study name")], storage: StorageOption = None,
-           format: Annotated[str, typer.Option("--format", help="yaml, json or python")] = "yaml") -> None:
+           format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml") -> None:
     """Print the best recipe as YAML, JSON, or a self-contained Python snippet building the torch optimizer and scheduler."""
     from tuner.engine import best_recipe, load_existing_study
     from tuner.export import EXPORTERS
@@ -119,9 +119,7 @@ def _table(*columns: str):
 
 
 def _print(table) -> None:
-    from rich.console import Console
-
-    Console(width=160).print(table)
+    console().print(table)
 
 
 def _fmt(value) -> str:

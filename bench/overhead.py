@@ -1,0 +1,88 @@
+"""Tracking + storage overhead of a study, side by side with bare training, in one run.
+
+Each trial trains the same recipe for about ``--trial-seconds`` (digits-mlp, fixed Adam recipe), so
+the only difference between the two arms is what the engine adds: the Optuna SQLite storage (ask,
+report at every evaluation, tell, user attrs) and MLflow on SQLite (a child run, params, a
+``recipe.yaml`` artifact, one metrics batch, tags). The arms are interleaved to share the machine's
+noise. Target (issue #2): overhead <= 5% of wall time for a 1-second trial.
+
+    .venv/bin/python bench/overhead.py [--trials 10] [--trial-seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tuner.engine import RunOptions, prepare, run_study
+from tuner.recipe import Recipe
+from tuner.spec import parse_study
+from tuner.tasks import load_task
+from tuner.train import TrainBudget, fit
+
+TASK = {"name": "digits-mlp", "options": {"hidden": [128, 128]}}
+SPACE = {"optimizers": {"adam": {"lr": 0.003}}, "schedules": {"cosine": {"min_factor": 0.0}}, "batch_size": [32]}
+
+
+def calibrate_epochs(target_seconds: float) -> int:
+    """Epochs of the fixed recipe that take about ``target_seconds``."""
+    task = load_task(TASK["name"], TASK["options"])
+    recipe = Recipe(optimizer="adam", lr=0.003, schedule="cosine", schedule_params={"min_factor": 0.0}, batch_size=32)
+    fit(task, recipe, TrainBudget(epochs=1))  # warm-up: first optimizer imports torch._dynamo
+    seconds = fit(task, recipe, TrainBudget(epochs=4)).seconds / 4
+    return max(1, round(target_seconds / seconds))
+
+
+def bare_seconds(epochs: int, trials: int) -> float:
+    """Wall time of ``trials`` plain fit() calls of the fixed recipe."""
+    task = load_task(TASK["name"], TASK["options"])
+    recipe = Recipe(optimizer="adam", lr=0.003, schedule="cosine", schedule_params={"min_factor": 0.0}, batch_size=32)
+    started = time.perf_counter()
+    for seed in range(trials):
+        fit(task, recipe, TrainBudget(epochs=epochs), seed=seed)
+    return time.perf_counter() - started
+
+
+def study_seconds(epochs: int, trials: int, directory: Path, name: str) -> float:
+    """Wall time of a ``trials``-trial study on SQLite storage with MLflow on SQLite (study creation excluded)."""
+    spec = parse_study({"name": name, "task": TASK, "budget": {"epochs": epochs, "n_trials": trials + 1},
+                        "space": SPACE, "pruner": "none", "sampler": "random"})
+    storage, tracking = f"sqlite:///{directory / 'tuner.db'}", f"sqlite:///{directory / 'mlflow.db'}"
+    prepared = prepare(spec, storage=storage, tracking_uri=tracking, spec_dir=str(directory))
+    run_study(prepared, RunOptions(n_trials=1))  # creates schema, experiment, parent run; warms caches
+    started = time.perf_counter()
+    run_study(prepared, RunOptions(n_trials=trials + 1))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trial-seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    epochs = calibrate_epochs(args.trial_seconds)
+    bare, study = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            bare.append(bare_seconds(epochs, args.trials))
+            study.append(study_seconds(epochs, args.trials, Path(tmp), f"overhead-{round_}"))
+    per_trial_bare = statistics.median(bare) / args.trials
+    per_trial_study = statistics.median(study) / args.trials
+    overhead = (per_trial_study - per_trial_bare) / per_trial_study
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+    print(f"recipe: digits-mlp 128x128, adam + cosine, batch 32, {epochs} epochs per trial; {args.trials} trials x {args.rounds} rounds")
+    print(f"{'arm':<34}{'s/trial (median)':>18}")
+    print(f"{'bare fit() loop':<34}{per_trial_bare:>18.3f}")
+    print(f"{'study: SQLite + MLflow(SQLite)':<34}{per_trial_study:>18.3f}")
+    print(f"overhead per trial: {1000 * (per_trial_study - per_trial_bare):.1f} ms = {100 * overhead:.1f}% of wall time (target <= 5%)")
+
+
+if __name__ == "__main__":
+    main()
