@@ -6,7 +6,7 @@ report at every evaluation, tell, user attrs) and MLflow on SQLite (a child run,
 ``recipe.yaml`` artifact, one metrics batch, tags). The arms are interleaved to share the machine's
 noise. Target (issue #2): overhead <= 5% of wall time for a 1-second trial.
 
-    .venv/bin/python bench/overhead.py [--trials 10] [--trial-seconds 1.0]
+    .venv/bin/python bench/overhead.py [--trials 10] [--trial-seconds 1.0] [--evals 10]
 """
 
 from __future__ import annotations
@@ -38,19 +38,19 @@ def calibrate_epochs(target_seconds: float) -> int:
     return max(1, round(target_seconds / seconds))
 
 
-def bare_seconds(epochs: int, trials: int) -> float:
+def bare_seconds(epochs: int, eval_every: int, trials: int) -> float:
     """Wall time of ``trials`` plain fit() calls of the fixed recipe."""
     task = load_task(TASK["name"], TASK["options"])
     recipe = Recipe(optimizer="adam", lr=0.003, schedule="cosine", schedule_params={"min_factor": 0.0}, batch_size=32)
     started = time.perf_counter()
     for seed in range(trials):
-        fit(task, recipe, TrainBudget(epochs=epochs), seed=seed)
+        fit(task, recipe, TrainBudget(epochs=epochs, eval_every=eval_every), seed=seed)
     return time.perf_counter() - started
 
 
-def study_seconds(epochs: int, trials: int, directory: Path, name: str) -> float:
+def study_seconds(epochs: int, eval_every: int, trials: int, directory: Path, name: str) -> float:
     """Wall time of a ``trials``-trial study on SQLite storage with MLflow on SQLite (study creation excluded)."""
-    spec = parse_study({"name": name, "task": TASK, "budget": {"epochs": epochs, "n_trials": trials + 1},
+    spec = parse_study({"name": name, "task": TASK, "budget": {"epochs": epochs, "eval_every": eval_every, "n_trials": trials + 1},
                         "space": SPACE, "pruner": "none", "sampler": "random"})
     storage, tracking = f"sqlite:///{directory / 'tuner.db'}", f"sqlite:///{directory / 'mlflow.db'}"
     prepared = prepare(spec, storage=storage, tracking_uri=tracking, spec_dir=str(directory))
@@ -65,19 +65,22 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--trial-seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--evals", type=int, default=10, help="evaluations (pruner reports) per trial")
     args = parser.parse_args()
 
     epochs = calibrate_epochs(args.trial_seconds)
+    eval_every = max(1, epochs // args.evals)
     bare, study = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            bare.append(bare_seconds(epochs, args.trials))
-            study.append(study_seconds(epochs, args.trials, Path(tmp), f"overhead-{round_}"))
+            bare.append(bare_seconds(epochs, eval_every, args.trials))
+            study.append(study_seconds(epochs, eval_every, args.trials, Path(tmp), f"overhead-{round_}"))
     per_trial_bare = statistics.median(bare) / args.trials
     per_trial_study = statistics.median(study) / args.trials
     overhead = (per_trial_study - per_trial_bare) / per_trial_study
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
-    print(f"recipe: digits-mlp 128x128, adam + cosine, batch 32, {epochs} epochs per trial; {args.trials} trials x {args.rounds} rounds")
+    print(f"recipe: digits-mlp 128x128, adam + cosine, batch 32, {epochs} epochs per trial, "
+          f"evaluated every {eval_every} epochs; {args.trials} trials x {args.rounds} rounds")
     print(f"{'arm':<34}{'s/trial (median)':>18}")
     print(f"{'bare fit() loop':<34}{per_trial_bare:>18.3f}")
     print(f"{'study: SQLite + MLflow(SQLite)':<34}{per_trial_study:>18.3f}")
