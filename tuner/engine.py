@@ -198,7 +198,8 @@ class Objective:
         budget = prepared.spec.budget
         self.budget = TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def start(self, trial: optuna.Trial) -> tuple[Recipe, int, TrialRun]:
+        """Sample the trial's recipe, fix its seed, record both (and this worker) on the trial, open its MLflow run."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get("seed", trial_seed(self.prepared.spec.seed, trial.number))  # a retry keeps its seed
         trial.set_user_attr("recipe", recipe.to_dict())
@@ -207,6 +208,10 @@ class Objective:
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
                                        {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
         trial.set_user_attr("mlflow_run_id", run.run_id or "")  # a retry must not keep the lost trial's run id
+        return recipe, seed, run
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        recipe, seed, run = self.start(trial)
         started = time.perf_counter()
         state, reason, value, curve = "FAIL", "error", None, []
         try:

@@ -10,14 +10,12 @@ number of members it was stacked with (1: it trained sequentially, see ``tuner.p
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome, trial_seed
+from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome
 from tuner.population import fit_population
 from tuner.recipe import Recipe
 from tuner.tracking import Tracker, TrialRun
@@ -88,15 +86,7 @@ def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
 
 
 def _start_member(trial: Any, objective: Objective) -> _Member:
-    recipe = objective.prepared.space.sample(trial)
-    seed = trial.user_attrs.get("seed", trial_seed(objective.prepared.spec.seed, trial.number))  # a retry keeps its seed
-    trial.set_user_attr("recipe", recipe.to_dict())
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    run = objective.tracker.start_trial(objective.parent_run_id, objective.prepared.spec.name, trial.number, recipe,
-                                        {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
-    trial.set_user_attr("mlflow_run_id", run.run_id or "")
-    return _Member(trial, recipe, seed, run)
+    return _Member(trial, *objective.start(trial))
 
 
 def _on_eval(member: _Member, tracker: Tracker, metric: str) -> Callable[[Evaluation], bool]:
