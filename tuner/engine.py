@@ -7,6 +7,7 @@ holds ``n_trials`` finished trials (complete or pruned) or ``timeout`` passes.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -15,6 +16,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -205,9 +207,11 @@ class Objective:
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if "mlflow_run_id" in trial.user_attrs:  # a retry must not keep the lost trial's run id
+            trial.set_user_attr("mlflow_run_id", "")
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
-                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)})
-        trial.set_user_attr("mlflow_run_id", run.run_id or "")  # a retry must not keep the lost trial's run id
+                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)},
+                                       on_started=partial(_record_run_id, trial))
         return recipe, seed, run
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -246,6 +250,12 @@ class Objective:
 
         return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
                    on_eval=on_eval, device=prepared.device, seed=seed, deterministic=prepared.spec.deterministic)
+
+
+def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
+    """Called on the tracking thread once the trial's MLflow run exists (lost-trial handling closes it by this id)."""
+    if run_id:
+        trial.set_user_attr("mlflow_run_id", run_id)
 
 
 def outcome(result: FitResult, metric: str) -> tuple[str, str, Optional[float]]:
@@ -304,10 +314,16 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
     prepared = lrfind.with_lr_ranges(prepared, study.user_attrs)  # `lr: auto` ranges recorded on the study
     study.sampler = make_sampler(prepared, worker_index, len(study.trials))
     study.pruner = make_pruner(prepared)
+    # torch, optuna, mlflow and sqlalchemy leave ~10^6 long-lived objects; a full collection scanning them costs tens of
+    # ms in the middle of a trial (bench/overhead.py). Frozen, they are skipped; what trials allocate is still collected.
+    gc.freeze()
     if options.population > 1:
         from tuner.engine_population import optimize_population
 
-        return optimize_population(study, prepared, tracker, options, on_trial)
+        try:
+            return optimize_population(study, prepared, tracker, options, on_trial)
+        finally:
+            tracker.flush()
 
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
@@ -317,8 +333,11 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
 
     objective = Objective(prepared, tracker, study.user_attrs.get(PARENT_RUN_ATTR))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
-    settle_lost_trials(study, lambda n: study.optimize(objective, n_trials=n, catch=(Exception,)))
+    try:
+        study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
+        settle_lost_trials(study, lambda n: study.optimize(objective, n_trials=n, catch=(Exception,)))
+    finally:
+        tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
 
 
 def make_sampler(prepared: Prepared, worker_index: int, trials_so_far: int) -> optuna.samplers.BaseSampler:

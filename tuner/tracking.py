@@ -5,8 +5,21 @@ study so every process nests under it), one child run per trial. Runs are addres
 ids through ``MlflowClient`` — no global active run — and a trial's metrics go out in one
 ``log_batch`` at its end (per-call logging to SQL stores costs a third of a short trial).
 
+With a remote server (``http://``, ``https://``) a trial's MLflow calls run on one background
+thread, in order, so training does not wait for network round trips: ``start_trial`` returns at
+once and hands the run id to ``on_started`` when the run exists; ``end_trial`` waits only for the
+run to exist (usually long done), queues the final batch and the state, and returns. ``flush``
+waits for everything queued (the engine calls it before a process ends its share of a study).
+Local stores (``sqlite:``, a directory, a database URL) run the same calls inline: their cost is
+Python CPU time, which a thread would take from training anyway -- under the GIL, more than it
+saves (bench/overhead.py).
+
+The LR curve is logged with the points MLflow needs to draw it (it joins points with straight
+lines) within ``LR_CURVE_TOLERANCE`` of its peak: a constant LR is 2 points, a cosine a few dozen.
+
 An MLflow failure never fails a trial: each call is retried once, then a warning is printed and
-the gap is returned to the caller so it can be recorded on the trial.
+the gap is returned to the caller so it can be recorded on the trial (failures of the queued end
+of a trial come too late for that: they are warned only).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
@@ -22,6 +36,8 @@ import yaml
 from tuner.recipe import Recipe
 
 MAX_PARAM_LENGTH = 500
+LR_CURVE_TOLERANCE = 0.002
+REMOTE_SCHEMES = ("http://", "https://")
 _log = logging.getLogger(__name__)
 
 
@@ -32,13 +48,19 @@ class TrialRun:
     run_id: Optional[str]
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
     errors: list[str] = field(default_factory=list)
+    created: Optional[Future] = None  # the queued creation of the run; run_id is set when it is done
+
+    def wait_created(self) -> None:
+        """Block until the run exists (or its creation failed: ``run_id`` stays None, ``errors`` say why)."""
+        if self.created is not None:
+            self.created.result()
 
 
 class Tracker(Protocol):
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]: ...
 
     def start_trial(self, parent_run_id: Optional[str], study_name: str, number: int, recipe: Recipe,
-                    tags: dict[str, str]) -> TrialRun: ...
+                    tags: dict[str, str], on_started: Optional[Callable[[Optional[str]], None]] = None) -> TrialRun: ...
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None: ...
 
@@ -50,6 +72,8 @@ class Tracker(Protocol):
     def log_to_study(self, parent_run_id: Optional[str], params: Optional[dict[str, Any]] = None,
                      tags: Optional[dict[str, str]] = None, files: tuple[str, ...] = ()) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class NullTracker:
     """Tracks nothing (``tracking_uri: none``)."""
@@ -57,7 +81,7 @@ class NullTracker:
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
         return None
 
-    def start_trial(self, parent_run_id, study_name, number, recipe, tags) -> TrialRun:
+    def start_trial(self, parent_run_id, study_name, number, recipe, tags, on_started=None) -> TrialRun:
         return TrialRun(run_id=None)
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
@@ -70,6 +94,9 @@ class NullTracker:
         pass
 
     def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
 
@@ -89,6 +116,13 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri)
         self._experiment_ids: dict[str, str] = {}
         self.retries, self.retry_wait = retries, retry_wait
+        remote = tracking_uri.lower().startswith(REMOTE_SCHEMES)
+        # one thread: the calls stay in order
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuner-mlflow") if remote else _Inline()
+
+    def flush(self) -> None:
+        """Wait until every queued MLflow call is done."""
+        self._queue.submit(lambda: None).result()
 
     # -- study -------------------------------------------------------------------------------
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
@@ -100,6 +134,7 @@ class MlflowTracker:
 
     def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None:
         """Put the best recipe and the summary on the parent run (it stays open for later workers to nest under)."""
+        self.flush()
         if parent_run_id is None:
             return
         from mlflow.entities import Metric, RunTag
@@ -147,11 +182,22 @@ class MlflowTracker:
 
     # -- trials --------------------------------------------------------------------------------
     def start_trial(self, parent_run_id: Optional[str], study_name: str, number: int, recipe: Recipe,
-                    tags: dict[str, str]) -> TrialRun:
-        """Create the trial's child run with the recipe as flat params and as ``recipe.yaml``."""
-        errors: list[str] = []
-        run = self._safe("create trial run", self._create_trial_run, parent_run_id, study_name, number, recipe, tags, errors=errors)
-        return TrialRun(run_id=run, errors=errors)
+                    tags: dict[str, str], on_started: Optional[Callable[[Optional[str]], None]] = None) -> TrialRun:
+        """Queue the creation of the trial's child run, with the recipe as flat params and as ``recipe.yaml``; returns
+        at once. ``on_started(run_id)`` is called on the tracking thread when the run exists (None: it failed)."""
+        run = TrialRun(run_id=None)
+
+        def create() -> None:
+            run.run_id = self._safe("create trial run", self._create_trial_run, parent_run_id, study_name, number, recipe,
+                                    tags, errors=run.errors)
+            if on_started is not None:
+                try:
+                    on_started(run.run_id)
+                except Exception as error:  # the trial goes on; only the link from trial to run is missing
+                    warnings.warn(f"could not record MLflow run id {run.run_id}: {type(error).__name__}: {error}", RuntimeWarning)
+
+        run.created = self._queue.submit(create)
+        return run
 
     def _create_trial_run(self, parent_run_id, study_name, number, recipe, tags) -> str:
         from mlflow.entities import Param
@@ -171,14 +217,21 @@ class MlflowTracker:
 
     def end_trial(self, run: TrialRun, state: str, reason: str, duration: float, lr_curve: list[tuple[int, float]],
                   value: Optional[float]) -> list[str]:
-        """Flush metrics and the LR curve, tag the final state and reason, close the run. Returns the errors seen."""
-        if run.run_id is None:
-            return run.errors
+        """Queue the metrics, the LR curve, the final state and reason, and the run's end. Returns the errors seen so
+        far (creating the run); later ones are warned."""
+        run.wait_created()
+        errors = list(run.errors)
+        if run.run_id is not None:
+            self._queue.submit(self._end_trial_run, run, state, reason, duration, lr_curve, value)
+        return errors
+
+    def _end_trial_run(self, run: TrialRun, state: str, reason: str, duration: float, lr_curve: list[tuple[int, float]],
+                       value: Optional[float]) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
         metrics = [Metric(key, v, now, step) for key, v, step in run.metrics]
-        metrics += [Metric("lr", lr, now, step) for step, lr in lr_curve]
+        metrics += [Metric("lr", lr, now, step) for step, lr in simplify_curve(lr_curve, LR_CURVE_TOLERANCE)]
         if value is not None:
             metrics.append(Metric("objective", float(value), now, 0))
         tags = [RunTag("tuner.state", state), RunTag("tuner.reason", reason[:5000]), RunTag("tuner.duration_s", f"{duration:.3f}")]
@@ -186,7 +239,6 @@ class MlflowTracker:
             self._safe("log trial metrics", self.client.log_batch, run.run_id, metrics=metrics[start:start + 1000],
                        tags=tags if start == 0 else [], errors=run.errors)
         self._safe("end trial run", self.client.set_terminated, run.run_id, _RUN_STATUS.get(state, "KILLED"), errors=run.errors)
-        return run.errors
 
     # -- resilience ------------------------------------------------------------------------------
     def _safe(self, what: str, call: Callable[..., Any], *args: Any, errors: Optional[list[str]] = None, **kwargs: Any) -> Any:
@@ -202,6 +254,48 @@ class MlflowTracker:
                 if errors is not None:
                     errors.append(message)
         return None
+
+
+class _Inline:
+    """An executor that runs each call at once, in the caller's thread (local MLflow stores)."""
+
+    def submit(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(call(*args, **kwargs))
+        except BaseException as error:  # as a thread pool would: the caller sees it in .result()
+            future.set_exception(error)
+        return future
+
+
+def simplify_curve(points: list[tuple[int, float]], tolerance: float) -> list[tuple[int, float]]:
+    """The subset of ``points`` (step, value) whose straight-line joins stay within ``tolerance`` times the curve's
+    largest magnitude of every dropped point (Ramer-Douglas-Peucker on the value axis); first and last are kept."""
+    if len(points) <= 2:
+        return list(points)
+    import numpy as np
+
+    steps = np.array([step for step, _ in points], dtype=float)
+    values = np.array([value for _, value in points], dtype=float)
+    if not np.all(np.isfinite(values)):
+        return list(points)
+    limit = tolerance * float(np.max(np.abs(values)))
+    keep = np.zeros(len(points), dtype=bool)
+    keep[[0, -1]] = True
+    segments = [(0, len(points) - 1)]
+    while segments:
+        first, last = segments.pop()
+        if last - first < 2:
+            continue
+        inside = slice(first + 1, last)
+        line = values[first] + (values[last] - values[first]) * (steps[inside] - steps[first]) / (steps[last] - steps[first])
+        errors = np.abs(values[inside] - line)
+        worst = int(np.argmax(errors))
+        if errors[worst] > limit:
+            middle = first + 1 + worst
+            keep[middle] = True
+            segments += [(first, middle), (middle, last)]
+    return [point for point, kept in zip(points, keep) if kept]
 
 
 def make_tracker(tracking_uri: str) -> Tracker:
