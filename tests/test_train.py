@@ -79,3 +79,19 @@ def test_plan_steps() -> None:
     assert plan_steps(100, None, TrainBudget(epochs=3)) == (1, 3, 1)
     assert plan_steps(100, 10, TrainBudget(steps=50)) == (10, 50, 5)
     assert plan_steps(100, 10, TrainBudget(steps=50, eval_every=20)) == (10, 50, 20)
+
+
+def test_device_data_is_never_served_to_a_later_task_that_reuses_a_freed_tasks_id() -> None:
+    import gc
+
+    import torch
+
+    from tuner.train import data_on_device
+
+    for i in range(20):  # freed objects' ids are reused at once by CPython; each task must get its own split
+        val_fraction = 0.1 if i % 2 else 0.3
+        task = load_task("digits-mlp", {"val_fraction": val_fraction})
+        expected = len(task.load_data().val_inputs)
+        assert len(data_on_device(task, torch.device("cpu")).val_inputs) == expected, i
+        del task
+        gc.collect()

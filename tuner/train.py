@@ -81,7 +81,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-_DEVICE_DATA: dict[tuple[int, str], TaskData] = {}
+_DEVICE_DATA: dict[tuple[int, str], tuple[Task, TaskData]] = {}  # the task is kept so that its id is not reused
 
 
 def data_on_device(task: Task, device: torch.device) -> TaskData:
@@ -89,8 +89,9 @@ def data_on_device(task: Task, device: torch.device) -> TaskData:
     key = (id(task), str(device))
     if key not in _DEVICE_DATA:
         data = task.load_data()
-        _DEVICE_DATA[key] = TaskData(*(t.to(device) for t in (data.train_inputs, data.train_targets, data.val_inputs, data.val_targets)))
-    return _DEVICE_DATA[key]
+        moved = TaskData(*(t.to(device) for t in (data.train_inputs, data.train_targets, data.val_inputs, data.val_targets)))
+        _DEVICE_DATA[key] = (task, moved)
+    return _DEVICE_DATA[key][1]
 
 
 def plan_steps(n_train: int, batch_size: Optional[int], budget: TrainBudget) -> tuple[int, int, int]:
