@@ -9,7 +9,9 @@ import optuna
 import pytest
 import torch
 
+import tuner.population as population
 from tests.conftest import mlflow_runs, write_study
+from tests.test_batched import RTOL, RecordingTask
 from tuner.population import PopulationFallbackWarning, fit_population, population_cap, vmap_blocker
 from tuner.recipe import Recipe
 from tuner.tasks import SimpleTask, load_task
@@ -92,9 +94,82 @@ def test_batchnorm_falls_back_to_sequential_training() -> None:
         _same_run(result, fit(bn, recipe, BUDGET, seed=seed, device="cpu"))
 
 
-def test_population_cap_follows_free_memory(task, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tuner.population as population
+# -- the ways members compute: stacked by hand (known layers), vmap (any other model); stock or user losses ------
 
+
+def _members_equal_training_alone(task, recipes: list[Recipe], seeds: list[int]) -> None:
+    results = fit_population(task, recipes, BUDGET, seeds=seeds, keep_params=True, device="cpu")
+    for recipe, seed, result in zip(recipes, seeds, results):
+        assert result.extras["population"] == len(recipes)
+        alone = RecordingTask(task)
+        expected = fit(alone, recipe, BUDGET, seed=seed, device="cpu")
+        assert (result.status, result.steps_done) == (expected.status, expected.steps_done)
+        for got, want in zip(result.evaluations, expected.evaluations, strict=True):
+            assert got.metrics == pytest.approx(want.metrics, rel=1e-4, abs=1e-6)
+        for name, param in alone.model.named_parameters():
+            error = float((result.extras["params"][name] - param.detach()).norm() / param.detach().norm())
+            assert error <= RTOL, f"{recipe.optimizer}: {name} differs by {error:.2e} (relative)"
+
+
+MIXED_RECIPES = [Recipe("adam", 3e-3, weight_decay=1e-2, clip_norm=1.0), Recipe("adamw", 1e-2, schedule="cosine"),
+                 Recipe("adam", 1e-3, {"beta1": 0.8}, warmup=5)]
+
+
+@pytest.fixture
+def no_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("the vmap path ran")
+
+    monkeypatch.setattr(population._Vmapped, "grads", fail)
+
+
+def test_stacked_path_runs_known_models_and_equals_training_alone(task, no_vmap) -> None:
+    _members_equal_training_alone(task, MIXED_RECIPES, [1, 2, 3])
+
+
+def test_vmap_path_equals_training_alone(task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(population.StackedNet, "of", classmethod(lambda cls, model: None))
+    _members_equal_training_alone(task, MIXED_RECIPES, [1, 2, 3])
+
+
+def test_layers_the_stacked_path_does_not_know_go_through_vmap() -> None:
+    digits = load_task("digits-mlp", {})
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+    layer_norm = SimpleTask(name="digits-ln", model_fn=model, data_fn=digits.load_data, loss_fn=digits.loss_fn,
+                            metrics_fn=digits.metrics_fn, metric="accuracy", direction="maximize")
+    assert population.StackedNet.of(model()) is None
+    _members_equal_training_alone(layer_norm, MIXED_RECIPES[:2], [5, 6])
+
+
+def test_cnn_members_equal_training_alone(no_vmap) -> None:
+    _members_equal_training_alone(load_task("digits-cnn", {"channels": [4, 8]}), MIXED_RECIPES[:2], [7, 8])
+
+
+def test_a_user_loss_is_differentiated_by_autograd_on_the_stacked_path(no_vmap) -> None:
+    digits = load_task("digits-mlp", {"hidden": [16]})
+
+    def smoothed(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs, targets, label_smoothing=0.1)
+
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        return {"accuracy": (outputs.argmax(1) == targets).float().mean()}
+
+    user = SimpleTask(name="digits-smooth", model_fn=digits.model_fn, data_fn=digits.load_data, loss_fn=smoothed,
+                      metrics_fn=metrics, metric="accuracy", direction="maximize")
+    assert user.population_loss is None and user.population_metrics is None
+    _members_equal_training_alone(user, MIXED_RECIPES[:2], [9, 10])
+
+
+def test_full_batch_members_equal_training_alone(no_vmap) -> None:
+    quadratic = load_task("quadratic", {"full_batch": True, "dim": 8, "n": 256, "val_n": 64})
+    recipes = [Recipe("adam", 1e-2, batch_size=None), Recipe("adam", 3e-2, batch_size=None)]
+    _members_equal_training_alone(quadratic, recipes, [3, 4])
+
+
+def test_population_cap_follows_free_memory(task, monkeypatch: pytest.MonkeyPatch) -> None:
     model, inputs = task.build_model(), task.load_data().train_inputs
     monkeypatch.setattr(population, "free_memory", lambda device: 1 << 40)
     large = population_cap(model, inputs, 64, torch.device("cpu"))

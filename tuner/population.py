@@ -2,9 +2,12 @@
 
 Same contract as ``tuner.train.fit``, per member: member ``i`` trains ``task``'s model with ``recipes[i]`` and
 ``seeds[i]``, hears ``on_eval[i]`` at each evaluation (returning True stops that member only) and gets its own
-``FitResult``. Under the hood the members' parameters are stacked (``torch.func.stack_module_state``) and one
-``vmap(functional_call)`` computes every member's loss (one autograd pass their gradients); ``BatchedOptimizer``
-applies each member's own optimizer hyperparameters, LR schedule, weight decay and clipping.
+``FitResult``. Under the hood the members' parameters are stacked (``torch.func.stack_module_state``) in one
+flat ``(N, P)`` buffer. A model of known layers runs on the stacks directly, forward and backward by hand
+(``tuner.stacked``); any other model through ``vmap(functional_call)`` and autograd. The loss is the task's
+``population_loss`` hook when it has one (``SimpleTask``'s stock losses), else ``vmap(task.loss)``; validation
+metrics likewise use ``population_metrics``. ``BatchedOptimizer`` applies each member's own optimizer
+hyperparameters, LR schedule, weight decay and clipping.
 
 Exactness. Each member equals training it alone with ``fit``: the same model init (``build_model`` right
 after ``torch.manual_seed(seed)``), the same data order (each member's own ``torch.randperm`` generator seeded
@@ -21,11 +24,14 @@ sequentially with ``fit``, after one ``PopulationFallbackWarning``.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import math
+import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -33,7 +39,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.optim.batched import BatchedOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
+from tuner.stacked import StackedNet, cross_entropy_with_grad
 from tuner.tasks import Task
+from tuner.tasks.base import stacked_cross_entropy
 from tuner.train import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
                          plan_steps, resolve_device, seed_everything)
 
@@ -108,13 +116,8 @@ class _Member:
     lr_curve: list[tuple[int, float]] = field(default_factory=list)
     best: Optional[Evaluation] = None
     since_best: int = 0
-    first_loss: Optional[float] = None
-    loss_sum: float = 0.0
-    loss_count: int = 0
     status: str = "completed"
     reason: str = ""
-    steps_done: int = 0
-    lr: float = 0.0
 
 
 def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
@@ -135,6 +138,8 @@ def _train_group(common: _Common, group: list[_Member], stackable: bool, max_mem
     if reason is not None:
         return _sequential(common, group, reason)
     cap = max_members or population_cap(probe, data.train_inputs, group[0].recipe.batch_size, common.device)
+    if common.device.type == "cpu":
+        _keep_freed_memory()
     results: dict[int, FitResult] = {}
     for start in range(0, len(group), cap):
         chunk = group[start:start + cap]
@@ -217,7 +222,109 @@ def free_memory(device: torch.device) -> int:
     return 4 << 30
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+@functools.lru_cache(maxsize=1)
+def _keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse from now on in this process (no trimming; blocks up to 32 MiB from
+    the heap, not fresh mmaps). A population frees and reallocates megabytes of activations every step; giving
+    them back to the OS only to page-fault them in again costs 10-40% of a CPU run. Whether it took (False off
+    glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- how members compute
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossWithGrad = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class _Stacked:
+    """Gradients and outputs through ``tuner.stacked.StackedNet``: layers by hand, the loss by hand or autograd."""
+
+    def __init__(self, net: StackedNet, loss: LossWithGrad) -> None:
+        self.net, self.loss = net, loss
+
+    def grads(self, params: dict[str, torch.Tensor], inputs: torch.Tensor,
+              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        outputs, tape = self.net.forward_train(params, inputs)
+        losses, grad_outputs = self.loss(outputs, targets)
+        return self.net.backward(params, tape, grad_outputs), losses
+
+    def outputs(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return self.net.forward(params, inputs)
+
+
+class _Vmapped:
+    """Gradients and outputs through ``vmap(functional_call)``: any model torch.func can run."""
+
+    def __init__(self, model: torch.nn.Module, loss: Loss) -> None:
+        self.base, self.loss = copy.deepcopy(model).to("meta"), loss
+        self.forward = vmap(self._forward)
+
+    def _forward(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, params, (inputs,))
+
+    def grads(self, params: dict[str, torch.Tensor], inputs: torch.Tensor,
+              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        losses = self.loss(self.forward(leaves, inputs), targets)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(leaves, grads)), losses.detach()
+
+    @torch.no_grad()
+    def outputs(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward(params, inputs)
+
+
+def _with_autograd(loss: Loss) -> LossWithGrad:
+    """``loss`` and its gradient with respect to the outputs, by autograd."""
+
+    def loss_with_grad(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            outputs = outputs.detach().requires_grad_(True)
+            losses = loss(outputs, targets)
+            (grad,) = torch.autograd.grad(losses.sum(), outputs)
+        return losses.detach(), grad
+
+    return loss_with_grad
+
+
+def _engines(task: Task, model: torch.nn.Module) -> list[Callable[[], Any]]:
+    """The ways to compute this population, fastest first (each built on demand): stacked (known layers), then
+    vmap. The loss is the task's ``population_loss`` hook (stock cross-entropy: by hand), else ``vmap(task.loss)``."""
+    loss = getattr(task, "population_loss", None) or vmap(task.loss)
+    net = StackedNet.of(model)
+    engines: list[Callable[[], Any]] = [lambda: _Vmapped(model, loss)]
+    if net is not None:
+        by_hand = cross_entropy_with_grad if loss is stacked_cross_entropy else _with_autograd(loss)
+        engines.insert(0, lambda: _Stacked(net, by_hand))
+    return engines
+
+
 # ----------------------------------------------------------------------------- the vectorized run
+
+
+def _seed(seed: int, deterministic: bool) -> None:
+    """``seed_everything`` before building a member's model. Without any accelerator only the CPU generator and
+    ``random`` matter, and seeding just them skips torch's queued accelerator seeds (each formats a stack trace)."""
+    accelerator = getattr(torch, "accelerator", None)
+    if deterministic or accelerator is None or accelerator.is_available():
+        seed_everything(seed, deterministic)
+    else:
+        random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[index]`` for an (N, B) index: each member's examples, contiguous (index_select is the fast kernel)."""
+    return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
 
 
 class _Population:
@@ -229,12 +336,11 @@ class _Population:
         self.data = data_on_device(task, device)
         models = []
         for m in members:
-            seed_everything(m.seed, common.deterministic)
-            models.append(task.build_model().to(device))
+            _seed(m.seed, common.deterministic)
+            models.append(task.build_model())
         params, _ = stack_module_state(models)
         self.layout = [(name, p.shape[1:], p[0].numel()) for name, p in params.items()]
-        self.flat = torch.cat([p.detach().flatten(1) for p in params.values()], 1).requires_grad_(True)
-        self.base = copy.deepcopy(models[0]).to("meta")
+        self._set_flat(torch.cat([p.detach().flatten(1).to(device) for p in params.values()], 1))
         recipe = members[0].recipe
         self.batch_size = recipe.batch_size
         self.per_epoch, self.total_steps, self.eval_every = plan_steps(len(self.data.train_inputs), self.batch_size, common.budget)
@@ -244,44 +350,46 @@ class _Population:
         self.optimizer = BatchedOptimizer([m.recipe for m in members], {"flat": self.flat})
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
         self.curve_every = max(1, self.total_steps // LR_CURVE_POINTS)
-        self.losses = vmap(self._loss, in_dims=(0, 0, 0) if self.batch_size else (0, None, None))
-        self.forward = vmap(self._forward, in_dims=(0, None))
-        self.orders: Optional[torch.Tensor] = None
-        self._probe()
+        self.metrics_hook = getattr(task, "population_metrics", None)
+        self.orders: Optional[torch.Tensor] = None  # (examples, N): row k holds each member's k-th example this epoch
+        self.multipliers: list[float] = []
+        self.limits: Optional[torch.Tensor] = None  # divergence threshold of each member's training loss
+        self.first_losses: Optional[torch.Tensor] = None
+        self.loss_sums = torch.zeros(len(members), dtype=torch.float64)
+        self.loss_count = 0
+        self.engine = self._probe(_engines(task, models[0]))
 
-    @property
-    def params(self) -> dict[str, torch.Tensor]:
-        """Each parameter's stacked (N, *shape) view into the flat (N, P) buffer the optimizer updates."""
-        views, offset, n = {}, 0, self.flat.shape[0]
+    def _set_flat(self, flat: torch.Tensor) -> None:
+        """Take ``flat`` (N, P) as the parameters; ``params`` are each parameter's stacked (N, *shape) view of it."""
+        self.flat, self.params, offset, n = flat, {}, 0, flat.shape[0]
         for name, shape, size in self.layout:
-            views[name] = self.flat[:, offset:offset + size].view(n, *shape)
+            self.params[name] = flat[:, offset:offset + size].view(n, *shape)
             offset += size
-        return views
 
-    def _grads(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _grads(self, engine: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's gradient (N, P) and loss (N,): members are independent, so d(sum of losses)/d(member's
         parameters) is that member's own gradient, exactly."""
-        views = self.params
-        losses = self.losses(views, inputs, targets)
-        grads = torch.autograd.grad(losses.sum(), list(views.values()))  # per view: no zero-filled flat gradients
-        return torch.cat([g.flatten(1) for g in grads], 1), losses.detach()
+        grads, losses = engine.grads(self.params, inputs, targets)
+        n = self.flat.shape[0]
+        return torch.cat([grads[name].reshape(n, -1) for name, _, _ in self.layout], 1), losses
 
-    def _loss(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.common.task.loss(functional_call(self.base, params, (inputs,)), targets)
+    def _probe(self, engines: list[Callable[[], Any]]) -> Any:
+        """The first engine that computes a gradient on a few examples (nothing changes); none: train sequentially."""
+        inputs, targets = self._stacked_batch(self.data.train_inputs[:2], self.data.train_targets[:2])
+        errors = []
+        for build in engines:
+            try:
+                engine = build()
+                self._grads(engine, inputs, targets)
+                return engine
+            except Exception as error:  # any failure on this model: the next engine, at last the sequential path
+                errors.append(f"{type(error).__name__}: {error}")
+        raise _VmapFailed(f"torch.func.vmap cannot run this model: {errors[-1]}")
 
-    def _forward(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.base, params, (inputs,))
-
-    def _probe(self) -> None:
-        """One vectorized gradient on a few examples (nothing changes); a failure means: train sequentially."""
-        inputs, targets = self.data.train_inputs[:2], self.data.train_targets[:2]
-        if self.batch_size:
-            n = len(self.members)
-            inputs, targets = inputs.expand(n, *inputs.shape), targets.expand(n, *targets.shape)
-        try:
-            self._grads(inputs, targets)
-        except Exception as error:  # any failure of torch.func on this model: the sequential path still works
-            raise _VmapFailed(f"torch.func.vmap cannot run this model: {type(error).__name__}: {error}") from None
+    def _stacked_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch seen by every member, as (N, B, ...) views."""
+        n = self.flat.shape[0]
+        return inputs.expand(n, *inputs.shape), targets.expand(n, *targets.shape)
 
     # -- the loop
 
@@ -292,68 +400,81 @@ class _Population:
             if not self.members:
                 break
             if self.batch_size is not None and step % self.per_epoch == 0:
-                self.orders = torch.stack([torch.randperm(len(self.data.train_inputs), generator=g) for g in self.generators])
-            multipliers = [m.schedule(step) for m in self.members]
-            losses = self._step(step, multipliers)
-            stopped = self._after_step(step, losses, multipliers)
+                self.orders = torch.stack([torch.randperm(len(self.data.train_inputs), generator=g) for g in self.generators], 1)
+            self.multipliers = [m.schedule(step) for m in self.members]
+            stopped = self._after_step(step, self._step(step))
             if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
                 stopped |= self._evaluate(step + 1, stopped)
             self._finish(stopped, step + 1, started, finished)
         self._finish(set(range(len(self.members))), self.total_steps, started, finished)
         return finished
 
-    def _step(self, step: int, multipliers: list[float]) -> list[float]:
+    def _step(self, step: int) -> torch.Tensor:
         data = self.data
         if self.batch_size is None:
-            inputs, targets = data.train_inputs, data.train_targets
+            inputs, targets = self._stacked_batch(data.train_inputs, data.train_targets)
         else:
             position = step % self.per_epoch
-            index = self.orders[:, position * self.batch_size:(position + 1) * self.batch_size].to(data.train_inputs.device)
-            inputs, targets = data.train_inputs[index], data.train_targets[index]
-        grads, losses = self._grads(inputs, targets)
-        self.optimizer.step({"flat": self.flat}, {"flat": grads}, torch.tensor(multipliers, dtype=torch.float64))
-        return losses.tolist()
+            index = self.orders[position * self.batch_size:(position + 1) * self.batch_size].t().to(data.train_inputs.device)
+            inputs, targets = _gather(data.train_inputs, index), _gather(data.train_targets, index)
+        grads, losses = self._grads(self.engine, inputs, targets)
+        self.optimizer.step({"flat": self.flat}, {"flat": grads}, torch.tensor(self.multipliers, dtype=torch.float64))
+        return losses
 
-    def _after_step(self, step: int, losses: list[float], multipliers: list[float]) -> set[int]:
-        """Record each member's loss and LR; the rows of members that diverged."""
-        stopped = set()
-        factor = self.common.budget.divergence_factor
-        for row, (m, loss, multiplier) in enumerate(zip(self.members, losses, multipliers)):
-            m.lr = m.recipe.lr * multiplier
-            if step % self.curve_every == 0 or step == self.total_steps - 1:
-                m.lr_curve.append((step, m.lr))
-            m.first_loss = loss if m.first_loss is None else m.first_loss
-            if not math.isfinite(loss) or loss > factor * max(abs(m.first_loss), 1e-12):
-                m.status, m.reason = "diverged", f"diverged at step {step + 1}: training loss {loss:.4g} (first loss {m.first_loss:.4g})"
-                stopped.add(row)
-                continue
-            m.loss_sum, m.loss_count = m.loss_sum + loss, m.loss_count + 1
+    def _after_step(self, step: int, losses: torch.Tensor) -> set[int]:
+        """Record each member's loss and LR; the rows of members that diverged (the checks of ``fit``, in float64)."""
+        losses = losses.to("cpu", torch.float64)
+        if self.limits is None:
+            self.first_losses = losses.clone()
+            self.limits = self.common.budget.divergence_factor * losses.abs().clamp(min=1e-12)
+        if step % self.curve_every == 0 or step == self.total_steps - 1:
+            for m, multiplier in zip(self.members, self.multipliers):
+                m.lr_curve.append((step, m.recipe.lr * multiplier))
+        healthy = torch.isfinite(losses) & (losses <= self.limits)
+        self.loss_sums += losses  # a member that is not healthy leaves now, its sum with it
+        self.loss_count += 1
+        if bool(healthy.all()):
+            return set()
+        stopped = set((~healthy).nonzero().flatten().tolist())
+        for row in stopped:
+            m, loss, first = self.members[row], float(losses[row]), float(self.first_losses[row])
+            m.status, m.reason = "diverged", f"diverged at step {step + 1}: training loss {loss:.4g} (first loss {first:.4g})"
         return stopped
 
     @torch.no_grad()
     def _evaluate(self, step: int, skip: set[int]) -> set[int]:
         """Evaluate every member (but ``skip``), feed its schedule, best, ``on_eval`` and patience; rows that stop."""
         metrics = self._val_metrics()
+        train_losses = (self.loss_sums / max(self.loss_count, 1)).tolist()
         stopped = set()
         for row, m in enumerate(self.members):
-            if row not in skip and self._record(m, step, metrics[row]):
+            if row not in skip and self._record(m, step, metrics[row], train_losses[row], m.recipe.lr * self.multipliers[row]):
                 stopped.add(row)
+        self.loss_sums.zero_()
+        self.loss_count = 0
         return stopped
 
     def _val_metrics(self) -> list[dict[str, float]]:
+        """Each member's validation metrics, weighted over chunks as ``fit`` weighs them (float64)."""
         inputs, targets = self.data.val_inputs, self.data.val_targets
-        totals: list[dict[str, float]] = [{} for _ in self.members]
+        totals: dict[str, torch.Tensor] = {}
         for start in range(0, len(inputs), EVAL_CHUNK):
-            chunk_inputs, chunk_targets = inputs[start:start + EVAL_CHUNK], targets[start:start + EVAL_CHUNK]
-            outputs = self.forward(self.params, chunk_inputs)
-            for row in range(len(self.members)):
-                for name, value in self.common.task.metrics(outputs[row], chunk_targets).items():
-                    totals[row][name] = totals[row].get(name, 0.0) + float(value) * len(chunk_inputs)
-        return [{name: total / len(inputs) for name, total in row.items()} for row in totals]
+            chunk_inputs, chunk_targets = self._stacked_batch(inputs[start:start + EVAL_CHUNK], targets[start:start + EVAL_CHUNK])
+            outputs = self.engine.outputs(self.params, chunk_inputs)
+            for name, values in self._chunk_metrics(outputs, chunk_targets).items():
+                totals[name] = totals.get(name, 0.0) + values * len(chunk_inputs[0])
+        columns = {name: (total / len(inputs)).tolist() for name, total in totals.items()}
+        return [{name: column[row] for name, column in columns.items()} for row in range(len(self.members))]
 
-    def _record(self, m: _Member, step: int, metrics: dict[str, float]) -> bool:
-        evaluation = Evaluation(step, step / self.per_epoch, metrics, m.loss_sum / max(m.loss_count, 1), m.lr)
-        m.loss_sum, m.loss_count = 0.0, 0
+    def _chunk_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every member's metrics of one chunk, {name: (N,) float64}: the task's stacked hook, else member by member."""
+        if self.metrics_hook is not None:
+            return {name: values.to("cpu", torch.float64) for name, values in self.metrics_hook(outputs, targets).items()}
+        rows = [self.common.task.metrics(outputs[row], targets[row]) for row in range(len(outputs))]
+        return {name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in rows[0]}
+
+    def _record(self, m: _Member, step: int, metrics: dict[str, float], train_loss: float, lr: float) -> bool:
+        evaluation = Evaluation(step, step / self.per_epoch, metrics, train_loss, lr)
         if hasattr(m.schedule, "report"):
             m.schedule.report(metrics["loss"])
         if not all(math.isfinite(v) for v in metrics.values()):
@@ -393,7 +514,10 @@ class _Population:
         index = torch.tensor(keep, dtype=torch.long)
         self.members = [self.members[row] for row in keep]
         self.generators = [self.generators[row] for row in keep]
-        self.orders = self.orders.index_select(0, index) if self.orders is not None and keep else self.orders
+        self.multipliers = [self.multipliers[row] for row in keep]
+        self.orders = self.orders.index_select(1, index) if self.orders is not None and keep else self.orders
         if keep:
-            self.flat = self.flat.detach().index_select(0, index.to(self.flat.device)).requires_grad_(True)
+            self._set_flat(self.flat.index_select(0, index.to(self.flat.device)))
             self.optimizer.select(index)
+            for name in ("loss_sums", "first_losses", "limits"):
+                setattr(self, name, getattr(self, name).index_select(0, index))

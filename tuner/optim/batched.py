@@ -7,7 +7,10 @@ weight decay, clipping). The rules mirror torch.optim's single-tensor implementa
 training that member alone with ``tuner.optim.build_optimizer`` (tests/test_batched.py proves it to 1e-5).
 
 The per-member scalars of one step (``lr / bias_correction`` ...) are computed in float64, as torch computes
-its Python-float scalars, and only then cast to the parameters' dtype.
+its Python-float scalars, and only then cast to the parameters' dtype. A hyperparameter every member shares is
+held as one Python float (``_shared``), so the update makes torch's own call (``addcdiv_(a, b, value=-step)``);
+a per-member one rounds the same way (``addcdiv_(a * column, b)``: ``(value * a) / b`` either way). Adam with
+betas and eps shared runs torch's fused kernel (``_fused_adam``): one pass instead of eight, the same formula.
 
 Weight decay follows ``ManagedOptimizer``: "coupled" adds ``wd * p`` to the clipped gradient, "decoupled"
 shrinks ``p *= 1 - lr * wd`` before the update. Clipping is per member: each value to ``[-clip_value,
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
@@ -28,13 +31,60 @@ from tuner.optim.catalog import get_optimizer_spec
 from tuner.recipe import Recipe
 
 Tensor = torch.Tensor
+Value = Union[float, Tensor]
+"""A per-member value: one Python float shared by every member, or an (N,) float64 tensor."""
 State = dict[str, Tensor]
-Hypers = Mapping[str, Tensor]
+Hypers = Mapping[str, Value]
 
 
-def column(values: Tensor, like: Tensor) -> Tensor:
-    """Per-member ``values`` (N,) cast to ``like``'s dtype and shaped to broadcast over ``like`` (N, ...)."""
+def column(values: Value, like: Tensor) -> Value:
+    """``values`` ready to broadcast over ``like`` (N, ...): a float stays a float (as torch's own Python scalars);
+    an (N,) tensor is cast to ``like``'s dtype and shaped (N, 1, ...)."""
+    if isinstance(values, float):
+        return values
     return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _any(condition: Union[bool, Tensor]) -> bool:
+    return bool(condition) if isinstance(condition, bool) else bool(condition.any())
+
+
+def _pick(condition: Union[bool, Tensor], a: Any, b: Any) -> Any:
+    """Per member: ``a`` where ``condition`` holds, else ``b`` (rows of stacked tensors, or per-member values)."""
+    if isinstance(condition, bool):
+        return a if condition else b
+    rows = next((x for x in (a, b) if isinstance(x, Tensor) and x.ndim > 1), None)
+    if rows is not None:
+        return torch.where(condition.view(-1, *([1] * (rows.ndim - 1))), a, b)
+    return torch.where(condition, *(torch.as_tensor(x, dtype=torch.float64, device=condition.device) for x in (a, b)))
+
+
+def _add_(target: Tensor, x: Tensor, scale: Value) -> Tensor:
+    """``target += scale * x``: torch's ``add_(x, alpha=scale)`` for a float, the same product per member else."""
+    if isinstance(scale, float):
+        return target.add_(x, alpha=scale)
+    return target.addcmul_(x, column(scale, target))
+
+
+def _add(x: Tensor, y: Tensor, scale: Value) -> Tensor:
+    """``x + scale * y``, out of place, as ``_add_``."""
+    if isinstance(scale, float):
+        return x.add(y, alpha=scale)
+    return torch.addcmul(x, y, column(scale, x))
+
+
+def _addcmul_(target: Tensor, a: Tensor, b: Tensor, scale: Value) -> Tensor:
+    """``target += scale * a * b`` rounded as torch's ``addcmul_(a, b, value=scale)``: ``(scale * a) * b``."""
+    if isinstance(scale, float):
+        return target.addcmul_(a, b, value=scale)
+    return target.addcmul_(a * column(scale, target), b)
+
+
+def _addcdiv_(target: Tensor, a: Tensor, b: Tensor, scale: Value) -> Tensor:
+    """``target += scale * a / b`` rounded as torch's ``addcdiv_(a, b, value=scale)``: ``(scale * a) / b``."""
+    if isinstance(scale, float):
+        return target.addcdiv_(a, b, value=scale)
+    return target.addcdiv_(a * column(scale, target), b)
 
 
 @dataclass(frozen=True)
@@ -42,7 +92,7 @@ class Step:
     """What one update needs besides the tensors: the step count (1-based) and the members' LRs (float64)."""
 
     count: int
-    lr: Tensor
+    lr: Value
 
 
 # ----------------------------------------------------------------------------- the update rules
@@ -55,51 +105,56 @@ def _sgd_state(p: Tensor, h: Hypers) -> State:
 def _sgd(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     """torch.optim.SGD for plain, heavy-ball and Nesterov members at once. A member without momentum keeps
     ``buf = g`` exactly (its dampening is taken as 0), so ``p -= lr * g`` as torch's momentum-free branch."""
-    mu = column(h["momentum"], p)
+    mu = h["momentum"]
+    if isinstance(mu, float) and mu == 0:  # no member has momentum: torch's branch without a buffer
+        _add_(p, g, -t.lr)
+        return
     if t.count == 1:  # torch's first step copies the gradient into the buffer
         s["buf"].copy_(g)
     else:
-        dampening = torch.where(h["momentum"] > 0, h["dampening"], torch.zeros_like(h["dampening"]))
-        s["buf"].mul_(mu).add_(g * column(1 - dampening, p))
+        _add_(s["buf"].mul_(column(mu, p)), g, 1 - _pick(mu > 0, h["dampening"], 0.0))
     nesterov = h["nesterov"] > 0
-    if bool(nesterov.any()):
-        g = torch.where(nesterov.view(-1, *([1] * (p.ndim - 1))), g + mu * s["buf"], s["buf"])
+    if _any(nesterov):
+        g = _pick(nesterov, _add(g, s["buf"], mu), s["buf"])
     else:
         g = s["buf"]
-    p.add_(g * column(-t.lr, p))
+    _add_(p, g, -t.lr)
 
 
 def _adagrad_state(p: Tensor, h: Hypers) -> State:
-    return {"sum": column(h["initial_accumulator_value"], p).expand_as(p).clone()}
+    return {"sum": torch.zeros_like(p).add_(column(h["initial_accumulator_value"], p))}
 
 
 def _adagrad(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     clr = t.lr / (1 + (t.count - 1) * h["lr_decay"])
     s["sum"].addcmul_(g, g, value=1)
     std = s["sum"].sqrt().add_(column(h["eps"], p))
-    p.add_((g / std) * column(-clr, p))
+    _addcdiv_(p, g, std, -clr)
 
 
 def _rmsprop_state(p: Tensor, h: Hypers) -> State:
     state = {"square_avg": torch.zeros_like(p), "buf": torch.zeros_like(p)}
-    if bool((h["centered"] > 0).any()):
+    if _any(h["centered"] > 0):
         state["grad_avg"] = torch.zeros_like(p)
     return state
 
 
 def _rmsprop(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
-    """torch.optim.RMSprop, centered or not, with or without momentum, per member. Without momentum the buffer
-    is ``0 * buf + g / avg = g / avg`` exactly, i.e. torch's ``p -= lr * g / avg``."""
-    alpha = h["alpha"]
-    s["square_avg"].mul_(column(alpha, p)).add_(g * g * column(1 - alpha, p))
+    """torch.optim.RMSprop, centered or not, with or without momentum, per member. Among members with and
+    without momentum, the buffer of one without is ``0 * buf + g / avg = g / avg``, i.e. ``p -= lr * g / avg``."""
+    alpha, mu = h["alpha"], h["momentum"]
+    _addcmul_(s["square_avg"].mul_(column(alpha, p)), g, g, 1 - alpha)
     avg = s["square_avg"].sqrt()
     if "grad_avg" in s:
         s["grad_avg"].lerp_(g, column(1 - alpha, p))
-        centered = (s["square_avg"] - s["grad_avg"] * s["grad_avg"]).sqrt_()
-        avg = torch.where((h["centered"] > 0).view(-1, *([1] * (p.ndim - 1))), centered, avg)
+        centered = s["square_avg"].addcmul(s["grad_avg"], s["grad_avg"], value=-1).sqrt_()
+        avg = _pick(h["centered"] > 0, centered, avg)
     avg = avg.add_(column(h["eps"], p))
-    s["buf"].mul_(column(h["momentum"], p)).add_(g / avg)
-    p.add_(s["buf"] * column(-t.lr, p))
+    if isinstance(mu, float) and mu == 0:  # no member has momentum: torch's branch without a buffer
+        _addcdiv_(p, g, avg, -t.lr)
+        return
+    s["buf"].mul_(column(mu, p)).addcdiv_(g, avg)
+    _add_(p, s["buf"], -t.lr)
 
 
 def _adadelta_state(p: Tensor, h: Hypers) -> State:
@@ -107,12 +162,12 @@ def _adadelta_state(p: Tensor, h: Hypers) -> State:
 
 
 def _adadelta(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
-    rho, eps = column(h["rho"], p), column(h["eps"], p)
-    s["square_avg"].mul_(rho).add_(g * g * column(1 - h["rho"], p))
+    rho, eps = h["rho"], column(h["eps"], p)
+    _addcmul_(s["square_avg"].mul_(column(rho, p)), g, g, 1 - rho)
     std = s["square_avg"].add(eps).sqrt_()
     delta = s["acc_delta"].add(eps).sqrt_().div_(std).mul_(g)
-    s["acc_delta"].mul_(rho).add_(delta * delta * column(1 - h["rho"], p))
-    p.add_(delta * column(-t.lr, p))
+    _addcmul_(s["acc_delta"].mul_(column(rho, p)), delta, delta, 1 - rho)
+    _add_(p, delta, -t.lr)
 
 
 def _moments_state(p: Tensor, h: Hypers) -> State:
@@ -125,10 +180,13 @@ def _moments_state(p: Tensor, h: Hypers) -> State:
 def _moments(p: Tensor, g: Tensor, s: State, h: Hypers) -> None:
     """exp_avg <- lerp(exp_avg, g, 1 - beta1); exp_avg_sq <- beta2 * exp_avg_sq + (1 - beta2) g^2."""
     s["exp_avg"].lerp_(g, column(1 - h["beta1"], p))
-    s["exp_avg_sq"].mul_(column(h["beta2"], p)).add_(g * g * column(1 - h["beta2"], p))
+    _addcmul_(s["exp_avg_sq"].mul_(column(h["beta2"], p)), g, g, 1 - h["beta2"])
 
 
 def _adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
+    if all(isinstance(h[key], float) for key in ("beta1", "beta2", "eps")) and hasattr(torch, "_fused_adam_"):
+        _fused_adam(p, g, s, h, t)
+        return
     _moments(p, g, s, h)
     bias_correction1 = 1 - h["beta1"] ** t.count
     bias_correction2_sqrt = (1 - h["beta2"] ** t.count) ** 0.5
@@ -136,8 +194,22 @@ def _adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     if "max_exp_avg_sq" in s:
         torch.maximum(s["max_exp_avg_sq"], second, out=s["max_exp_avg_sq"])
         second = s["max_exp_avg_sq"]
-    denom = (second.sqrt() / column(bias_correction2_sqrt, p)).add_(column(h["eps"], p))
-    p.add_((s["exp_avg"] / denom) * column(-t.lr / bias_correction1, p))
+    denom = second.sqrt().div_(column(bias_correction2_sqrt, p)).add_(column(h["eps"], p))
+    _addcdiv_(p, s["exp_avg"], denom, -(t.lr / bias_correction1))
+
+
+def _fused_adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
+    """``_adam`` for members that share betas and eps, in one pass of torch's fused kernel (``Adam(fused=True)``)
+    instead of eight: the kernel writes each member's step at LR 1 into a scratch buffer, then the member's LR
+    scales it. The same formula as the single-tensor rule, rounded a little differently (within float32 ulps)."""
+    if "direction" not in s:
+        s["direction"] = torch.empty_like(p)
+    direction = s["direction"].zero_()
+    maxima = [s["max_exp_avg_sq"]] if "max_exp_avg_sq" in s else []
+    torch._fused_adam_([direction], [g.contiguous()], [s["exp_avg"]], [s["exp_avg_sq"]], maxima,
+                       [torch.tensor(float(t.count), device=p.device)], lr=1.0, beta1=h["beta1"], beta2=h["beta2"],
+                       weight_decay=0.0, eps=h["eps"], amsgrad=bool(maxima), maximize=False)
+    _add_(p, direction, t.lr)
 
 
 def _adamax_state(p: Tensor, h: Hypers) -> State:
@@ -148,7 +220,7 @@ def _adamax(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     s["exp_avg"].lerp_(g, column(1 - h["beta1"], p))
     torch.maximum(s["exp_inf"].mul_(column(h["beta2"], p)), g.abs().add_(column(h["eps"], p)), out=s["exp_inf"])
     clr = t.lr / (1 - h["beta1"] ** t.count)
-    p.add_((s["exp_avg"] / s["exp_inf"]) * column(-clr, p))
+    _addcdiv_(p, s["exp_avg"], s["exp_inf"], -clr)
 
 
 def _nadam_state(p: Tensor, h: Hypers) -> State:
@@ -161,27 +233,30 @@ def _nadam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     bias_correction2 = 1 - h["beta2"] ** step
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * decay)))
-    s["mu_product"].mul_(mu.to(torch.float32))
+    s["mu_product"].mul_(mu if isinstance(mu, float) else mu.to(torch.float32))
     mu_product = s["mu_product"].double()
     _moments(p, g, s, h)
-    denom = (s["exp_avg_sq"] / column(bias_correction2, p)).sqrt().add_(column(h["eps"], p))
-    p.add_((g / denom) * column(-t.lr * (1.0 - mu) / (1.0 - mu_product), p))
-    p.add_((s["exp_avg"] / denom) * column(-t.lr * mu_next / (1.0 - mu_product * mu_next), p))
+    denom = s["exp_avg_sq"].div(column(bias_correction2, p)).sqrt_().add_(column(h["eps"], p))
+    _addcdiv_(p, g, denom, -t.lr * (1.0 - mu) / (1.0 - mu_product))
+    _addcdiv_(p, s["exp_avg"], denom, -t.lr * mu_next / (1.0 - mu_product * mu_next))
 
 
 def _radam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     beta1, beta2, step = h["beta1"], h["beta2"], t.count
     _moments(p, g, s, h)
     bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
-    corrected = s["exp_avg"] / column(bias_correction1, p)
+    update = s["exp_avg"].div(column(bias_correction1, p)).mul_(column(t.lr, p))
     rho_inf = 2 / (1 - beta2) - 1
     rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
     rectified = rho_t > 5.0
-    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).clamp(min=0) ** 0.5
-    adaptive = column(bias_correction2 ** 0.5, p) / s["exp_avg_sq"].sqrt().add_(column(h["eps"], p))
-    plain = corrected * column(t.lr, p)
-    mask = rectified.view(-1, *([1] * (p.ndim - 1)))
-    p.add_(torch.where(mask, plain * adaptive * column(rect, p), plain), alpha=-1.0)
+    if _any(rectified):
+        rect = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        rect = rect ** 0.5 if isinstance(rect, float) else rect.clamp(min=0) ** 0.5  # a float is rectified: >= 0
+        # torch: (bias_correction2 ** 0.5) / sqrt, which Tensor.__rtruediv__ computes as reciprocal() * scalar
+        adaptive = s["exp_avg_sq"].sqrt().add_(column(h["eps"], p)).reciprocal_()
+        adaptive = adaptive.mul_(column(bias_correction2 ** 0.5, p))
+        update = _pick(rectified, update * adaptive * column(rect, p), update)
+    p.sub_(update)
 
 
 @dataclass(frozen=True)
@@ -250,6 +325,13 @@ def _limit(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
 
+def _shared(values: Tensor) -> Value:
+    """Per-member ``values`` (N,) as one float when every member has the same one (the update then uses torch's
+    own scalar arithmetic, and no per-member column), else as they are."""
+    first = float(values[0])
+    return first if bool((values == first).all()) else values
+
+
 class BatchedOptimizer:
     """One catalog optimizer over a population's stacked parameters, each member with its own hyperparameters.
 
@@ -275,11 +357,17 @@ class BatchedOptimizer:
         self.decoupled = _per_member([r.weight_decay * (r.weight_decay_mode == "decoupled") for r in recipes], device)
         self.clip_norm = _per_member([_limit(r.clip_norm) for r in recipes], device)
         self.clip_value = _per_member([_limit(r.clip_value) for r in recipes], device)
-        self.state = {name: self.rule.init(p, self.hypers) for name, p in params.items()}
-        self._uses = (bool((self.coupled > 0).any()), bool((self.decoupled > 0).any()),
-                      bool(torch.isfinite(self.clip_value).any()), bool(torch.isfinite(self.clip_norm).any()))
+        self._share()
+        self.state = {name: self.rule.init(p, self.values) for name, p in params.items()}
         self.count = 0
         self.lr = self.peak.clone()
+
+    def _share(self) -> None:
+        """The hyperparameters as the rules read them (``_shared``), and which optional parts any member uses."""
+        self.values = {key: _shared(value) for key, value in self.hypers.items()}
+        self._coupled, self._decoupled = _shared(self.coupled), _shared(self.decoupled)
+        self._uses = (bool((self.coupled > 0).any()), bool((self.decoupled > 0).any()),
+                      bool(torch.isfinite(self.clip_value).any()), bool(torch.isfinite(self.clip_norm).any()))
 
     def __len__(self) -> int:
         return int(self.peak.shape[0])
@@ -294,11 +382,11 @@ class BatchedOptimizer:
         coupled, decoupled = self._uses[:2]
         for name, p in params.items():
             g = grads[name]
-            if coupled:
-                g = g + column(self.coupled, p) * p
+            if coupled:  # torch: grad.add(param, alpha=weight_decay)
+                g = _add(g, p, self._coupled)
             if decoupled:
-                p.mul_(column(1 - self.lr * self.decoupled, p))
-            self.rule.update(p, g, self.state[name], self.hypers, step)
+                p.mul_(column(1 - self.lr * self._decoupled, p))
+            self.rule.update(p, g, self.state[name], self.values, step)
 
     def _clip(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         if self._uses[2]:
@@ -316,5 +404,6 @@ class BatchedOptimizer:
         for name in ("peak", "coupled", "decoupled", "clip_norm", "clip_value", "lr"):
             setattr(self, name, getattr(self, name).index_select(0, rows.to(self.peak.device)))
         self.hypers = {key: value.index_select(0, rows.to(value.device)) for key, value in self.hypers.items()}
+        self._share()
         self.state = {name: {slot: t.index_select(0, rows.to(t.device)) for slot, t in slots.items()}
                       for name, slots in self.state.items()}

@@ -155,6 +155,23 @@ class SimpleTask:
             values["loss"] = self.loss_fn(outputs, targets)
         return {key: _as_float(value) for key, value in values.items()}
 
+    @property
+    def population_loss(self) -> Optional[Callable[[Any, Any], Any]]:
+        """Optional population hook: ``f(outputs, targets) -> (N,)``, member ``i``'s ``loss(outputs[i], targets[i])``
+        for stacked ``(N, B, ...)`` tensors in one pass; None when ``loss_fn`` has no known stacked form."""
+        return _stacked_loss(self.loss_fn)
+
+    @property
+    def population_metrics(self) -> Optional[Callable[[Any, Any], dict[str, Any]]]:
+        """Optional population hook: ``f(outputs, targets) -> {name: (N,) tensor}``, member ``i``'s ``metrics`` (as
+        tensors) for stacked ``(N, B, ...)`` tensors in one pass; None when no stacked form is known."""
+        if self.metrics_fn is classification_metrics:  # its "loss" is its own, whatever loss_fn is
+            return stacked_classification_metrics
+        loss = _stacked_loss(self.loss_fn)
+        if self.metrics_fn is None and loss is not None:
+            return lambda outputs, targets: {"loss": loss(outputs, targets)}
+        return None
+
 
 def _as_float(value: Any) -> float:
     return float(value.item()) if hasattr(value, "item") else float(value)
@@ -194,3 +211,57 @@ def classification_metrics(logits: Any, targets: Any) -> dict[str, float]:
 
 
 CLASSIFICATION_DIRECTIONS = {"loss": "minimize", "accuracy": "maximize"}
+
+
+# --- the same losses and metrics over a population's stacked (N, B, ...) tensors, one value per member ---------
+# Classes move to dimension 1 because log-softmax over a short last dimension is many times slower on CPU.
+
+
+def _mean_over_targets(losses: Any, targets: Any, ignore_index: int = -100) -> Any:
+    """Per-member means as F.cross_entropy's "mean" takes them: ignored targets count for nothing."""
+    counted = (targets != ignore_index).flatten(1).sum(1)
+    return losses.flatten(1).sum(1) / counted
+
+
+def stacked_cross_entropy(logits: Any, targets: Any) -> Any:
+    """``cross_entropy`` of each member: logits ``(N, ..., classes)``, targets ``(N, ...)`` -> ``(N,)``."""
+    import torch.nn.functional as F
+
+    n, classes = logits.shape[0], logits.shape[-1]
+    losses = F.cross_entropy(logits.reshape(n, -1, classes).transpose(1, 2), targets.reshape(n, -1), reduction="none")
+    return _mean_over_targets(losses, targets)
+
+
+def _stacked_torch_cross_entropy(outputs: Any, targets: Any) -> Any:
+    """``F.cross_entropy(outputs[i], targets[i])`` of each member (classes on a member's dimension 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    if outputs.ndim < 3 or targets.is_floating_point():  # one example per member, or class probabilities
+        return torch.vmap(F.cross_entropy)(outputs, targets)
+    return _mean_over_targets(F.cross_entropy(outputs.movedim(2, 1), targets, reduction="none"), targets)
+
+
+def _stacked_mse(outputs: Any, targets: Any) -> Any:
+    """``F.mse_loss(outputs[i], targets[i])`` of each member."""
+    import torch
+    import torch.nn.functional as F
+
+    if outputs.shape != targets.shape:  # a member's own broadcasting
+        return torch.vmap(F.mse_loss)(outputs, targets)
+    return F.mse_loss(outputs, targets, reduction="none").flatten(1).mean(1)
+
+
+def _stacked_loss(loss_fn: Any) -> Optional[Callable[[Any, Any], Any]]:
+    if loss_fn is cross_entropy:
+        return stacked_cross_entropy
+    import torch.nn.functional as F
+
+    return {F.cross_entropy: _stacked_torch_cross_entropy, F.mse_loss: _stacked_mse}.get(loss_fn)
+
+
+def stacked_classification_metrics(logits: Any, targets: Any) -> dict[str, Any]:
+    """``classification_metrics`` of each member as ``(N,)`` tensors: logits ``(N, ..., classes)``, targets ``(N, ...)``."""
+    n = logits.shape[0]
+    correct = logits.argmax(-1).reshape(n, -1) == targets.reshape(n, -1)
+    return {"loss": stacked_cross_entropy(logits, targets), "accuracy": correct.float().mean(1)}
