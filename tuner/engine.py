@@ -314,16 +314,22 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
     prepared = lrfind.with_lr_ranges(prepared, study.user_attrs)  # `lr: auto` ranges recorded on the study
     study.sampler = make_sampler(prepared, worker_index, len(study.trials))
     study.pruner = make_pruner(prepared)
-    # torch, optuna, mlflow and sqlalchemy leave ~10^6 long-lived objects; a full collection scanning them costs tens of
-    # ms in the middle of a trial (bench/overhead.py). Frozen, they are skipped; what trials allocate is still collected.
+    # torch, optuna, mlflow and sqlalchemy leave ~10^6 long-lived objects; one full collection scanning them cost 0.37 s
+    # in a 5-trial round (docs/benchmarks.md). Frozen, they are skipped; what trials allocate is still collected.
     gc.freeze()
+    try:
+        _run_trials(study, prepared, tracker, options, remaining, on_trial)
+    finally:
+        tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
+
+
+def _run_trials(study: optuna.Study, prepared: Prepared, tracker: Tracker, options: RunOptions, remaining: int,
+                on_trial: Optional[Callable[[optuna.Study], None]]) -> None:
+    """Up to ``remaining`` trials: in populations, or one at a time through ``study.optimize``."""
     if options.population > 1:
         from tuner.engine_population import optimize_population
 
-        try:
-            return optimize_population(study, prepared, tracker, options, on_trial)
-        finally:
-            tracker.flush()
+        return optimize_population(study, prepared, tracker, options, on_trial)
 
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
@@ -333,11 +339,8 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
 
     objective = Objective(prepared, tracker, study.user_attrs.get(PARENT_RUN_ATTR))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
-        settle_lost_trials(study, lambda n: study.optimize(objective, n_trials=n, catch=(Exception,)))
-    finally:
-        tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
+    study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(Exception,), callbacks=[stop_when_done])
+    settle_lost_trials(study, lambda n: study.optimize(objective, n_trials=n, catch=(Exception,)))
 
 
 def make_sampler(prepared: Prepared, worker_index: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
