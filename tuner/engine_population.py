@@ -2,8 +2,9 @@
 
 ``engine.optimize`` calls ``optimize_population`` when ``RunOptions.population > 1``. Every member stays an
 ordinary trial: the same user attrs ("recipe", "seed", "reason", "duration_s", "total_steps"), the same MLflow
-child run through the Tracker, the same pruning (each member reports to its own trial at each evaluation and
-leaves the population when its trial should be pruned), the same outcome rules (``engine.outcome``).
+child run through the Tracker, the same pruner (each member reports to its own trial at each evaluation and
+leaves the population when its trial should be pruned; the median rule also compares it with its peers, see
+``tuner.population_study``), the same outcome rules (``engine.outcome``).
 ``duration_s`` is the wall time of the shared pass until that member finished; user attr ``population`` is the
 number of members it was stacked with (1: it trained sequentially, see ``tuner.population``).
 """
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome
 from tuner.population import fit_population
+from tuner.population_study import PopulationPruning, reads_from_one_snapshot
 from tuner.recipe import Recipe
 from tuner.tracking import Tracker, TrialRun
 from tuner.train import Evaluation, FitResult
@@ -53,9 +55,12 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
 
     prepared, tracker = objective.prepared, objective.tracker
     optuna.storages.fail_stale_trials(study)  # what study.optimize does before each trial
-    with warnings.catch_warnings():  # heartbeats work with ask/tell too: we run the threads study.optimize would
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        members = [_start_member(study.ask(), objective) for _ in range(size)]
+    with warnings.catch_warnings(), reads_from_one_snapshot(study) as asked:
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")  # ask/tell run the threads optimize would
+        members = []
+        for _ in range(size):
+            asked.append(study.ask())
+            members.append(_start_member(asked[-1], objective))
     heartbeats = [get_heartbeat_thread(m.trial._trial_id, study._storage) for m in members]
     for heartbeat in heartbeats:
         heartbeat.start()
@@ -68,11 +73,18 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
 
 def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
     prepared, tracker = objective.prepared, objective.tracker
+    pruning = PopulationPruning(study, [m.trial for m in members])
+    numbers = [m.trial.number for m in members]
+
+    def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
+        pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
+
     started = time.perf_counter()
     try:
         results = fit_population(
             prepared.task, [m.recipe for m in members], objective.budget, seeds=[m.seed for m in members],
-            on_eval=[_on_eval(m, tracker, prepared.metric) for m in members], metric=prepared.metric,
+            on_eval=[_on_eval(m, tracker, prepared.metric, pruning) for m in members], on_evaluated=on_evaluated,
+            metric=prepared.metric,
             direction=prepared.direction, device=prepared.device, deterministic=prepared.spec.deterministic,
         )
     except KeyboardInterrupt:
@@ -89,11 +101,12 @@ def _start_member(trial: Any, objective: Objective) -> _Member:
     return _Member(trial, *objective.start(trial))
 
 
-def _on_eval(member: _Member, tracker: Tracker, metric: str) -> Callable[[Evaluation], bool]:
+def _on_eval(member: _Member, tracker: Tracker, metric: str, pruning: PopulationPruning) -> Callable[[Evaluation], bool]:
     def on_eval(evaluation: Evaluation) -> bool:
         tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-        member.trial.report(evaluation.metrics[metric], evaluation.step)
-        return member.trial.should_prune()
+        value = evaluation.metrics[metric]
+        member.trial.report(value, evaluation.step)
+        return pruning.should_prune(member.trial, evaluation.step, value)
 
     return on_eval
 

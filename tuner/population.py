@@ -45,6 +45,8 @@ from tuner.tasks.base import stacked_cross_entropy
 from tuner.train import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
                          plan_steps, resolve_device, seed_everything)
 
+OnEvaluated = Callable[[int, dict[int, dict[str, float]]], None]
+
 MEMORY_SHARE = 0.5
 """Fraction of the free device memory a population may plan to use (the cap on its size)."""
 
@@ -60,6 +62,7 @@ def fit_population(
     *,
     seeds: Sequence[int],
     on_eval: Optional[Sequence[Optional[OnEval]]] = None,
+    on_evaluated: Optional[OnEvaluated] = None,
     metric: Optional[str] = None,
     direction: Optional[str] = None,
     device: str = "auto",
@@ -72,6 +75,8 @@ def fit_population(
     Members are grouped by what must match to stack them (optimizer and its branch switches, batch size); each
     group trains in vectorized passes of at most ``max_members`` (default: what fits in ``MEMORY_SHARE`` of the
     free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
+    ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
+    pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
     """
     if len(seeds) != len(recipes):
         raise ValueError(f"need one seed per recipe, got {len(recipes)} recipes and {len(seeds)} seeds")
@@ -81,7 +86,7 @@ def fit_population(
     metric = metric or task.metric
     members = [_Member(i, r, s, callbacks[i] or _never_stop) for i, (r, s) in enumerate(zip(recipes, seeds))]
     common = _Common(task, budget, metric, direction or task.directions.get(metric, task.direction),
-                     resolve_device(device), deterministic, keep_params)
+                     resolve_device(device), deterministic, keep_params, on_evaluated or _nobody)
     results: dict[int, FitResult] = {}
     for key, group in _groups(members).items():
         results.update(_train_group(common, group, key is not None, max_members))
@@ -90,6 +95,10 @@ def fit_population(
 
 def _never_stop(evaluation: Evaluation) -> bool:
     return False
+
+
+def _nobody(step: int, metrics: dict[int, dict[str, float]]) -> None:
+    pass
 
 
 @dataclass
@@ -101,6 +110,7 @@ class _Common:
     device: torch.device
     deterministic: bool
     keep_params: bool
+    on_evaluated: OnEvaluated
 
 
 @dataclass
@@ -446,6 +456,8 @@ class _Population:
         """Evaluate every member (but ``skip``), feed its schedule, best, ``on_eval`` and patience; rows that stop."""
         metrics = self._val_metrics()
         train_losses = (self.loss_sums / max(self.loss_count, 1)).tolist()
+        self.common.on_evaluated(step, {m.index: metrics[row] for row, m in enumerate(self.members)
+                                        if row not in skip and all(math.isfinite(v) for v in metrics[row].values())})
         stopped = set()
         for row, m in enumerate(self.members):
             if row not in skip and self._record(m, step, metrics[row], train_losses[row], m.recipe.lr * self.multipliers[row]):

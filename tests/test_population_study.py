@@ -1,0 +1,100 @@
+"""The population path's use of the study: pruning members among their peers, and asking a population from one read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import write_study
+from tuner.engine import open_storage, prepare
+from tuner.population_study import reads_from_one_snapshot
+from tuner.population_study import PopulationPruning
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+
+def _study(tmp_path: Path, name: str = "s", pruner: optuna.pruners.BasePruner | None = None, seed: int = 0) -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=3)
+    return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
+                               pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
+
+
+def _decide(study: optuna.Study, pruning: PopulationPruning, trials, step: int, values: list[float]) -> list[bool]:
+    pruning.record(step, {t.number: v for t, v in zip(trials, values)})
+    decisions = []
+    for trial, value in zip(trials, values):
+        trial.report(value, step)
+        decisions.append(pruning.should_prune(trial, step, value))
+    return decisions
+
+
+def test_a_first_population_prunes_members_below_the_median_of_their_peers(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    trials = [study.ask() for _ in range(5)]
+    pruning = PopulationPruning(study, trials)
+    assert pruning.in_memory
+    # nothing has completed: sequentially all five would run on; among peers, those below the others' median stop
+    # (0.1: the others' median is 0.55; 0.6: 0.4)
+    assert _decide(study, pruning, trials, 10, [0.1, 0.5, 0.6, 0.9, 0.3]) == [True, False, False, False, True]
+    # at the next step only the three left report: each has two peers, fewer than n_startup_trials (3): all go on
+    assert _decide(study, pruning, trials[1:4], 20, [0.2, 0.5, 0.95]) == [False, False, False]
+
+
+def test_completed_trials_join_the_peers_and_the_pruner_settings_hold(tmp_path: Path) -> None:
+    study = _study(tmp_path, pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=15))
+    for value in (0.7, 0.8, 0.9):  # three completed trials at step 20: median 0.8
+        done = study.ask()
+        done.report(value, 20)
+        study.tell(done, value)
+    trials = [study.ask() for _ in range(2)]
+    pruning = PopulationPruning(study, trials)
+    assert _decide(study, pruning, trials, 10, [0.0, 0.0]) == [False, False]  # warm-up: step 10 < 15
+    # at step 20 the pool is the three completed trials and the other member: 0.75 is below the median of
+    # (0.7, 0.8, 0.9, 0.85) = 0.825; 0.85 is above the median of (0.7, 0.8, 0.9, 0.75) = 0.775
+    assert _decide(study, pruning, trials, 20, [0.75, 0.85]) == [True, False]
+
+
+def test_other_pruners_decide_through_the_trial_as_in_sequential_runs(tmp_path: Path) -> None:
+    study = _study(tmp_path, pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
+    trials = [study.ask() for _ in range(4)]
+    pruning = PopulationPruning(study, trials)
+    assert not pruning.in_memory
+    decisions = _decide(study, pruning, trials, 1, [0.1, 0.2, 0.3, 0.4])
+    for trial, decision in zip(trials, decisions):  # the same answers Optuna gives from the storage
+        assert decision == study.pruner.prune(study, study._storage.get_trial(trial._trial_id))
+
+
+def _ask_population(study: optuna.Study, space, size: int, snapshot: bool) -> list[dict]:
+    if not snapshot:
+        trials = [study.ask() for _ in range(size)]
+        for trial in trials:
+            space.sample(trial)
+        return [t.params for t in trials]
+    with reads_from_one_snapshot(study) as asked:
+        for _ in range(size):
+            asked.append(study.ask())
+            space.sample(asked[-1])
+            assert study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))[-1].params == asked[-1].params
+    return [t.params for t in asked]
+
+
+def test_asking_from_one_snapshot_samples_what_optuna_would(workdir: Path) -> None:
+    space = prepare(write_study(workdir, space={"optimizers": ["adam", "sgd", "rmsprop"],
+                                               "schedules": ["constant", "cosine", "step"]})).space
+    got = {}
+    for snapshot in (False, True):
+        directory = workdir / str(snapshot)
+        directory.mkdir()
+        study = _study(directory, seed=3)
+        for number in range(6):  # a study with history: the sampler reads completed and running trials
+            trial = study.ask()
+            space.sample(trial)
+            study.tell(trial, 0.1 * number)
+        before = vars(study._storage).get("get_all_trials")
+        got[snapshot] = _ask_population(study, space, 5, snapshot)
+        assert vars(study._storage).get("get_all_trials") is before  # the storage reads the database again
+    assert got[True] == got[False]
