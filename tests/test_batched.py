@@ -139,6 +139,29 @@ def test_mixed_catalog_entries_share_one_population_exactly(task, group: str) ->
     _final_params_equal_training_alone(task, recipes, [7 + i for i in range(len(recipes))])
 
 
+def test_every_update_rule_shares_one_stack_exactly_and_members_leave_across_blocks(task) -> None:
+    """One stack per batch size: each rule updates its own block of rows; a member leaving shifts the blocks."""
+    recipes = [replace(Recipe(name, lr, dict(params[0])), batch_size=64, schedule="cosine")
+               for name, lr, params in CASES.values()]
+    recipes = recipes[1::2] + recipes[::2]  # interleaved: the population orders them into blocks itself
+    seeds = [40 + i for i in range(len(recipes))]
+    leaving = {1: 20, 6: 10, len(recipes) - 1: 30}  # member -> the step whose evaluation stops it
+
+    def stop_at(step: int):
+        return lambda evaluation: evaluation.step >= step
+
+    callbacks = [stop_at(leaving[i]) if i in leaving else None for i in range(len(recipes))]
+    results = fit_population(task, recipes, BUDGET, seeds=seeds, on_eval=callbacks, keep_params=True, device="cpu")
+    assert results[6].extras["population"] == len(recipes)  # everyone trained in one pass
+    for index, (recipe, seed, result) in enumerate(zip(recipes, seeds, results)):
+        alone = RecordingTask(task)
+        expected = fit(alone, recipe, BUDGET, seed=seed, on_eval=callbacks[index], device="cpu")
+        assert (result.status, result.steps_done) == (expected.status, expected.steps_done), recipe.optimizer
+        for param_name, param in alone.model.named_parameters():
+            error = float((result.extras["params"][param_name] - param.detach()).norm() / param.detach().norm())
+            assert error <= RTOL, f"{recipe.optimizer} {recipe.optimizer_params}: {param_name} differs by {error:.2e}"
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_members_sharing_all_but_the_lr_equal_training_alone(task, case: str) -> None:
     """Hyperparameters every member shares are Python floats: torch's own scalar calls (Adam: its fused kernel).

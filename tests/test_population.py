@@ -52,12 +52,13 @@ def test_stopped_and_diverged_members_leave_without_touching_the_others(task) ->
     assert results[2].status == results[3].status == "completed"
 
 
-def test_groups_keep_order_and_unbatched_optimizers_fall_back_with_one_warning(task) -> None:
+def test_stacks_keep_order_mix_rules_and_unbatched_optimizers_fall_back_with_one_warning(task) -> None:
     recipes = [Recipe("adam", 1e-3), Recipe("sgd", 0.05), Recipe("adafactor", 1e-2), Recipe("adam", 3e-3, batch_size=32)]
     with pytest.warns(PopulationFallbackWarning, match="adafactor") as record:
         results = fit_population(task, recipes, BUDGET, seeds=[5, 6, 7, 8], device="cpu")
     assert len([w for w in record if issubclass(w.category, PopulationFallbackWarning)]) == 1
-    assert [r.extras.get("population", 1) for r in results] == [1, 1, 1, 1]  # each group had one member here
+    # adam and sgd (full batch) share one stack, each rule its block; adafactor trains alone; batch 32 stacks alone
+    assert [r.extras.get("population", 1) for r in results] == [2, 2, 1, 1]
     for recipe, seed, result in zip(recipes, [5, 6, 7, 8], results):
         _same_run(result, fit(task, recipe, BUDGET, seed=seed, device="cpu"))
 

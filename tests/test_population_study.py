@@ -13,7 +13,8 @@ from tuner.population_study import reads_from_one_snapshot
 from tuner.population_study import PopulationPruning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
+              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 
 def _study(tmp_path: Path, name: str = "s", pruner: optuna.pruners.BasePruner | None = None, seed: int = 0) -> optuna.Study:

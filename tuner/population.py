@@ -7,7 +7,8 @@ flat ``(N, P)`` buffer. A model of known layers runs on the stacks directly, for
 (``tuner.stacked``); any other model through ``vmap(functional_call)`` and autograd. The loss is the task's
 ``population_loss`` hook when it has one (``SimpleTask``'s stock losses), else ``vmap(task.loss)``; validation
 metrics likewise use ``population_metrics``. ``BatchedOptimizer`` applies each member's own optimizer
-hyperparameters, LR schedule, weight decay and clipping.
+hyperparameters, LR schedule, weight decay and clipping; members of different update rules share a stack, each
+rule updating its own block of rows (``BlockOptimizer``).
 
 Exactness. Each member equals training it alone with ``fit``: the same model init (``build_model`` right
 after ``torch.manual_seed(seed)``), the same data order (each member's own ``torch.randperm`` generator seeded
@@ -36,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from tuner.optim.batched import BatchedOptimizer, population_key
+from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
 from tuner.stacked import StackedNet, cross_entropy_with_grad
@@ -72,8 +73,8 @@ def fit_population(
 ) -> list[FitResult]:
     """Train ``recipes`` (member ``i`` with ``seeds[i]`` and ``on_eval[i]``) and return one ``FitResult`` each, in order.
 
-    Members are grouped by what must match to stack them (optimizer and its branch switches, batch size); each
-    group trains in vectorized passes of at most ``max_members`` (default: what fits in ``MEMORY_SHARE`` of the
+    Members are grouped by what must match to stack them (the batch size, and an update rule with a batched
+    implementation); each group trains in vectorized passes of at most ``max_members`` (default: what fits in ``MEMORY_SHARE`` of the
     free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
     ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
     pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
@@ -131,9 +132,15 @@ class _Member:
 
 
 def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
+    """Members that can share one stack (one batch size, any batched update rule), each group ordered so that
+    members of one update rule are adjacent (``BlockOptimizer``); key None: no batched rule, trained alone."""
     groups: dict[Any, list[_Member]] = {}
     for member in members:
-        groups.setdefault(population_key(member.recipe), []).append(member)
+        key = population_key(member.recipe)
+        groups.setdefault(None if key is None else ("batch_size", member.recipe.batch_size), []).append(member)
+    for key, group in groups.items():
+        if key is not None:
+            group.sort(key=lambda m: (str(population_key(m.recipe)), m.index))
     return groups
 
 
@@ -357,7 +364,7 @@ class _Population:
         for m in members:
             m.schedule = build_schedule(m.recipe.schedule, self.total_steps, m.recipe.schedule_params,
                                         warmup_steps=m.recipe.warmup_steps(self.total_steps), warmup_kind=m.recipe.warmup_kind)
-        self.optimizer = BatchedOptimizer([m.recipe for m in members], {"flat": self.flat})
+        self.optimizer = BlockOptimizer([m.recipe for m in members], {"flat": self.flat})
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
         self.curve_every = max(1, self.total_steps // LR_CURVE_POINTS)
         self.metrics_hook = getattr(task, "population_metrics", None)

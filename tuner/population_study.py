@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Container, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterator, Mapping, Optional, Sequence
 
-import optuna
-from optuna.pruners import PercentilePruner
-from optuna.trial import FrozenTrial, TrialState
+if TYPE_CHECKING:  # optuna is imported by the functions that use it (tests/test_architecture.py)
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
 
 
 class _PoolView:
@@ -54,6 +54,9 @@ class PopulationPruning:
     """
 
     def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+        from optuna.pruners import PercentilePruner
+        from optuna.trial import TrialState
+
         self.pruner = study.pruner
         self.in_memory = isinstance(self.pruner, PercentilePruner) and len(study.directions) == 1
         if not self.in_memory:
@@ -80,6 +83,9 @@ class PopulationPruning:
 
 def _intermediate_values_only() -> FrozenTrial:
     """A running member as the pruner reads it: only its intermediate values, kept in memory from now on."""
+    import optuna
+    from optuna.trial import TrialState
+
     return optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, params={}, distributions={},
                                      intermediate_values={})
 

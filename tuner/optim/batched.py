@@ -407,3 +407,42 @@ class BatchedOptimizer:
         self._share()
         self.state = {name: {slot: t.index_select(0, rows.to(t.device)) for slot, t in slots.items()}
                       for name, slots in self.state.items()}
+
+
+class BlockOptimizer:
+    """Members of different update rules in one stack: one ``BatchedOptimizer`` per block of consecutive rows
+    whose recipes share a ``population_key`` (the caller orders the members so that equal keys are adjacent).
+
+    Forward and backward passes run once for the whole stack; only the update is split by rule. Each block updates
+    its rows of ``params`` in place (row slices of the stacked tensors are views). ``select`` keeps rows across
+    blocks, dropping blocks left empty.
+    """
+
+    def __init__(self, recipes: Sequence[Recipe], params: Mapping[str, Tensor]) -> None:
+        self.blocks: list[tuple[int, int, BatchedOptimizer]] = []
+        start = 0
+        for end in range(1, len(recipes) + 1):
+            if end == len(recipes) or population_key(recipes[end]) != population_key(recipes[start]):
+                rows = {name: p[start:end] for name, p in params.items()}
+                self.blocks.append((start, end, BatchedOptimizer(recipes[start:end], rows)))
+                start = end
+
+    def __len__(self) -> int:
+        return self.blocks[-1][1] if self.blocks else 0
+
+    def step(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], multipliers: Tensor) -> None:
+        """One step of every member (see ``BatchedOptimizer.step``)."""
+        for start, end, optimizer in self.blocks:
+            optimizer.step({name: p[start:end] for name, p in params.items()},
+                           {name: g[start:end] for name, g in grads.items()}, multipliers[start:end])
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only the members at ``rows`` (ascending row indices)."""
+        blocks, offset = [], 0
+        for start, end, optimizer in self.blocks:
+            local = rows[(rows >= start) & (rows < end)] - start
+            if len(local):
+                optimizer.select(local)
+                blocks.append((offset, offset + len(local), optimizer))
+                offset += len(local)
+        self.blocks = blocks
