@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import write_study
 from tuner.engine import open_storage, prepare
 from tuner.population_study import reads_from_one_snapshot
-from tuner.population_study import PopulationPruning
+from tuner.pruning import Pruning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
@@ -24,7 +24,7 @@ def _study(tmp_path: Path, name: str = "s", pruner: optuna.pruners.BasePruner | 
                                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
 
 
-def _decide(study: optuna.Study, pruning: PopulationPruning, trials, step: int, values: list[float]) -> list[bool]:
+def _decide(study: optuna.Study, pruning: Pruning, trials, step: int, values: list[float]) -> list[bool]:
     pruning.record(step, {t.number: v for t, v in zip(trials, values)})
     decisions = []
     for trial, value in zip(trials, values):
@@ -36,7 +36,7 @@ def _decide(study: optuna.Study, pruning: PopulationPruning, trials, step: int, 
 def test_a_first_population_prunes_members_below_the_median_of_their_peers(tmp_path: Path) -> None:
     study = _study(tmp_path)
     trials = [study.ask() for _ in range(5)]
-    pruning = PopulationPruning(study, trials)
+    pruning = Pruning(study, trials)
     assert pruning.in_memory
     # nothing has completed: sequentially all five would run on; among peers, those below the others' median stop
     # (0.1: the others' median is 0.55; 0.6: 0.4)
@@ -52,7 +52,7 @@ def test_completed_trials_join_the_peers_and_the_pruner_settings_hold(tmp_path: 
         done.report(value, 20)
         study.tell(done, value)
     trials = [study.ask() for _ in range(2)]
-    pruning = PopulationPruning(study, trials)
+    pruning = Pruning(study, trials)
     assert _decide(study, pruning, trials, 10, [0.0, 0.0]) == [False, False]  # warm-up: step 10 < 15
     # at step 20 the pool is the three completed trials and the other member: 0.75 is below the median of
     # (0.7, 0.8, 0.9, 0.85) = 0.825; 0.85 is above the median of (0.7, 0.8, 0.9, 0.75) = 0.775
@@ -62,7 +62,7 @@ def test_completed_trials_join_the_peers_and_the_pruner_settings_hold(tmp_path: 
 def test_other_pruners_decide_through_the_trial_as_in_sequential_runs(tmp_path: Path) -> None:
     study = _study(tmp_path, pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
     trials = [study.ask() for _ in range(4)]
-    pruning = PopulationPruning(study, trials)
+    pruning = Pruning(study, trials)
     assert not pruning.in_memory
     decisions = _decide(study, pruning, trials, 1, [0.1, 0.2, 0.3, 0.4])
     for trial, decision in zip(trials, decisions):  # the same answers Optuna gives from the storage
@@ -99,3 +99,36 @@ def test_asking_from_one_snapshot_samples_what_optuna_would(workdir: Path) -> No
         got[snapshot] = _ask_population(study, space, 5, snapshot)
         assert vars(study._storage).get("get_all_trials") is before  # the storage reads the database again
     assert got[True] == got[False]
+
+
+def test_a_sequential_trial_is_decided_as_optuna_decides_it(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    for number in range(4):
+        done = study.ask()
+        for step in (1, 2, 3):
+            done.report(0.2 * number + 0.1 * step, step)
+        study.tell(done, 0.2 * number + 0.3)
+    for values in ([0.1, 0.9, 0.95], [0.5, 0.6, 0.2], [0.9, 0.3, 0.1]):
+        trial = study.ask()
+        pruning = Pruning(study, [trial])
+        for step, value in enumerate(values, start=1):
+            trial.report(value, step)
+            assert pruning.should_prune(trial, step, value) == trial.should_prune(), (values, step)
+        study.tell(trial, values[-1])
+
+
+def test_trials_completed_by_other_workers_are_seen_after_the_refresh_interval(tmp_path: Path, monkeypatch) -> None:
+    import tuner.pruning
+
+    study = _study(tmp_path)
+    trial = study.ask()
+    pruning = Pruning(study, [trial])
+    other_worker = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    for value in (0.8, 0.9, 0.95):  # completed elsewhere after this trial started
+        done = other_worker.ask()
+        done.report(value, 1)
+        other_worker.tell(done, value)
+    trial.report(0.5, 1)
+    assert not pruning.should_prune(trial, 1, 0.5)  # its read is fresh: nothing completed yet, as far as it knows
+    monkeypatch.setattr(tuner.pruning, "REFRESH_SECONDS", 0.0)
+    assert pruning.should_prune(trial, 1, 0.5)  # read again: 0.5 is below the median of 0.8, 0.9, 0.95

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from tuner import lrfind, warmstart
 from tuner.errors import TunerError, lookup
+from tuner.pruning import Pruning
 from tuner.recipe import Recipe
 from tuner.resilience import make_storage, settle_lost_trials
 from tuner.search import SearchSpace, resolve_space
@@ -242,11 +243,13 @@ class Objective:
 
     def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun) -> FitResult:
         prepared = self.prepared
+        pruning = Pruning(trial.study, [trial])
 
         def on_eval(evaluation: Evaluation) -> bool:
             self.tracker.log_metrics(run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-            trial.report(evaluation.metrics[prepared.metric], evaluation.step)
-            return trial.should_prune()
+            value = evaluation.metrics[prepared.metric]
+            trial.report(value, evaluation.step)
+            return pruning.should_prune(trial, evaluation.step, value)
 
         return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
                    on_eval=on_eval, device=prepared.device, seed=seed, deterministic=prepared.spec.deterministic)

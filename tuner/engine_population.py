@@ -4,7 +4,7 @@
 ordinary trial: the same user attrs ("recipe", "seed", "reason", "duration_s", "total_steps"), the same MLflow
 child run through the Tracker, the same pruner (each member reports to its own trial at each evaluation and
 leaves the population when its trial should be pruned; the median rule also compares it with its peers, see
-``tuner.population_study``), the same outcome rules (``engine.outcome``).
+``tuner.pruning``), the same outcome rules (``engine.outcome``).
 ``duration_s`` is the wall time of the shared pass until that member finished; user attr ``population`` is the
 number of members it was stacked with (1: it trained sequentially, see ``tuner.population``).
 """
@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 
 from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome
 from tuner.population import fit_population
-from tuner.population_study import PopulationPruning, reads_from_one_snapshot
+from tuner.population_study import reads_from_one_snapshot
+from tuner.pruning import Pruning
 from tuner.recipe import Recipe
 from tuner.tracking import Tracker, TrialRun
 from tuner.train import Evaluation, FitResult
@@ -73,7 +74,7 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
 
 def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
     prepared, tracker = objective.prepared, objective.tracker
-    pruning = PopulationPruning(study, [m.trial for m in members])
+    pruning = Pruning(study, [m.trial for m in members])
     numbers = [m.trial.number for m in members]
 
     def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
@@ -101,7 +102,7 @@ def _start_member(trial: Any, objective: Objective) -> _Member:
     return _Member(trial, *objective.start(trial))
 
 
-def _on_eval(member: _Member, tracker: Tracker, metric: str, pruning: PopulationPruning) -> Callable[[Evaluation], bool]:
+def _on_eval(member: _Member, tracker: Tracker, metric: str, pruning: Pruning) -> Callable[[Evaluation], bool]:
     def on_eval(evaluation: Evaluation) -> bool:
         tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
         value = evaluation.metrics[metric]
