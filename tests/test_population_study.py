@@ -28,8 +28,7 @@ def _decide(study: optuna.Study, pruning: Pruning, trials, step: int, values: li
     pruning.record(step, {t.number: v for t, v in zip(trials, values)})
     decisions = []
     for trial, value in zip(trials, values):
-        trial.report(value, step)
-        decisions.append(pruning.should_prune(trial, step, value))
+        decisions.append(pruning.report(trial, step, value))
     return decisions
 
 
@@ -65,7 +64,8 @@ def test_other_pruners_decide_through_the_trial_as_in_sequential_runs(tmp_path: 
     pruning = Pruning(study, trials)
     assert not pruning.in_memory
     decisions = _decide(study, pruning, trials, 1, [0.1, 0.2, 0.3, 0.4])
-    for trial, decision in zip(trials, decisions):  # the same answers Optuna gives from the storage
+    for trial, decision in zip(trials, decisions):  # written at once (ASHA reads them): Optuna's own answers
+        assert study._storage.get_trial(trial._trial_id).intermediate_values == {1: pytest.approx(0.1 * (trial.number + 1))}
         assert decision == study.pruner.prune(study, study._storage.get_trial(trial._trial_id))
 
 
@@ -112,8 +112,9 @@ def test_a_sequential_trial_is_decided_as_optuna_decides_it(tmp_path: Path) -> N
         trial = study.ask()
         pruning = Pruning(study, [trial])
         for step, value in enumerate(values, start=1):
-            trial.report(value, step)
-            assert pruning.should_prune(trial, step, value) == trial.should_prune(), (values, step)
+            decision = pruning.report(trial, step, value)
+            pruning.flush()
+            assert decision == trial.should_prune(), (values, step)
         study.tell(trial, values[-1])
 
 
@@ -128,7 +129,29 @@ def test_trials_completed_by_other_workers_are_seen_after_the_refresh_interval(t
         done = other_worker.ask()
         done.report(value, 1)
         other_worker.tell(done, value)
-    trial.report(0.5, 1)
-    assert not pruning.should_prune(trial, 1, 0.5)  # its read is fresh: nothing completed yet, as far as it knows
+    assert not pruning.report(trial, 1, 0.5)  # its read is fresh: nothing completed yet, as far as it knows
     monkeypatch.setattr(tuner.pruning, "REFRESH_SECONDS", 0.0)
-    assert pruning.should_prune(trial, 1, 0.5)  # read again: 0.5 is below the median of 0.8, 0.9, 0.95
+    assert pruning.report(trial, 1, 0.5)  # read again: 0.5 is below the median of 0.8, 0.9, 0.95
+
+
+def _stored(study: optuna.Study, trial: optuna.Trial) -> dict[int, float]:
+    return study._storage.get_trial(trial._trial_id).intermediate_values
+
+
+def test_reports_are_written_in_one_burst_when_flushed_or_when_they_wait_too_long(tmp_path: Path, monkeypatch) -> None:
+    import tuner.pruning
+
+    study = _study(tmp_path)
+    trials = [study.ask() for _ in range(2)]
+    pruning = Pruning(study, trials)
+    for step in (1, 2, 3):
+        pruning.report(trials[0], step, 0.1 * step)
+    pruning.report(trials[1], 1, 0.5)
+    assert _stored(study, trials[0]) == {} and _stored(study, trials[1]) == {}
+    pruning.flush(trials[0])  # one trial's values: the other's wait
+    assert _stored(study, trials[0]) == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3}) and _stored(study, trials[1]) == {}
+    monkeypatch.setattr(tuner.pruning, "FLUSH_SECONDS", 0.0)
+    pruning.report(trials[0], 4, 0.4)  # trial 1's value has waited longer than FLUSH_SECONDS: everything is written
+    assert _stored(study, trials[0])[4] == pytest.approx(0.4) and _stored(study, trials[1]) == {1: 0.5}
+    study.tell(trials[1], state=optuna.trial.TrialState.PRUNED)  # Optuna takes a pruned trial's last written value
+    assert study.trials[trials[1].number].value == pytest.approx(0.5)

@@ -217,10 +217,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         recipe, seed, run = self.start(trial)
+        pruning = Pruning(trial.study, [trial])
         started = time.perf_counter()
         state, reason, value, curve = "FAIL", "error", None, []
         try:
-            result = self._fit(trial, recipe, seed, run)
+            result = self._fit(trial, recipe, seed, run, pruning)
             curve = result.lr_curve
             trial.set_user_attr("total_steps", result.total_steps)
             state, reason, value = outcome(result, self.prepared.metric)
@@ -232,6 +233,7 @@ class Objective:
             raise
         finally:
             duration = time.perf_counter() - started
+            pruning.flush()
             trial.set_user_attr("reason", reason)
             trial.set_user_attr("duration_s", round(duration, 3))
             errors = self.tracker.end_trial(run, state, reason, duration, curve, value)
@@ -241,15 +243,12 @@ class Objective:
             raise optuna.TrialPruned(reason)
         return value
 
-    def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun) -> FitResult:
+    def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun, pruning: Pruning) -> FitResult:
         prepared = self.prepared
-        pruning = Pruning(trial.study, [trial])
 
         def on_eval(evaluation: Evaluation) -> bool:
             self.tracker.log_metrics(run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-            value = evaluation.metrics[prepared.metric]
-            trial.report(value, evaluation.step)
-            return pruning.should_prune(trial, evaluation.step, value)
+            return pruning.report(trial, evaluation.step, evaluation.metrics[prepared.metric])
 
         return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
                    on_eval=on_eval, device=prepared.device, seed=seed, deterministic=prepared.spec.deterministic)

@@ -74,20 +74,9 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
 
 def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
     prepared, tracker = objective.prepared, objective.tracker
-    pruning = Pruning(study, [m.trial for m in members])
-    numbers = [m.trial.number for m in members]
-
-    def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
-        pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
-
     started = time.perf_counter()
     try:
-        results = fit_population(
-            prepared.task, [m.recipe for m in members], objective.budget, seeds=[m.seed for m in members],
-            on_eval=[_on_eval(m, tracker, prepared.metric, pruning) for m in members], on_evaluated=on_evaluated,
-            metric=prepared.metric,
-            direction=prepared.direction, device=prepared.device, deterministic=prepared.spec.deterministic,
-        )
+        results = _fit_members(objective, members)
     except KeyboardInterrupt:
         _fail_all(study, members, tracker, "interrupted", time.perf_counter() - started)
         raise
@@ -98,6 +87,26 @@ def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
         _finish_member(study, member, result, tracker, prepared.metric)
 
 
+def _fit_members(objective: Objective, members: list[_Member]) -> list[FitResult]:
+    """Train the population, each member reporting to its own trial; every report is written before this returns."""
+    prepared = objective.prepared
+    pruning = Pruning(members[0].trial.study, [m.trial for m in members])
+    numbers = [m.trial.number for m in members]
+
+    def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
+        pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
+
+    try:
+        return fit_population(
+            prepared.task, [m.recipe for m in members], objective.budget, seeds=[m.seed for m in members],
+            on_eval=[_on_eval(m, objective.tracker, prepared.metric, pruning) for m in members],
+            on_evaluated=on_evaluated, metric=prepared.metric, direction=prepared.direction, device=prepared.device,
+            deterministic=prepared.spec.deterministic,
+        )
+    finally:
+        pruning.flush()
+
+
 def _start_member(trial: Any, objective: Objective) -> _Member:
     return _Member(trial, *objective.start(trial))
 
@@ -105,9 +114,7 @@ def _start_member(trial: Any, objective: Objective) -> _Member:
 def _on_eval(member: _Member, tracker: Tracker, metric: str, pruning: Pruning) -> Callable[[Evaluation], bool]:
     def on_eval(evaluation: Evaluation) -> bool:
         tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-        value = evaluation.metrics[metric]
-        member.trial.report(value, evaluation.step)
-        return pruning.should_prune(member.trial, evaluation.step, value)
+        return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
 
     return on_eval
 
