@@ -139,6 +139,13 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
         number = int(run.data.tags["tuner.trial_number"])
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert (run.info.status, run.data.tags.get("tuner.state")) == expected[number], number
+    from mlflow import MlflowClient
+
+    by_number = {t.number: t for t in trials}
+    for run in children[:3]:  # the recipe artifact went through the server's artifact proxy
+        local = MlflowClient(mlflow_server.uri).download_artifacts(run.info.run_id, "recipe.yaml", str(tmp_path))
+        trial = by_number[int(run.data.tags["tuner.trial_number"])]
+        assert yaml.safe_load(Path(local).read_text()) == trial.user_attrs["recipe"]
     lost_run = next(r for r in children if int(r.data.tags["tuner.trial_number"]) == lost.number)
     assert lost_run.data.tags["tuner.reason"] == "worker lost"
 

@@ -25,10 +25,12 @@ of a trial come too late for that: they are warned only).
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 import yaml
@@ -208,7 +210,7 @@ class MlflowTracker:
         run = self.client.create_run(self._trial_experiment_id(study_name), run_name=f"trial-{number}", tags=all_tags)
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in recipe.flat().items()]
         self.client.log_batch(run.info.run_id, params=params)
-        self.client.log_text(run.info.run_id, yaml.safe_dump(recipe.to_dict(), sort_keys=False), "recipe.yaml")
+        _log_text(run.info.artifact_uri, self.tracking_uri, yaml.safe_dump(recipe.to_dict(), sort_keys=False), "recipe.yaml")
         return run.info.run_id
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
@@ -254,6 +256,17 @@ class MlflowTracker:
                 if errors is not None:
                     errors.append(message)
         return None
+
+
+def _log_text(artifact_uri: str, tracking_uri: str, text: str, name: str) -> None:
+    """``MlflowClient.log_text`` for a run whose artifact URI is known: the client would first read the whole run
+    back to learn it (2.9 ms against 0.8 ms per trial on SQLite)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / name
+        path.write_text(text)
+        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifact(str(path))
 
 
 class _Inline:
