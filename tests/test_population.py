@@ -212,6 +212,22 @@ def test_run_with_population_makes_ordinary_trials(workdir: Path, cli) -> None:
     assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").trials) == 7
 
 
+def test_a_first_population_prunes_among_peers_and_pruned_members_keep_their_last_value(workdir: Path, cli) -> None:
+    path = write_study(workdir, budget={"epochs": 3, "n_trials": 8, "population": 8}, pruner="median",
+                       space={"optimizers": ["adam", "sgd"], "schedules": ["constant"], "batch_size": [64]})
+    result = cli("run", path)
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "nothing had completed, yet members below their peers' median stop"
+    for trial in trials:  # every report (one per epoch) was written before the trial was told
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert len(trial.intermediate_values) == 3, trial.number
+        assert trial.intermediate_values, trial.number
+    for trial in pruned:
+        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+
+
 def test_bad_population_exits_2_naming_the_field(workdir: Path, cli) -> None:
     path = write_study(workdir, budget={"epochs": 1, "n_trials": 2, "population": 0})
     result = cli("run", path)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 
 from tests.conftest import write_study
-from tuner.engine import open_storage, prepare
+from tuner.engine import SAMPLERS, open_storage, prepare
 from tuner.population_study import reads_from_one_snapshot
 from tuner.pruning import Pruning
 
@@ -63,10 +64,11 @@ def test_other_pruners_decide_through_the_trial_as_in_sequential_runs(tmp_path: 
     trials = [study.ask() for _ in range(4)]
     pruning = Pruning(study, trials)
     assert not pruning.in_memory
-    decisions = _decide(study, pruning, trials, 1, [0.1, 0.2, 0.3, 0.4])
-    for trial, decision in zip(trials, decisions):  # written at once (ASHA reads them): Optuna's own answers
-        assert study._storage.get_trial(trial._trial_id).intermediate_values == {1: pytest.approx(0.1 * (trial.number + 1))}
-        assert decision == study.pruner.prune(study, study._storage.get_trial(trial._trial_id))
+    _decide(study, pruning, trials, 1, [0.1, 0.2, 0.3, 0.4])
+    for trial in trials:  # written at once: ASHA reads them from the study (and writes its rungs there)
+        stored = study._storage.get_trial(trial._trial_id)
+        assert stored.intermediate_values == {1: pytest.approx(0.1 * (trial.number + 1))}
+        assert any(key.startswith("completed_rung_") for key in stored.system_attrs)
 
 
 def _ask_population(study: optuna.Study, space, size: int, snapshot: bool) -> list[dict]:
@@ -79,26 +81,91 @@ def _ask_population(study: optuna.Study, space, size: int, snapshot: bool) -> li
         for _ in range(size):
             asked.append(study.ask())
             space.sample(asked[-1])
-            assert study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))[-1].params == asked[-1].params
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            assert running[-1].params == asked[-1].params  # reads see what was just sampled
     return [t.params for t in asked]
 
 
-def test_asking_from_one_snapshot_samples_what_optuna_would(workdir: Path) -> None:
-    space = prepare(write_study(workdir, space={"optimizers": ["adam", "sgd", "rmsprop"],
-                                               "schedules": ["constant", "cosine", "step"]})).space
+MIXED_SPACE = {"optimizers": ["adam", "sgd"], "schedules": ["constant", "cosine"]}
+GRID_SPACE = {"optimizers": {"sgd": {"lr": 0.1}}, "schedules": {"constant": {}}, "batch_size": [8, 16, 32, 64, 128, 256, 512, 1024]}
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_asking_from_one_snapshot_samples_what_optuna_would(workdir: Path, sampler: str) -> None:
+    """Every sampler of the engine's table draws the same population with and without the snapshot, with enqueued
+    trials (popped by ``ask`` itself) and, for the grid, points taken by running members, while the database is read
+    once."""
+    space = prepare(write_study(workdir, space=GRID_SPACE if sampler == "grid" else MIXED_SPACE)).space
     got = {}
     for snapshot in (False, True):
         directory = workdir / str(snapshot)
         directory.mkdir()
-        study = _study(directory, seed=3)
-        for number in range(6):  # a study with history: the sampler reads completed and running trials
+        storage = open_storage(f"sqlite:///{directory / 'study.db'}")
+        study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                    sampler=SAMPLERS[sampler](3, space, **({"points": 2} if sampler == "grid" else {})))
+        for number in range(2 if sampler == "grid" else 6):  # history: completed trials the sampler learns from
             trial = study.ask()
             space.sample(trial)
             study.tell(trial, 0.1 * number)
+        for enqueued in _enqueued(space, sampler):
+            study.enqueue_trial(enqueued)
+        reads = _count_database_reads(study)
         before = vars(study._storage).get("get_all_trials")
         got[snapshot] = _ask_population(study, space, 5, snapshot)
         assert vars(study._storage).get("get_all_trials") is before  # the storage reads the database again
+        if snapshot:
+            assert reads == [1]
     assert got[True] == got[False]
+
+
+def _enqueued(space, sampler: str) -> list[dict]:
+    """Two trials to enqueue; the grid sampler takes only whole grid points."""
+    if sampler != "grid":
+        return [{"optimizer": "sgd"}, {"optimizer": "adam", "schedule": "cosine"}]
+    return [{"batch_size": 32}, {"batch_size": 1024}]
+
+
+def _count_database_reads(study: optuna.Study) -> list[int]:
+    """A counter of Optuna's reads of many trials from the database (what its cache does on every study read)."""
+    backend, count = study._storage._backend, [0]
+    read = backend._get_trials
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return read(*args, **kwargs)
+
+    backend._get_trials = counting
+    return count
+
+
+def test_grid_points_running_members_took_are_not_handed_out_again(tmp_path: Path) -> None:
+    """Past the grid's size the grid sampler picks among points no trial has taken, running ones included; it notes
+    a trial's point inside ``ask``, before the caller holds the trial."""
+    def population(snapshot: bool) -> list[int]:
+        directory = Path(tempfile.mkdtemp(dir=tmp_path))
+        study = optuna.create_study(storage=open_storage(f"sqlite:///{directory / 's.db'}"),
+                                    sampler=optuna.samplers.GridSampler({"x": list(range(8))}, seed=0))
+        for off_grid in range(100, 108):  # trials 0-7 take no grid point: the grid is still unvisited
+            study.enqueue_trial({"x": off_grid}, skip_if_exists=False)
+            study.tell(study.ask(), 0.0)
+        if not snapshot:
+            trials = [study.ask() for _ in range(8)]
+        else:
+            with reads_from_one_snapshot(study) as trials:
+                for _ in range(8):
+                    trials.append(study.ask())
+        return [trial.suggest_categorical("x", list(range(8))) for trial in trials]
+
+    assert population(True) == population(False)
+    assert sorted(population(True)) == list(range(8))  # each point once
+
+
+def test_a_failure_while_asking_leaves_the_storage_as_it_was(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        with reads_from_one_snapshot(study):
+            raise RuntimeError("sampler broke")
+    assert "get_all_trials" not in vars(study._storage) and "set_trial_system_attr" not in vars(study._storage)
 
 
 def test_a_sequential_trial_is_decided_as_optuna_decides_it(tmp_path: Path) -> None:
@@ -155,3 +222,15 @@ def test_reports_are_written_in_one_burst_when_flushed_or_when_they_wait_too_lon
     assert _stored(study, trials[0])[4] == pytest.approx(0.4) and _stored(study, trials[1]) == {1: 0.5}
     study.tell(trials[1], state=optuna.trial.TrialState.PRUNED)  # Optuna takes a pruned trial's last written value
     assert study.trials[trials[1].number].value == pytest.approx(0.5)
+
+
+def test_a_step_reported_twice_keeps_its_first_value_as_optuna_does(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    peers = [study.ask() for _ in range(4)]
+    pruning = Pruning(study, peers)
+    for peer, value in zip(peers[1:], (0.4, 0.5, 0.6)):
+        pruning.report(peer, 1, value)
+    assert not pruning.report(peers[0], 1, 0.9)
+    assert not pruning.report(peers[0], 1, 0.1)  # ignored: 0.9 stands, above the peers' median
+    pruning.flush()
+    assert _stored(study, peers[0]) == {1: 0.9}

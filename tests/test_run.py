@@ -107,7 +107,8 @@ def test_jobs_run_local_workers_on_one_study(workdir: Path, cli) -> None:
 
 
 def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: Path) -> None:
-    path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 200, "n_trials": 3})  # runs until interrupted
+    # runs until interrupted; ASHA reads the trial's reports from the study, so they are written at once (see below)
+    path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 200, "n_trials": 3}, pruner="asha")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(path), "--tracking-uri", "none"],
                                cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -149,7 +150,11 @@ def _has_running_trial(workdir: Path) -> bool:
         return False
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as connection:
-            return connection.execute(  # running and past its first evaluation: well inside the training loop
+            # running and past its first evaluation: well inside the training loop. (A Ctrl-C in a trial's first
+            # moments -- loading data, first imports -- is handled the same way, but the process sometimes ends by
+            # SIGINT after its exit(130): a shell reports 130 either way, Popen -2. Seen with and without this
+            # session's changes; CPython's "unhandled KeyboardInterrupt" flag survives a handled one.)
+            return connection.execute(
                 "SELECT count(*) FROM trials JOIN trial_intermediate_values USING (trial_id) WHERE state = 'RUNNING'"
             ).fetchone()[0] > 0
     except sqlite3.Error:

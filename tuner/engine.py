@@ -217,10 +217,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         recipe, seed, run = self.start(trial)
-        pruning = Pruning(trial.study, [trial])
         started = time.perf_counter()
         state, reason, value, curve = "FAIL", "error", None, []
+        pruning: Optional[Pruning] = None
         try:
+            pruning = Pruning(trial.study, [trial])
             result = self._fit(trial, recipe, seed, run, pruning)
             curve = result.lr_curve
             trial.set_user_attr("total_steps", result.total_steps)
@@ -232,26 +233,39 @@ class Objective:
             reason = f"error: {type(error).__name__}: {error}"
             raise
         finally:
-            duration = time.perf_counter() - started
-            pruning.flush()
-            trial.set_user_attr("reason", reason)
-            trial.set_user_attr("duration_s", round(duration, 3))
-            errors = self.tracker.end_trial(run, state, reason, duration, curve, value)
-            if errors:
-                trial.set_user_attr("tracking_errors", errors[:5])
+            try:
+                if pruning is not None:
+                    pruning.flush()  # before tell: a pruned trial's value is its last written one
+            finally:
+                self.end(trial, run, state, reason, time.perf_counter() - started, curve, value)
         if state == "PRUNED":
             raise optuna.TrialPruned(reason)
         return value
 
+    def end(self, trial: optuna.Trial, run: TrialRun, state: str, reason: str, seconds: float,
+            curve: list[tuple[int, float]], value: Optional[float]) -> None:
+        """Record how the trial ended (reason, duration) on it and close its MLflow run."""
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("duration_s", round(seconds, 3))
+        errors = self.tracker.end_trial(run, state, reason, seconds, curve, value)
+        if errors:
+            trial.set_user_attr("tracking_errors", errors[:5])
+
     def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun, pruning: Pruning) -> FitResult:
         prepared = self.prepared
+        return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
+                   on_eval=self.reporter(trial, run, pruning), device=prepared.device, seed=seed,
+                   deterministic=prepared.spec.deterministic)
+
+    def reporter(self, trial: optuna.Trial, run: TrialRun, pruning: Pruning) -> Callable[[Evaluation], bool]:
+        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it."""
+        metric = self.prepared.metric
 
         def on_eval(evaluation: Evaluation) -> bool:
             self.tracker.log_metrics(run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-            return pruning.report(trial, evaluation.step, evaluation.metrics[prepared.metric])
+            return pruning.report(trial, evaluation.step, evaluation.metrics[metric])
 
-        return fit(prepared.task, recipe, self.budget, metric=prepared.metric, direction=prepared.direction,
-                   on_eval=on_eval, device=prepared.device, seed=seed, deterministic=prepared.spec.deterministic)
+        return on_eval
 
 
 def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:

@@ -11,6 +11,7 @@ number of members it was stacked with (1: it trained sequentially, see ``tuner.p
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tuner.population_study import reads_from_one_snapshot
 from tuner.pruning import Pruning
 from tuner.recipe import Recipe
 from tuner.tracking import Tracker, TrialRun
-from tuner.train import Evaluation, FitResult
+from tuner.train import FitResult
 
 
 @dataclass
@@ -54,7 +55,6 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
     import optuna
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    prepared, tracker = objective.prepared, objective.tracker
     optuna.storages.fail_stale_trials(study)  # what study.optimize does before each trial
     with warnings.catch_warnings(), reads_from_one_snapshot(study) as asked:
         warnings.filterwarnings("ignore", message="Heartbeat of storage")  # ask/tell run the threads optimize would
@@ -73,18 +73,17 @@ def _run_population(study: Any, objective: Objective, size: int) -> None:
 
 
 def _train(study: Any, objective: Objective, members: list[_Member]) -> None:
-    prepared, tracker = objective.prepared, objective.tracker
     started = time.perf_counter()
     try:
         results = _fit_members(objective, members)
     except KeyboardInterrupt:
-        _fail_all(study, members, tracker, "interrupted", time.perf_counter() - started)
+        _fail_all(study, objective, members, "interrupted", time.perf_counter() - started)
         raise
     except Exception as error:  # the sequential path marks such a trial FAIL and goes on; so do we, for each member
-        _fail_all(study, members, tracker, f"error: {type(error).__name__}: {error}", time.perf_counter() - started)
+        _fail_all(study, objective, members, f"error: {type(error).__name__}: {error}", time.perf_counter() - started)
         return
     for member, result in zip(members, results):
-        _finish_member(study, member, result, tracker, prepared.metric)
+        _finish_member(study, objective, member, result)
 
 
 def _fit_members(objective: Objective, members: list[_Member]) -> list[FitResult]:
@@ -97,51 +96,41 @@ def _fit_members(objective: Objective, members: list[_Member]) -> list[FitResult
         pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
 
     try:
-        return fit_population(
+        results = fit_population(
             prepared.task, [m.recipe for m in members], objective.budget, seeds=[m.seed for m in members],
-            on_eval=[_on_eval(m, objective.tracker, prepared.metric, pruning) for m in members],
+            on_eval=[objective.reporter(m.trial, m.run, pruning) for m in members],
             on_evaluated=on_evaluated, metric=prepared.metric, direction=prepared.direction, device=prepared.device,
             deterministic=prepared.spec.deterministic,
         )
-    finally:
-        pruning.flush()
+    except BaseException:
+        with contextlib.suppress(Exception):  # what was reported is kept if it can be; the original error goes on
+            pruning.flush()
+        raise
+    pruning.flush()
+    return results
 
 
 def _start_member(trial: Any, objective: Objective) -> _Member:
     return _Member(trial, *objective.start(trial))
 
 
-def _on_eval(member: _Member, tracker: Tracker, metric: str, pruning: Pruning) -> Callable[[Evaluation], bool]:
-    def on_eval(evaluation: Evaluation) -> bool:
-        tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step)
-        return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
-
-    return on_eval
-
-
-def _finish_member(study: Any, member: _Member, result: FitResult, tracker: Tracker, metric: str) -> None:
+def _finish_member(study: Any, objective: Objective, member: _Member, result: FitResult) -> None:
     from optuna.trial import TrialState
 
-    state, reason, value = outcome(result, metric)
+    state, reason, value = outcome(result, objective.prepared.metric)
     trial = member.trial
     trial.set_user_attr("total_steps", result.total_steps)
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr("duration_s", round(result.seconds, 3))
     trial.set_user_attr("population", int(result.extras.get("population", 1)))
-    errors = tracker.end_trial(member.run, state, reason, result.seconds, result.lr_curve, value)
-    if errors:
-        trial.set_user_attr("tracking_errors", errors[:5])
+    objective.end(trial, member.run, state, reason, result.seconds, result.lr_curve, value)
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, value)
 
 
-def _fail_all(study: Any, members: list[_Member], tracker: Tracker, reason: str, seconds: float) -> None:
+def _fail_all(study: Any, objective: Objective, members: list[_Member], reason: str, seconds: float) -> None:
     from optuna.trial import TrialState
 
     for member in members:
-        member.trial.set_user_attr("reason", reason)
-        member.trial.set_user_attr("duration_s", round(seconds, 3))
-        tracker.end_trial(member.run, "FAIL", reason, seconds, [], None)
+        objective.end(member.trial, member.run, "FAIL", reason, seconds, [], None)
         study.tell(member.trial, state=TrialState.FAIL)

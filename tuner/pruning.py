@@ -11,8 +11,8 @@ rule and settings (percentile, ``n_startup_trials``, warm-up, interval, ``n_min_
 Peers. Sequentially the median rule compares a trial with the completed trials at the same step; the first
 ``n_startup_trials`` trials always run to the end, and so would every member of a first population (nothing has
 completed yet). Trials decided by one ``Pruning`` (a population's members) are also compared with each other, as
-if they were completed trials: the pool at step ``s`` is the completed trials plus the peers with a value at ``s``
-(a peer pruned earlier has none).
+if they were completed trials: the pool at step ``s`` is the completed trials plus every peer that reported at ``s``
+(one pruned at ``s`` or later included; one pruned before ``s`` has no value there).
 
 Other pruners (ASHA, Hyperband, custom) are asked through ``trial.should_prune()`` as usual: ASHA already compares
 a trial with every trial that reached its rung, running ones included. ``pruner: none`` answers without a read.
@@ -21,7 +21,9 @@ Reports. Where the decision is made in memory (the median rule, ``none``), a tri
 to the study in one burst: when the trial ends (``flush``, before it is told), or at the next evaluation once the
 oldest unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. A write costs ~0.5 ms in a
 burst but 2-3 ms between two bursts of training (Optuna's ORM path runs on cold caches): 11 reports took ~25 ms of a
-1-s trial. ASHA and Hyperband read the trial's values from the study, so their reports are written at once.
+1-s trial. ASHA and Hyperband read the trial's values from the study, so their reports are written at once. A
+worker killed outright (SIGKILL, power loss) loses the values it had not written; its trial fails as lost anyway.
+A step reported twice keeps its first value, as Optuna does.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ class Pruning:
         from optuna.pruners import NopPruner, PercentilePruner
 
         self.pruner = study.pruner
-        self.never = isinstance(self.pruner, NopPruner)  # pruner "none": no read at all
-        self.in_memory = isinstance(self.pruner, PercentilePruner) and len(study.directions) == 1
+        single_objective = len(study.directions) == 1  # Optuna prunes single-objective studies only
+        self.never = isinstance(self.pruner, NopPruner) and single_objective  # pruner "none": no read at all
+        # the percentile rule as Optuna writes it (a subclass with its own prune may read more of the study)
+        self.in_memory = type(self.pruner).prune is PercentilePruner.prune and single_objective
         self.unwritten: dict[int, _Unwritten] = {}  # by trial number
         if not self.in_memory:
             return
@@ -91,7 +95,7 @@ class Pruning:
         """Members' values (by trial number) at ``step``, before any of them is decided."""
         if self.in_memory:
             for number, value in values.items():
-                self.members[number].intermediate_values[step] = value
+                self.members[number].intermediate_values.setdefault(step, value)
 
     def report(self, trial: optuna.Trial, step: int, value: float) -> bool:
         """Report ``trial``'s ``value`` at ``step``; whether the pruner stops it now."""
@@ -110,7 +114,7 @@ class Pruning:
 
     def _keep_unwritten(self, trial: optuna.Trial, step: int, value: float) -> None:
         now = time.monotonic()
-        self.unwritten.setdefault(trial.number, _Unwritten(trial, now)).values[step] = value
+        self.unwritten.setdefault(trial.number, _Unwritten(trial, now)).values.setdefault(step, value)
         if any(now - unwritten.since > FLUSH_SECONDS for unwritten in self.unwritten.values()):
             self.flush()
 
@@ -118,13 +122,14 @@ class Pruning:
         if time.monotonic() - self.read_at > REFRESH_SECONDS:
             self._read_completed()
         member = self.members[trial.number]
-        member.intermediate_values[step] = value
+        member.intermediate_values.setdefault(step, value)
         peers = [m for number, m in self.members.items() if number != trial.number and step in m.intermediate_values]
         return bool(self.pruner.prune(_PoolView(self.direction, self.completed + peers), member))  # type: ignore[arg-type]
 
 
 def _intermediate_values_only() -> FrozenTrial:
-    """A running member as the pruner reads it: only its intermediate values, kept in memory from now on."""
+    """A running trial as the pruner reads it: only its intermediate values, kept in memory from now on. Marked
+    COMPLETE (value unused) so that, as a peer, the percentile rule counts it like a completed trial."""
     import optuna
     from optuna.trial import TrialState
 

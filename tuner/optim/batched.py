@@ -305,8 +305,9 @@ BATCHED: dict[str, BatchedRule] = {
 
 
 def population_key(recipe: Recipe) -> tuple[Any, ...] | None:
-    """What members must share to be stacked in one batched optimizer (optimizer, its branch switches, batch
-    size), or None when the recipe has no batched implementation (an optimizer outside ``BATCHED``, a switch)."""
+    """What members must share to be updated by one ``BatchedOptimizer`` (update rule, its branch switches, batch
+    size): one block of a stack (``BlockOptimizer``). None when the recipe has no batched implementation (an
+    optimizer outside ``BATCHED``, a switch)."""
     if recipe.optimizer not in BATCHED or recipe.switch is not None:
         return None
     rule = BATCHED[recipe.optimizer]
