@@ -110,6 +110,7 @@ def main() -> None:
     eval_every = max(1, epochs // args.evals)
     bare, storage_only, study = [], [], []
     direct_storage, direct_study = [], []  # per round: (wall - training) / wall
+    direct_ms = []  # per round: (wall - training) per trial, ms (storage + MLflow)
     training_vs_bare = []  # per round: training time inside the study / bare fit time
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -120,6 +121,7 @@ def main() -> None:
             wall, training = study_seconds(epochs, eval_every, args.trials, Path(tmp), f"overhead-{round_}")
             study.append(wall)
             direct_study.append((wall - training) / wall)
+            direct_ms.append(1000 * (wall - training) / args.trials)
             training_vs_bare.append(training / bare[-1])
     per_trial_bare = statistics.median(bare) / args.trials
     per_trial_storage = statistics.median(storage_only) / args.trials
@@ -143,7 +145,13 @@ def main() -> None:
     print(f"direct, storage + MLflow, by round: {' '.join(f'{100 * r:.1f}%' for r in sorted(direct_study))}")
     print(f"training inside the study / bare fit, by round: {' '.join(f'{r:.3f}' for r in sorted(training_vs_bare))}")
     print(f"direct overhead (study wall - training inside fit): {100 * statistics.median(direct_study):.1f}% of wall time "
-          f"(median of rounds; target <= 5%)")
+          f"at {statistics.median(bare) / args.trials:.2f} s of training per trial (median of rounds)")
+    # the calibration aims at 1 s of training but the machine's speed drifts (0.8-1.25 s seen): the overhead in ms per
+    # trial is what the engine adds, and the target is stated for a 1-second trial
+    overhead_ms = statistics.median(direct_ms)
+    print(f"direct overhead per trial, by round: {' '.join(f'{ms:.0f}' for ms in sorted(direct_ms))} ms")
+    print(f"direct overhead: {overhead_ms:.0f} ms per trial = {100 * overhead_ms / (1000 + overhead_ms):.1f}% of a trial "
+          f"with 1.0 s of training (target <= 5%)")
 
 if __name__ == "__main__":
     main()
