@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
-from tuner.spec import TaskRef, format_validation_error
+from tuner.spec import TaskRef, format_validation_error, read_yaml_mapping
 
 LOCK_VERSION = 1
 DEFAULT_ALPHA = 0.05
@@ -123,14 +123,7 @@ class LockFile(_Strict):
 def read_lock(path: str | Path) -> LockFile:
     """Read and validate a lock file: a ``TunerError`` names the file, the field and the value (exit code 2)."""
     path = Path(path)
-    if not path.is_file():
-        raise TunerError(f"{path}: lock file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise TunerError(f"{path}: invalid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise TunerError(f"{path}: a lock file must be a mapping (lock_version, task, recipes ...), got {type(data).__name__}")
+    data = read_yaml_mapping(path, "lock file", "lock_version, task, recipes ...")
     version = data.get("lock_version")
     if version != LOCK_VERSION:
         raise TunerError(f"{path}: lock_version: this tuner ({tuner_version()}) reads lock files of version {LOCK_VERSION}, "

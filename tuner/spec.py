@@ -176,16 +176,24 @@ def _check_name(kind: str, name: str, valid: tuple[str, ...]) -> None:
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study file; any problem raises ``TunerError`` naming the file, field and value."""
+    data = read_yaml_mapping(path, "study file", "name, task, space ...")
+    return parse_study(data, source=str(path))
+
+
+def read_yaml_mapping(path: str | Path, kind: str, keys: str) -> dict[str, Any]:
+    """The YAML mapping in the ``kind`` file at ``path`` (``keys``: examples for the message); a missing file, bad
+    YAML or anything but a mapping raises ``TunerError`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise TunerError(f"{path}: study file not found")
+        raise TunerError(f"{path}: {kind} not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise TunerError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise TunerError(f"{path}: a study file must be a mapping of keys (name, task, space ...), got {type(data).__name__}")
-    return parse_study(data, source=str(path))
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise TunerError(f"{path}: {article} {kind} must be a mapping of keys ({keys}), got {type(data).__name__}")
+    return data
 
 
 def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
