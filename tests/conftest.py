@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny study file in a temporary working directory, and a CLI runner."""
+"""Shared fixtures: a tiny study file in a temporary working directory, a CLI runner, a PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def write_study(directory: Path, filename: str = "study.yaml", **changes) -> Pat
     path = directory / filename
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for the session (``create_database(name)`` gives each test its own URL)."""
+    from service_fixtures import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

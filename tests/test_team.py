@@ -18,19 +18,11 @@ import pytest
 import yaml
 
 from conftest import TINY_STUDY, mlflow_runs
-from service_fixtures import MlflowServer, PostgresServer, free_port
+from service_fixtures import MlflowServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRIALS = 14
 TEAM_ENV = {"TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_GRACE_PERIOD": "4", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -31,6 +31,7 @@ from tuner.resilience import make_storage, settle_lost_trials
 from tuner.search import SearchSpace, resolve_space
 from tuner.sqlite_tuning import speed_up_sqlite
 from tuner.spec import StudySpec, load_study, parse_study
+from tuner.study_sql import count_trials, write_trial
 from tuner.tasks import Task, load_task
 from tuner.tracking import Tracker, TrialRun, make_tracker
 from tuner.train import Evaluation, FitResult, TrainBudget, fit
@@ -188,7 +189,8 @@ def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Complete and pruned trials: what ``n_trials`` counts."""
+    return count_trials(study, FINISHED)
 
 
 # -- the objective ----------------------------------------------------------------------------------
@@ -202,29 +204,28 @@ class Objective:
         self.budget = TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
 
     def start(self, trial: optuna.Trial) -> tuple[Recipe, int, TrialRun]:
-        """Sample the trial's recipe, fix its seed, record both (and this worker) on the trial, open its MLflow run."""
+        """Sample the trial's recipe, fix its seed, open its MLflow run, and record recipe, seed, this worker and the
+        run id on the trial in one write."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get("seed", trial_seed(self.prepared.spec.seed, trial.number))  # a retry keeps its seed
-        trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        attrs: dict[str, Any] = {"recipe": recipe.to_dict(), "seed": seed, "worker": f"{socket.gethostname()}:{os.getpid()}"}
         if "mlflow_run_id" in trial.user_attrs:  # a retry must not keep the lost trial's run id
-            trial.set_user_attr("mlflow_run_id", "")
+            attrs["mlflow_run_id"] = ""
+        run_id = _RunIdRecorder(trial, attrs)
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
-                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)},
-                                       on_started=partial(_record_run_id, trial))
+                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)}, on_started=run_id)
+        run_id.write_with_attrs()
         return recipe, seed, run
 
     def __call__(self, trial: optuna.Trial) -> float:
         recipe, seed, run = self.start(trial)
         started = time.perf_counter()
-        state, reason, value, curve = "FAIL", "error", None, []
+        state, reason, value, curve, attrs = "FAIL", "error", None, [], {}
         pruning: Optional[Pruning] = None
         try:
             pruning = Pruning(trial.study, [trial])
             result = self._fit(trial, recipe, seed, run, pruning)
-            curve = result.lr_curve
-            trial.set_user_attr("total_steps", result.total_steps)
+            curve, attrs = result.lr_curve, {"total_steps": result.total_steps}
             state, reason, value = outcome(result, self.prepared.metric)
         except KeyboardInterrupt:
             reason = "interrupted"
@@ -233,23 +234,23 @@ class Objective:
             reason = f"error: {type(error).__name__}: {error}"
             raise
         finally:
-            try:
-                if pruning is not None:
-                    pruning.flush()  # before tell: a pruned trial's value is its last written one
-            finally:
-                self.end(trial, run, state, reason, time.perf_counter() - started, curve, value)
+            # before tell: a pruned trial's value is its last written one
+            values = pruning.take_unwritten(trial) if pruning is not None else {}
+            self.end(trial, run, state, reason, time.perf_counter() - started, curve, value, attrs, values)
         if state == "PRUNED":
             raise optuna.TrialPruned(reason)
         return value
 
     def end(self, trial: optuna.Trial, run: TrialRun, state: str, reason: str, seconds: float,
-            curve: list[tuple[int, float]], value: Optional[float]) -> None:
-        """Record how the trial ended (reason, duration) on it and close its MLflow run."""
-        trial.set_user_attr("reason", reason)
-        trial.set_user_attr("duration_s", round(seconds, 3))
+            curve: list[tuple[int, float]], value: Optional[float], attrs: Optional[dict[str, Any]] = None,
+            intermediate_values: Optional[dict[int, float]] = None) -> None:
+        """Close the trial's MLflow run, then record on the trial in one write how it ended (reason, duration, any
+        MLflow errors), the other ``attrs`` and the ``intermediate_values`` not written yet."""
         errors = self.tracker.end_trial(run, state, reason, seconds, curve, value)
+        attrs = {**(attrs or {}), "reason": reason, "duration_s": round(seconds, 3)}
         if errors:
-            trial.set_user_attr("tracking_errors", errors[:5])
+            attrs["tracking_errors"] = errors[:5]
+        write_trial(trial, attrs, intermediate_values)
 
     def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun, pruning: Pruning) -> FitResult:
         prepared = self.prepared
@@ -268,10 +269,26 @@ class Objective:
         return on_eval
 
 
-def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
-    """Called on the tracking thread once the trial's MLflow run exists (lost-trial handling closes it by this id)."""
-    if run_id:
-        trial.set_user_attr("mlflow_run_id", run_id)
+class _RunIdRecorder:
+    """``on_started`` of a trial's MLflow run: a run id known before the trial's first write (local stores create the
+    run inline) joins that write; one known later (a remote server, on the tracking thread) is written on its own."""
+
+    def __init__(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        self.trial, self.pending = trial, attrs
+        self.lock = threading.Lock()  # the run id must not be written before a retry's reset of it
+
+    def __call__(self, run_id: Optional[str]) -> None:
+        with self.lock:
+            if self.pending is not None:
+                if run_id:
+                    self.pending["mlflow_run_id"] = run_id
+            elif run_id:  # lost-trial handling closes the MLflow run by this id
+                self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def write_with_attrs(self) -> None:
+        with self.lock:
+            attrs, self.pending = self.pending, None
+            write_trial(self.trial, attrs)
 
 
 def outcome(result: FitResult, metric: str) -> tuple[str, str, Optional[float]]:

@@ -119,9 +119,8 @@ def _finish_member(study: Any, objective: Objective, member: _Member, result: Fi
 
     state, reason, value = outcome(result, objective.prepared.metric)
     trial = member.trial
-    trial.set_user_attr("total_steps", result.total_steps)
-    trial.set_user_attr("population", int(result.extras.get("population", 1)))
-    objective.end(trial, member.run, state, reason, result.seconds, result.lr_curve, value)
+    attrs = {"total_steps": result.total_steps, "population": int(result.extras.get("population", 1))}
+    objective.end(trial, member.run, state, reason, result.seconds, result.lr_curve, value, attrs)
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:

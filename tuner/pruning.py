@@ -18,10 +18,10 @@ Other pruners (ASHA, Hyperband, custom) are asked through ``trial.should_prune()
 a trial with every trial that reached its rung, running ones included. ``pruner: none`` answers without a read.
 
 Reports. Where the decision is made in memory (the median rule, ``none``), a trial's intermediate values are written
-to the study in one burst: when the trial ends (``flush``, before it is told), or at the next evaluation once the
-oldest unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. A write costs ~0.5 ms in a
-burst but 2-3 ms between two bursts of training (Optuna's ORM path runs on cold caches): 11 reports took ~25 ms of a
-1-s trial. ASHA and Hyperband read the trial's values from the study, so their reports are written at once. A
+to the study in one transaction (``tuner.study_sql``): when the trial ends (``flush`` or ``take_unwritten``, before
+it is told; the engine writes them with the trial's last user attrs), or at the next evaluation once the oldest
+unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. Written one by one, between bursts
+of training, 11 reports took ~25 ms of a 1-s trial. ASHA and Hyperband read the trial's values from the study, so their reports are written at once. A
 worker killed outright (SIGKILL, power loss) loses the values it had not written; its trial fails as lost anyway.
 A step reported twice keeps its first value, as Optuna does.
 """
@@ -31,6 +31,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+from tuner.study_sql import write_trial
 
 if TYPE_CHECKING:  # optuna is imported by the functions that use it (tests/test_architecture.py)
     import optuna
@@ -106,11 +108,16 @@ class Pruning:
         return False if self.never else self._decide(trial, step, value)
 
     def flush(self, trial: Optional[optuna.Trial] = None) -> None:
-        """Write the unwritten intermediate values of ``trial`` (default: of every trial)."""
+        """Write the unwritten intermediate values of ``trial`` (default: of every trial), one transaction a trial."""
         for number in list(self.unwritten) if trial is None else [trial.number]:
             unwritten = self.unwritten.pop(number, None)
-            for step, value in unwritten.values.items() if unwritten else ():
-                unwritten.trial.report(value, step)
+            if unwritten is not None:
+                write_trial(unwritten.trial, intermediate_values=unwritten.values)
+
+    def take_unwritten(self, trial: optuna.Trial) -> dict[int, float]:
+        """The values of ``trial`` not written yet, which the caller now writes (with the trial's last attributes)."""
+        unwritten = self.unwritten.pop(trial.number, None)
+        return unwritten.values if unwritten is not None else {}
 
     def _keep_unwritten(self, trial: optuna.Trial, step: int, value: float) -> None:
         now = time.monotonic()

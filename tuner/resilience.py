@@ -84,6 +84,12 @@ def make_storage(url: str, engine_kwargs: dict[str, Any], on_lost: Optional[Call
     return storage
 
 
+def retrying_lost_connections(storage: Any, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` retried as ``storage``'s own calls are when the database connection is lost (for writes the engine
+    makes with the storage's session itself, see ``tuner.study_sql``)."""
+    return _reconnecting(call, storage, env_seconds("TUNER_RECONNECT_SECONDS", 120))
+
+
 def _reconnecting(method: Callable[..., Any], storage: Any, seconds: float) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:

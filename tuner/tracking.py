@@ -260,13 +260,23 @@ class MlflowTracker:
 
 def _log_text(artifact_uri: str, tracking_uri: str, text: str, name: str) -> None:
     """``MlflowClient.log_text`` for a run whose artifact URI is known: the client would first read the whole run
-    back to learn it (2.9 ms against 0.8 ms per trial on SQLite)."""
+    back to learn it (2.9 ms against 0.8 ms per trial on SQLite). A local artifact directory gets the file
+    written in place (MLflow's repository copies it from a temporary directory: 1.4 ms against 0.2 ms)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / name
+    repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    if isinstance(repository, LocalArtifactRepository):
+        directory = Path(repository.artifact_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{name}.partial"  # renamed when complete: a reader never sees half a file
+        partial.write_text(text)
+        partial.replace(directory / name)
+        return
+    with tempfile.TemporaryDirectory() as temporary:
+        path = Path(temporary) / name
         path.write_text(text)
-        get_artifact_repository(artifact_uri, tracking_uri=tracking_uri).log_artifact(str(path))
+        repository.log_artifact(str(path))
 
 
 class _Inline:
