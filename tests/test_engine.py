@@ -39,3 +39,30 @@ def test_trial_seeds_are_stable_and_distinct() -> None:
     assert len(set(seeds)) == 1000 and seeds[:3] == [trial_seed(0, 0), trial_seed(0, 1), trial_seed(0, 2)]
     assert trial_seed(1, 0) != trial_seed(0, 0)
     assert all(0 <= s < 2**31 for s in seeds)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_mlflow(workdir: Path) -> None:
+    """The worker that was thought lost comes back and ends its trial: the study refuses the write, and the MLflow run
+    the other worker closed as lost is not reopened as complete."""
+    from tuner.engine import Objective, lost_run_closer, open_study
+    from tuner.tracking import make_tracker
+
+    prepared = prepare(write_study(workdir))
+    tracker = make_tracker(prepared.tracking_uri)
+    study = open_study(prepared, tracker)
+    objective = Objective(prepared, tracker, study.user_attrs["mlflow_parent_run_id"])
+    trial = study.ask()
+    _, _, run = objective.start(trial)
+    assert study._storage.get_trial(trial._trial_id).user_attrs["mlflow_run_id"] == run.run_id
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does
+    lost_run_closer(tracker)(run.run_id, "worker lost")
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        objective.end(trial, run, "COMPLETE", "completed", 1.0, [], 0.9, attrs={"total_steps": 10},
+                      intermediate_values={0: 0.9})
+    tracker.flush()
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.state == optuna.trial.TrialState.FAIL and "reason" not in stored.user_attrs
+    mlflow_run = tracker.client.get_run(run.run_id)
+    assert mlflow_run.info.status == "FAILED"
+    assert (mlflow_run.data.tags["tuner.state"], mlflow_run.data.tags["tuner.reason"]) == ("FAIL", "worker lost")

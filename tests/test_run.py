@@ -46,6 +46,7 @@ def test_run_logs_every_trial_and_resumes(workdir: Path, cli) -> None:
         assert {"optimizer", "lr", "schedule", "batch_size"} <= set(child.data.params)
         assert "accuracy" in child.data.metrics and "lr" in child.data.metrics
         trial = study.trials[int(child.data.tags["tuner.trial_number"])]
+        assert trial.user_attrs["mlflow_run_id"] == child.info.run_id  # lost-trial handling closes the run by it
         recipe_file = Path(child.info.artifact_uri.removeprefix("file://")) / "recipe.yaml"
         assert yaml.safe_load(recipe_file.read_text()) == trial.user_attrs["recipe"]
     assert float(parents[0].data.tags["tuner.summary.best_value"]) == pytest.approx(study.best_value)

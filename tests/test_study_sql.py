@@ -22,12 +22,15 @@ VALUES = {0: 0.5, 1: 0.25, 2: float("inf"), 3: float("-inf"), 4: float("nan"), 1
 @pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def storage(request, tmp_path):
     if request.param == "memory":
-        return optuna.storages.InMemoryStorage()
+        yield optuna.storages.InMemoryStorage()
+        return
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'study.db'}"
     else:
         url = request.getfixturevalue("postgres").create_database(f"sql_{uuid.uuid4().hex[:12]}")
-    return optuna.storages.RDBStorage(url)
+    storage = optuna.storages.RDBStorage(url)
+    yield storage
+    storage.engine.dispose()
 
 
 def _study(storage) -> optuna.Study:
@@ -39,7 +42,11 @@ def _reread(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTria
     storage = study._storage
     backend = getattr(storage, "_backend", storage)
     if isinstance(backend, optuna.storages.RDBStorage):
-        return optuna.storages.RDBStorage(backend.url).get_trial(trial._trial_id)
+        fresh = optuna.storages.RDBStorage(backend.url)
+        try:
+            return fresh.get_trial(trial._trial_id)
+        finally:
+            fresh.engine.dispose()  # no idle connection left on the session's PostgreSQL server
     return storage.get_trial(trial._trial_id)
 
 
@@ -103,7 +110,23 @@ def test_a_finished_trial_refuses_the_write(storage):
     study.tell(trial, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         write_trial(trial, {"late": True}, {0: 0.5})
-    assert _reread(study, trial).user_attrs == {}
+    assert _reread(study, trial).user_attrs == {} and trial.user_attrs == {}
+
+
+def test_a_step_given_twice_keeps_its_first_value(storage):
+    study = _study(storage)
+    trial = study.ask()
+    write_trial(trial, intermediate_values={1: 0.1, "1": 0.2, "2": 0.3})
+    assert _reread(study, trial).intermediate_values == {1: 0.1, 2: 0.3}
+
+
+def test_reports_of_a_multi_objective_study_are_refused_as_optuna_refuses_them(storage):
+    study = optuna.create_study(study_name=f"m-{uuid.uuid4().hex[:8]}", storage=storage, directions=["minimize"] * 2)
+    trial = study.ask()
+    with pytest.raises(NotImplementedError):
+        write_trial(trial, {"fine": 1}, {0: 0.5})
+    write_trial(trial, {"fine": 1})  # attributes alone are fine
+    assert _reread(study, trial).user_attrs == {"fine": 1}
 
 
 def test_count_trials_counts_as_get_trials(storage):

@@ -13,10 +13,10 @@ import logging
 import multiprocessing
 import os
 import socket
-import threading
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -204,28 +204,28 @@ class Objective:
         self.budget = TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
 
     def start(self, trial: optuna.Trial) -> tuple[Recipe, int, TrialRun]:
-        """Sample the trial's recipe, fix its seed, open its MLflow run, and record recipe, seed, this worker and the
-        run id on the trial in one write."""
+        """Sample the trial's recipe, fix its seed, record both and this worker on the trial (one write, before the
+        MLflow run exists: a worker lost from here on leaves its seed for the retry), then open its MLflow run."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get("seed", trial_seed(self.prepared.spec.seed, trial.number))  # a retry keeps its seed
         attrs: dict[str, Any] = {"recipe": recipe.to_dict(), "seed": seed, "worker": f"{socket.gethostname()}:{os.getpid()}"}
         if "mlflow_run_id" in trial.user_attrs:  # a retry must not keep the lost trial's run id
             attrs["mlflow_run_id"] = ""
-        run_id = _RunIdRecorder(trial, attrs)
+        write_trial(trial, attrs)
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe,
-                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)}, on_started=run_id)
-        run_id.write_with_attrs()
+                                       {"tuner.seed": str(seed), "optuna.trial_id": str(trial._trial_id)},
+                                       on_started=partial(_record_run_id, trial))
         return recipe, seed, run
 
     def __call__(self, trial: optuna.Trial) -> float:
         recipe, seed, run = self.start(trial)
         started = time.perf_counter()
-        state, reason, value, curve, attrs = "FAIL", "error", None, [], {}
+        state, reason, value, curve, end_attrs = "FAIL", "error", None, [], {}
         pruning: Optional[Pruning] = None
         try:
             pruning = Pruning(trial.study, [trial])
             result = self._fit(trial, recipe, seed, run, pruning)
-            curve, attrs = result.lr_curve, {"total_steps": result.total_steps}
+            curve, end_attrs = result.lr_curve, {"total_steps": result.total_steps}
             state, reason, value = outcome(result, self.prepared.metric)
         except KeyboardInterrupt:
             reason = "interrupted"
@@ -234,9 +234,10 @@ class Objective:
             reason = f"error: {type(error).__name__}: {error}"
             raise
         finally:
-            # before tell: a pruned trial's value is its last written one
-            values = pruning.take_unwritten(trial) if pruning is not None else {}
-            self.end(trial, run, state, reason, time.perf_counter() - started, curve, value, attrs, values)
+            # written before tell: a pruned trial's value is its last written one
+            unwritten = pruning.take_unwritten(trial) if pruning is not None else {}
+            self.end(trial, run, state, reason, time.perf_counter() - started, curve, value, attrs=end_attrs,
+                     intermediate_values=unwritten)
         if state == "PRUNED":
             raise optuna.TrialPruned(reason)
         return value
@@ -244,13 +245,21 @@ class Objective:
     def end(self, trial: optuna.Trial, run: TrialRun, state: str, reason: str, seconds: float,
             curve: list[tuple[int, float]], value: Optional[float], attrs: Optional[dict[str, Any]] = None,
             intermediate_values: Optional[dict[int, float]] = None) -> None:
-        """Close the trial's MLflow run, then record on the trial in one write how it ended (reason, duration, any
-        MLflow errors), the other ``attrs`` and the ``intermediate_values`` not written yet."""
-        errors = self.tracker.end_trial(run, state, reason, seconds, curve, value)
+        """Record on the trial in one write how it ended (reason, duration, MLflow errors), the other ``attrs`` and
+        the ``intermediate_values`` not written yet; then close its MLflow run with the same outcome."""
+        run.wait_created()
         attrs = {**(attrs or {}), "reason": reason, "duration_s": round(seconds, 3)}
-        if errors:
-            attrs["tracking_errors"] = errors[:5]
-        write_trial(trial, attrs, intermediate_values)
+        if run.errors:
+            attrs["tracking_errors"] = run.errors[:5]
+        failed_elsewhere = False
+        try:
+            write_trial(trial, attrs, intermediate_values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            failed_elsewhere = True  # another worker found it stale: it failed the trial and closed its MLflow run
+            raise
+        finally:
+            if not failed_elsewhere:
+                self.tracker.end_trial(run, state, reason, seconds, curve, value)
 
     def _fit(self, trial: optuna.Trial, recipe: Recipe, seed: int, run: TrialRun, pruning: Pruning) -> FitResult:
         prepared = self.prepared
@@ -269,26 +278,11 @@ class Objective:
         return on_eval
 
 
-class _RunIdRecorder:
-    """``on_started`` of a trial's MLflow run: a run id known before the trial's first write (local stores create the
-    run inline) joins that write; one known later (a remote server, on the tracking thread) is written on its own."""
-
-    def __init__(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-        self.trial, self.pending = trial, attrs
-        self.lock = threading.Lock()  # the run id must not be written before a retry's reset of it
-
-    def __call__(self, run_id: Optional[str]) -> None:
-        with self.lock:
-            if self.pending is not None:
-                if run_id:
-                    self.pending["mlflow_run_id"] = run_id
-            elif run_id:  # lost-trial handling closes the MLflow run by this id
-                self.trial.set_user_attr("mlflow_run_id", run_id)
-
-    def write_with_attrs(self) -> None:
-        with self.lock:
-            attrs, self.pending = self.pending, None
-            write_trial(self.trial, attrs)
+def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
+    """Called once the trial's MLflow run exists (on the tracking thread for a server): lost-trial handling closes the
+    run by this id."""
+    if run_id:
+        trial.set_user_attr("mlflow_run_id", run_id)
 
 
 def outcome(result: FitResult, metric: str) -> tuple[str, str, Optional[float]]:

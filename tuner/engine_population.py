@@ -120,7 +120,7 @@ def _finish_member(study: Any, objective: Objective, member: _Member, result: Fi
     state, reason, value = outcome(result, objective.prepared.metric)
     trial = member.trial
     attrs = {"total_steps": result.total_steps, "population": int(result.extras.get("population", 1))}
-    objective.end(trial, member.run, state, reason, result.seconds, result.lr_curve, value, attrs)
+    objective.end(trial, member.run, state, reason, result.seconds, result.lr_curve, value, attrs=attrs)
     if state == "PRUNED":
         study.tell(trial, state=TrialState.PRUNED)
     else:

@@ -21,9 +21,9 @@ Reports. Where the decision is made in memory (the median rule, ``none``), a tri
 to the study in one transaction (``tuner.study_sql``): when the trial ends (``flush`` or ``take_unwritten``, before
 it is told; the engine writes them with the trial's last user attrs), or at the next evaluation once the oldest
 unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. Written one by one, between bursts
-of training, 11 reports took ~25 ms of a 1-s trial. ASHA and Hyperband read the trial's values from the study, so their reports are written at once. A
-worker killed outright (SIGKILL, power loss) loses the values it had not written; its trial fails as lost anyway.
-A step reported twice keeps its first value, as Optuna does.
+of training, 11 reports took ~25 ms of a 1-s trial. ASHA and Hyperband read the trial's values from the study, so
+their reports are written at once. A worker killed outright (SIGKILL, power loss) loses the values it had not
+written; its trial fails as lost anyway. A step reported twice keeps its first value, as Optuna does.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Pruning:
 
     ``record(step, values)`` makes members' values at ``step`` visible to their peers before any of them is
     decided; ``report(trial, step, value)`` reports one trial's value and decides whether to prune it;
-    ``flush(trial)`` writes what was reported and not yet written (call it before the trial is told).
+    before a trial is told, either ``flush(trial)`` writes what it reported and was not written yet, or
+    ``take_unwritten(trial)`` hands those values over and the caller writes them (they are no longer kept here).
     """
 
     def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:

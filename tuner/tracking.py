@@ -24,6 +24,7 @@ of a trial come too late for that: they are warned only).
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 import time
@@ -260,21 +261,16 @@ class MlflowTracker:
 
 def _log_text(artifact_uri: str, tracking_uri: str, text: str, name: str) -> None:
     """``MlflowClient.log_text`` for a run whose artifact URI is known: the client would first read the whole run
-    back to learn it (2.9 ms against 0.8 ms per trial on SQLite). A local artifact directory gets the file
-    written in place (MLflow's repository copies it from a temporary directory: 1.4 ms against 0.2 ms)."""
+    back to learn it (2.9 ms against 0.8 ms per trial on SQLite). A repository that takes a stream (a local
+    directory) gets the text written in place, not copied from a temporary directory (0.4 against 1.4 ms)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
     repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
-    if isinstance(repository, LocalArtifactRepository):
-        directory = Path(repository.artifact_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        partial = directory / f".{name}.partial"  # renamed when complete: a reader never sees half a file
-        partial.write_text(text)
-        partial.replace(directory / name)
+    if hasattr(repository, "log_artifact_from_stream"):
+        repository.log_artifact_from_stream(io.BytesIO(text.encode()), name)
         return
-    with tempfile.TemporaryDirectory() as temporary:
-        path = Path(temporary) / name
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / name
         path.write_text(text)
         repository.log_artifact(str(path))
 
@@ -286,9 +282,9 @@ class _Inline:
         future: Future = Future()
         try:
             future.set_result(call(*args, **kwargs))
-        except BaseException as error:  # as a thread pool would: the caller sees it in .result()
+        except Exception as error:  # as a thread pool would: the caller sees it in .result()
             future.set_exception(error)
-        return future
+        return future  # a KeyboardInterrupt goes on at once: Ctrl-C must not wait for the trial's end
 
 
 def simplify_curve(points: list[tuple[int, float]], tolerance: float) -> list[tuple[int, float]]:
