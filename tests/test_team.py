@@ -80,7 +80,8 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
     url = postgres.create_database("team_fault")
     study_file = tmp_path / "team.yaml"
     study_file.write_text(yaml.safe_dump({
-        **TINY_STUDY, "name": "team", "budget": {"epochs": 6, "n_trials": N_TRIALS}, "sampler": "random",
+        # trials of ~1 s (a 6-epoch trial took 30 ms: the victim could finish all its trials between two polls)
+        **TINY_STUDY, "name": "team", "budget": {"epochs": 120, "n_trials": N_TRIALS}, "sampler": "random",
         "storage": url, "tracking_uri": mlflow_server.uri,
     }))
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
