@@ -18,6 +18,7 @@ public calls. A lost database connection is retried as the storage's own calls a
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Optional
 
@@ -69,7 +70,7 @@ def _new_values(trial: optuna.Trial, values: Mapping[int, float]) -> dict[int, f
         except (TypeError, ValueError):
             raise TypeError(f"intermediate value at step {step!r}: expected a float and an int step, "
                             f"got {value!r} ({type(value).__name__})") from None
-        if int(step) < 0:
+        if int(step) < 0:  # int(step) worked just above
             raise ValueError(f"step must be non-negative, got {step}")
     reported = trial._cached_frozen_trial.intermediate_values
     return {step: value for step, value in converted.items() if step not in reported}
@@ -128,6 +129,7 @@ def _count_rows(backend: Any, study_id: int, states: list[TrialState]) -> int:
         return int(session.execute(query).scalar_one())
 
 
+@functools.lru_cache(maxsize=None)  # asked at every write: the answer depends on the dialect only
 def _upsert(dialect: str) -> Optional[Callable[[Any, tuple[str, ...], tuple[str, ...]], Any]]:
     """``upsert(model, unique_columns, updated_columns)``: an INSERT that updates the row a unique key already holds,
     for the dialects Optuna itself upserts on (SQLite >= 3.24, PostgreSQL, MySQL); None for any other."""
