@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def _worker(kind: str, url: str, study: str, trials: int, queue) -> None:
     import optuna
 
-    from tuner.engine import open_storage, quiet_libraries
+    from tuner.study.engine import open_storage, quiet_libraries
 
     quiet_libraries()
     storage = open_storage(url) if kind == "tuner" else optuna.storages.RDBStorage(url)

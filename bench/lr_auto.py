@@ -21,7 +21,7 @@ CHECKPOINTS = (5, 10, 20, 30)
 
 
 def run(seed: int, auto: bool, trials: int, directory: Path) -> tuple[list[float], float]:
-    from tuner import engine
+    from tuner.study import engine
 
     spec = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
     spec.update(name=f"q{seed}{'auto' if auto else ''}", seed=seed, tracking_uri="none",

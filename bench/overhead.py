@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner import engine
-from tuner.engine import RunOptions, prepare, run_study
+from tuner.study import engine
+from tuner.study.engine import RunOptions, prepare, run_study
 from tuner.recipe import Recipe
 from tuner.spec import parse_study
 from tuner.tasks import load_task
-from tuner.train import TrainBudget, fit
+from tuner.train.fit import TrainBudget, fit
 
 TASK = {"name": "digits-mlp", "options": {"hidden": [128, 128]}}
 SPACE = {"optimizers": {"adam": {"lr": 0.003}}, "schedules": {"cosine": {"min_factor": 0.0}}, "batch_size": [32]}
@@ -56,7 +56,7 @@ def bare_seconds(epochs: int, eval_every: int, trials: int) -> float:
 
 
 class TrainingClock:
-    """Stands in for ``tuner.engine.fit`` and sums the time ``fit`` spends training: its wall time less the time
+    """Stands in for ``tuner.study.engine.fit`` and sums the time ``fit`` spends training: its wall time less the time
     spent in the engine's ``on_eval`` (reporting to Optuna, pruning, buffering metrics)."""
 
     def __init__(self) -> None:

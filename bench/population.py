@@ -4,7 +4,7 @@
 
 Workload (the prototype's): Adam at N learning rates log-spaced in [1e-4, 1e-1], batch 64, ``--epochs`` epochs,
 evaluation every epoch, on digits-mlp and digits-cnn. Sequential = ``tuner.train.fit`` one trial after the other
-(torch.optim, ``ManagedOptimizer``); population = ``tuner.population.fit_population`` (one vectorized pass).
+(torch.optim, ``ManagedOptimizer``); population = ``tuner.train.population.fit_population`` (one vectorized pass).
 Each configuration runs in a fresh process at each thread count; the best thread count counts. Peak memory per
 member = (peak RSS after the run - RSS before it) / N, in that process. The last line is
 ``population speedup N=32: <ratio>x`` for digits-mlp (trials/s of population N=32 over sequential, best threads).
@@ -35,9 +35,9 @@ def _rss_bytes() -> int:
 def _measure(task_name: str, mode: str, n: int, threads: int, epochs: int, queue) -> None:
     import torch
 
-    from tuner.population import fit_population
+    from tuner.train.population import fit_population
     from tuner.tasks import load_task
-    from tuner.train import TrainBudget, fit
+    from tuner.train.fit import TrainBudget, fit
 
     torch.set_num_threads(threads)
     task = load_task(task_name, {})

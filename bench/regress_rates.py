@@ -22,7 +22,7 @@ import statistics
 import time
 
 from tuner.recipe import Recipe
-from tuner.regress import (
+from tuner.ci.regress import (
     DEFAULT_MIN_EFFECT, FitJob, default_floor, derive_seeds, fit_job, judge, mean_std, tolerance_for,
 )
 

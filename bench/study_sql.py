@@ -1,4 +1,4 @@
-"""What a trial's writes and the finished-trial count cost on SQLite: Optuna's API against tuner.study_sql, one run.
+"""What a trial's writes and the finished-trial count cost on SQLite: Optuna's API against tuner.study.storage.sql, one run.
 
 Per trial of a study on a file SQLite storage (WAL, as the engine opens it): the end-of-trial writes (``--values``
 intermediate values and 3 user attrs) made with ``trial.report``/``trial.set_user_attr``, one transaction each,
@@ -21,8 +21,8 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from tuner.engine import FINISHED, open_storage
-from tuner.study_sql import count_trials, write_trial
+from tuner.study.engine import FINISHED, open_storage
+from tuner.study.storage.sql import count_trials, write_trial
 
 
 def timed(call) -> float:

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tuner.optim.batched import BATCHED, population_key
-from tuner.population import fit_population
+from tuner.train.population import fit_population
 from tuner.recipe import Recipe
 from tuner.tasks import load_task
-from tuner.train import TrainBudget, fit
+from tuner.train.fit import TrainBudget, fit
 
 RTOL = 1e-5
 BUDGET = TrainBudget(steps=50, eval_every=10)  # > 2 epochs at batch 64: reshuffles included

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from tests.conftest import write_study
-from tuner.engine import PRUNERS, SAMPLERS, RunOptions, prepare, run_study, trial_seed
+from tuner.study.engine import PRUNERS, SAMPLERS, RunOptions, prepare, run_study, trial_seed
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -45,7 +45,7 @@ def test_trial_seeds_are_stable_and_distinct() -> None:
 def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_mlflow(workdir: Path) -> None:
     """The worker that was thought lost comes back and ends its trial: the study refuses the write, and the MLflow run
     the other worker closed as lost is not reopened as complete."""
-    from tuner.engine import Objective, lost_run_closer, open_study
+    from tuner.study.engine import Objective, lost_run_closer, open_study
     from tuner.tracking import make_tracker
 
     prepared = prepare(write_study(workdir))

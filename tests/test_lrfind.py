@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from tests.conftest import mlflow_runs, write_study
-from tuner.lrfind import SweepConfig, diverged, find_lrs, suggest
+from tuner.train.lr_range import SweepConfig, diverged, find_lrs, suggest
 
 LRS = SweepConfig(lr_start=1e-6, lr_end=10.0, steps=100).lrs()
 
@@ -69,7 +69,7 @@ def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:
 def test_real_sweep_on_digits_orders_sgd_above_adam() -> None:
     from tuner.recipe import Recipe
     from tuner.tasks import load_task
-    from tuner.train import TrainBudget, fit
+    from tuner.train.fit import TrainBudget, fit
 
     task = load_task("digits-mlp", {"hidden": [32]})
     findings = find_lrs(task, ["adam", "sgd"], batch_size=64, config=SweepConfig(steps=80), device="cpu")
@@ -129,7 +129,7 @@ def test_lr_auto_sets_recorded_ranges_and_resume_keeps_them(workdir: Path, cli) 
 
 
 def test_top_level_lr_auto_covers_every_optimizer_and_bad_value_exits_2(workdir: Path, cli) -> None:
-    from tuner.engine import prepare
+    from tuner.study.engine import prepare
 
     space = {"optimizers": ["adam", "sgd"], "schedules": ["constant"], "lr": "auto"}
     assert prepare(write_study(workdir, space=space)).space.auto_lr == ("adam", "sgd")

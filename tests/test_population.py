@@ -9,13 +9,13 @@ import optuna
 import pytest
 import torch
 
-import tuner.population as population
+import tuner.train.population as population
 from tests.conftest import mlflow_runs, write_study
 from tests.test_batched import RTOL, RecordingTask
-from tuner.population import PopulationFallbackWarning, fit_population, population_cap, vmap_blocker
+from tuner.train.population import PopulationFallbackWarning, fit_population, population_cap, vmap_blocker
 from tuner.recipe import Recipe
 from tuner.tasks import SimpleTask, load_task
-from tuner.train import TrainBudget, fit
+from tuner.train.fit import TrainBudget, fit
 
 BUDGET = TrainBudget(steps=30, eval_every=10)
 
@@ -188,7 +188,7 @@ def test_bad_arguments_name_the_counts(task) -> None:
 # -- the engine ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::tuner.population.PopulationFallbackWarning")  # adafactor trains sequentially
+@pytest.mark.filterwarnings("ignore::tuner.train.population.PopulationFallbackWarning")  # adafactor trains sequentially
 def test_run_with_population_makes_ordinary_trials(workdir: Path, cli) -> None:
     path = write_study(workdir, budget={"epochs": 2, "n_trials": 6, "population": 4},
                        space={"optimizers": ["adam", "sgd", "adafactor"], "schedules": ["constant", "plateau"],

@@ -9,9 +9,9 @@ import optuna
 import pytest
 
 from tests.conftest import write_study
-from tuner.engine import SAMPLERS, open_storage, prepare
-from tuner.population_study import reads_from_one_snapshot
-from tuner.pruning import Pruning
+from tuner.study.engine import SAMPLERS, open_storage, prepare
+from tuner.study.population_study import reads_from_one_snapshot
+from tuner.study.pruning import Pruning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
@@ -186,7 +186,7 @@ def test_a_sequential_trial_is_decided_as_optuna_decides_it(tmp_path: Path) -> N
 
 
 def test_trials_completed_by_other_workers_are_seen_after_the_refresh_interval(tmp_path: Path, monkeypatch) -> None:
-    import tuner.pruning
+    import tuner.study.pruning
 
     study = _study(tmp_path)
     trial = study.ask()
@@ -197,7 +197,7 @@ def test_trials_completed_by_other_workers_are_seen_after_the_refresh_interval(t
         done.report(value, 1)
         other_worker.tell(done, value)
     assert not pruning.report(trial, 1, 0.5)  # its read is fresh: nothing completed yet, as far as it knows
-    monkeypatch.setattr(tuner.pruning, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(tuner.study.pruning, "REFRESH_SECONDS", 0.0)
     assert pruning.report(trial, 1, 0.5)  # read again: 0.5 is below the median of 0.8, 0.9, 0.95
 
 
@@ -206,7 +206,7 @@ def _stored(study: optuna.Study, trial: optuna.Trial) -> dict[int, float]:
 
 
 def test_reports_are_written_in_one_burst_when_flushed_or_when_they_wait_too_long(tmp_path: Path, monkeypatch) -> None:
-    import tuner.pruning
+    import tuner.study.pruning
 
     study = _study(tmp_path)
     trials = [study.ask() for _ in range(2)]
@@ -217,7 +217,7 @@ def test_reports_are_written_in_one_burst_when_flushed_or_when_they_wait_too_lon
     assert _stored(study, trials[0]) == {} and _stored(study, trials[1]) == {}
     pruning.flush(trials[0])  # one trial's values: the other's wait
     assert _stored(study, trials[0]) == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3}) and _stored(study, trials[1]) == {}
-    monkeypatch.setattr(tuner.pruning, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(tuner.study.pruning, "FLUSH_SECONDS", 0.0)
     pruning.report(trials[0], 4, 0.4)  # trial 1's value has waited longer than FLUSH_SECONDS: everything is written
     assert _stored(study, trials[0])[4] == pytest.approx(0.4) and _stored(study, trials[1]) == {1: 0.5}
     study.tell(trials[1], state=optuna.trial.TrialState.PRUNED)  # Optuna takes a pruned trial's last written value

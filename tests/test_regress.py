@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tests.conftest import write_study
-from tuner.lock import build_lock
+from tuner.ci.lock import build_lock
 from tuner.recipe import Recipe
-from tuner.regress import LockBudget, derive_seeds, dump_lock, judge, read_lock, regress, write_atomically
+from tuner.ci.regress import LockBudget, derive_seeds, dump_lock, judge, read_lock, regress, write_atomically
 from tuner.spec import TaskRef
 
 ROOT = Path(__file__).resolve().parents[1]

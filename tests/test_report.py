@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import write_study
 from tuner.recipe import Recipe
-from tuner.report import lr_curve, reason_group
+from tuner.reports.html import lr_curve, reason_group
 
 N_FIGURES = 6
 
@@ -93,7 +93,7 @@ def test_report_renders_in_headless_chromium_without_errors(study_dir: Path) -> 
 
 def test_lr_curve_is_the_one_training_used() -> None:
     from tuner.tasks import load_task
-    from tuner.train import TrainBudget, fit
+    from tuner.train.fit import TrainBudget, fit
 
     recipe = Recipe("adam", 0.01, schedule="cosine", warmup=0.2, batch_size=64)
     result = fit(load_task("digits-mlp", {"hidden": [16]}), recipe, TrainBudget(epochs=2), device="cpu")

@@ -173,7 +173,7 @@ def test_exported_python_reproduces_the_training_lr_sequence(workdir: Path, cli,
 
     from tuner.recipe import Recipe
     from tuner.tasks import load_task
-    from tuner.train import TrainBudget, fit
+    from tuner.train.fit import TrainBudget, fit
 
     path = write_study(workdir, budget={"epochs": 2, "n_trials": 1}, space=space)
     assert cli("run", path, "--tracking-uri", "none").exit_code == 0

@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from tuner.search import resolve_space
+from tuner.study.search import resolve_space
 from tuner.space import Beta
 from tuner.spec import SpaceSpec
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
-import tuner.stacked as stacked
-from tuner.stacked import StackedNet, cross_entropy_with_grad
+import tuner.train.stacked as stacked
+from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.tasks import SimpleTask
 from tuner.tasks.base import classification_metrics, cross_entropy, stacked_cross_entropy
 

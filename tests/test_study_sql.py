@@ -1,4 +1,4 @@
-"""tuner.study_sql against Optuna's own API, on real SQLite and PostgreSQL storages and on the in-memory fallback:
+"""tuner.study.storage.sql against Optuna's own API, on real SQLite and PostgreSQL storages and on the in-memory fallback:
 what ``write_trial`` writes reads back exactly as ``set_user_attr``/``report`` would have, all or nothing, and
 ``count_trials`` counts as ``get_trials`` does."""
 
@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.study_sql import _sql_backend, count_trials, write_trial
+from tuner.study.storage.sql import _sql_backend, count_trials, write_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -184,7 +184,7 @@ def _check_dashboard(url: str, name: str, n_trials: int, tmp_path: Path) -> None
 def test_a_trial_whose_heartbeat_stops_fails_as_worker_lost_and_is_retried_once_with_its_recipe(tmp_path, monkeypatch):
     import optuna
 
-    from tuner import engine
+    from tuner.study import engine
 
     monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("TUNER_GRACE_PERIOD", "2")
@@ -212,7 +212,7 @@ def test_a_trial_whose_heartbeat_stops_fails_as_worker_lost_and_is_retried_once_
 def test_only_lost_connections_are_retried():
     from sqlalchemy import exc
 
-    from tuner.resilience import is_connection_error
+    from tuner.study.storage.resilience import is_connection_error
 
     lost = exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
     wrapped = RuntimeError("commit failed")
@@ -266,7 +266,7 @@ def test_a_gpu_that_does_not_exist_exits_2(cli, gpus, message):
 
 
 def test_gpu_workers_are_pinned_one_per_gpu():
-    from tuner.worker import WorkerOptions, gpu_worker_command, parse_gpus
+    from tuner.study.worker import WorkerOptions, gpu_worker_command, parse_gpus
 
     assert parse_gpus("0,1", available=2) == [0, 1]
     with pytest.raises(Exception, match="listed twice"):

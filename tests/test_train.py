@@ -8,7 +8,7 @@ import pytest
 
 from tuner.recipe import Recipe
 from tuner.tasks import load_task
-from tuner.train import TrainBudget, fit, plan_steps
+from tuner.train.fit import TrainBudget, fit, plan_steps
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_device_data_is_never_served_to_a_later_task_that_reuses_a_freed_tasks_i
 
     import torch
 
-    from tuner.train import data_on_device
+    from tuner.train.fit import data_on_device
 
     for i in range(20):  # freed objects' ids are reused at once by CPython; each task must get its own split
         val_fraction = 0.1 if i % 2 else 0.3

@@ -12,9 +12,9 @@ import pytest
 from tests.conftest import write_study
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
-from tuner.search import resolve_space
+from tuner.study.search import resolve_space
 from tuner.spec import SpaceSpec
-from tuner.warmstart import OutsideSpace, map_recipe, parse_source
+from tuner.study.warmstart import OutsideSpace, map_recipe, parse_source
 
 
 def _space(**fields):

@@ -112,7 +112,7 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, retries: int = 1, retry_wait: float = 0.5) -> None:
         from mlflow.tracking import MlflowClient
 
-        from tuner.sqlite_tuning import speed_up_sqlite
+        from tuner.study.storage.sqlite import speed_up_sqlite
 
         speed_up_sqlite()
         self.tracking_uri = tracking_uri

@@ -24,7 +24,8 @@ def lr_find(
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """LR range test: per optimizer, sweep the LR exponentially over a short run and print a suggested LR and a safe range."""
-    from tuner import engine, lrfind
+    from tuner.study import engine
+    from tuner.train import lr_range as lrfind
     from tuner.errors import lookup
     from tuner.optim import OPTIMIZERS
 
@@ -59,7 +60,7 @@ def report(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="trials whose LR and learning curves are drawn")] = 5,
 ) -> None:
     """Write one self-contained HTML page explaining the study (works offline) and log it on the study's MLflow parent run."""
-    from tuner import report as report_module
+    from tuner.reports import html as report_module
     from tuner.cli.study import _storage
 
     if not output.parent.resolve().is_dir():

@@ -26,8 +26,8 @@ def lock(
 ) -> None:
     """Re-train the best recipe(s) of STUDY over fixed seeds at full budget and write a lock file for `tuner regress`."""
     from tuner.cli.study import _storage
-    from tuner.lock import lock_study
-    from tuner.regress import dump_lock, fmt, write_atomically
+    from tuner.ci.lock import lock_study
+    from tuner.ci.regress import dump_lock, fmt, write_atomically
 
     path = output or Path("studies") / f"{study}.lock.yaml"
     locked = lock_study(study, _storage(storage), path, top_k=top_k, seeds=seeds, device=device, floor=floor,
@@ -50,7 +50,7 @@ def regress(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ... (default: the lock's)")] = None,
 ) -> None:
     """Re-run every locked recipe and fail (exit 1) when one got worse than its lock by more than the tolerance."""
-    from tuner.regress import junit_xml, markdown_summary, regress as run_regress, write_atomically
+    from tuner.ci.regress import junit_xml, markdown_summary, regress as run_regress, write_atomically
 
     cases = run_regress(locks, seeds=seeds, jobs=jobs, device=device)
     _print_table(cases)
@@ -70,7 +70,7 @@ def _print_table(cases) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tuner.regress import COLUMNS, HEADERS, table_rows
+    from tuner.ci.regress import COLUMNS, HEADERS, table_rows
 
     table = Table(*HEADERS)
     for row in table_rows(cases):

@@ -24,12 +24,12 @@ def run(
                                                       help="first enqueue the top-K (default 3) recipes of an earlier study")] = None,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
-    from tuner import engine
+    from tuner.study import engine
 
     prepared = engine.prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
     budget = prepared.spec.budget
     if warm_start:  # a bad --warm-start fails before anything is written
-        from tuner.warmstart import check_source
+        from tuner.study.warmstart import check_source
 
         check_source(warm_start, prepared)
     options = engine.RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs,
@@ -63,7 +63,7 @@ class _Progress:
         self.progress.stop()
 
     def update(self, study) -> None:
-        from tuner.engine import summarize
+        from tuner.study.engine import summarize
 
         summary = summarize(study)
         done = summary.get("complete", 0) + summary.get("pruned", 0)
@@ -73,7 +73,7 @@ class _Progress:
 
 
 def _print_result(study, prepared) -> None:
-    from tuner.engine import best_trial, summarize
+    from tuner.study.engine import best_trial, summarize
 
     summary = summarize(study)
     counts = ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail"))

@@ -26,7 +26,7 @@ def ls(storage: StorageOption = None, json_output: Annotated[bool, typer.Option(
     """List the studies in the storage with their trial counts and best values."""
     import optuna
 
-    from tuner.engine import open_storage, summarize
+    from tuner.study.engine import open_storage, summarize
 
     url = _storage(storage)
     storage_obj = open_storage(url)
@@ -50,7 +50,7 @@ def ls(storage: StorageOption = None, json_output: Annotated[bool, typer.Option(
 def show(study: Annotated[str, typer.Argument(help="study name")], storage: StorageOption = None,
          json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A table of the study's trials: number, state, value, optimizer, lr, schedule, duration, reason."""
-    from tuner.engine import load_existing_study
+    from tuner.study.engine import load_existing_study
 
     loaded = load_existing_study(study, _storage(storage))
     rows = [_trial_row(trial) for trial in loaded.get_trials(deepcopy=False)]
@@ -79,7 +79,7 @@ def best(study: Annotated[str, typer.Argument(help="study name")], storage: Stor
     """The best trial's value and recipe."""
     import yaml
 
-    from tuner.engine import best_trial, load_existing_study
+    from tuner.study.engine import best_trial, load_existing_study
 
     loaded = load_existing_study(study, _storage(storage))
     trial = best_trial(loaded)
@@ -95,8 +95,8 @@ def best(study: Annotated[str, typer.Argument(help="study name")], storage: Stor
 def export(study: Annotated[str, typer.Argument(help="study name")], storage: StorageOption = None,
            format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml") -> None:
     """Print the best recipe as YAML, JSON, or a self-contained Python snippet building the torch optimizer and scheduler."""
-    from tuner.engine import best_recipe, load_existing_study
-    from tuner.export import EXPORTERS
+    from tuner.study.engine import best_recipe, load_existing_study
+    from tuner.reports.export import EXPORTERS
     from tuner.errors import lookup
 
     exporter = lookup(EXPORTERS, "format", format)

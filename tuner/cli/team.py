@@ -23,7 +23,7 @@ def worker(
 ) -> None:
     """Join an existing study and run its trials until it holds its target of finished trials."""
     from tuner.cli.study import _storage
-    from tuner.worker import WorkerOptions, parse_gpus, run_gpu_workers, run_worker
+    from tuner.study.worker import WorkerOptions, parse_gpus, run_gpu_workers, run_worker
 
     options = WorkerOptions(study, _storage(storage), n_trials, timeout, tracking_uri, device)
     if gpus is not None:
@@ -33,7 +33,7 @@ def worker(
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted).", err=True)
         raise typer.Exit(130)
-    from tuner.engine import summarize
+    from tuner.study.engine import summarize
 
     summary = summarize(result)
     typer.echo(f"study {study!r}: " + ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail")))
@@ -48,7 +48,7 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the study storage, and print how to open the MLflow UI."""
     from tuner.cli.study import _storage
-    from tuner.engine import mask_url, open_storage, quiet_libraries
+    from tuner.study.engine import mask_url, open_storage, quiet_libraries
     from tuner.errors import TunerError
 
     try:
@@ -67,7 +67,7 @@ def mlflow_hint(tracking_uri: Optional[str]) -> str:
     """How to open the MLflow UI for ``tracking_uri``: the server's address, or the `mlflow ui` command for a store."""
     import os
 
-    from tuner.engine import mask_url
+    from tuner.study.engine import mask_url
     from tuner.spec import DEFAULT_TRACKING_URI, absolute_sqlite
 
     uri = absolute_sqlite(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)

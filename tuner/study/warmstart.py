@@ -22,7 +22,7 @@ from tuner.errors import TunerError
 from tuner.optim import OPTIMIZERS
 from tuner.recipe import Recipe
 from tuner.schedules import SCHEDULES
-from tuner.search import SearchSpace
+from tuner.study.search import SearchSpace
 from tuner.space import Choice, Dimension, Fixed, Float, Int
 
 DEFAULT_K = 3
@@ -73,7 +73,7 @@ def warm_start(study: Any, prepared: Any, source: str, say: Callable[[str], None
 
 def check_source(source: str, prepared: Any) -> tuple[Any, int]:
     """(the earlier study, K) for ``NAME[:K]``; ``TunerError`` for a bad form, this same study or an unknown name."""
-    from tuner.engine import load_existing_study
+    from tuner.study.engine import load_existing_study
 
     name, k = parse_source(source)
     if name == prepared.spec.name:

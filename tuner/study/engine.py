@@ -23,18 +23,19 @@ from typing import Any, Callable, Optional
 import optuna
 from optuna.trial import TrialState
 
-from tuner import lrfind, warmstart
+from tuner.train import lr_range as lrfind
+from tuner.study import warmstart
 from tuner.errors import TunerError, lookup
-from tuner.pruning import Pruning
+from tuner.study.pruning import Pruning
 from tuner.recipe import Recipe
-from tuner.resilience import make_storage, settle_lost_trials
-from tuner.search import SearchSpace, resolve_space
-from tuner.sqlite_tuning import speed_up_sqlite
+from tuner.study.storage.resilience import make_storage, settle_lost_trials
+from tuner.study.search import SearchSpace, resolve_space
+from tuner.study.storage.sqlite import speed_up_sqlite
 from tuner.spec import StudySpec, load_study, parse_study
-from tuner.study_sql import count_trials, write_trial
+from tuner.study.storage.sql import count_trials, write_trial
 from tuner.tasks import Task, load_task
 from tuner.tracking import Tracker, TrialRun, make_tracker
-from tuner.train import Evaluation, FitResult, TrainBudget, fit
+from tuner.train.fit import Evaluation, FitResult, TrainBudget, fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR, SPEC_DIR_ATTR, PARENT_RUN_ATTR = "spec", "spec_dir", "mlflow_parent_run_id"
@@ -115,7 +116,7 @@ def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
                  on_lost: Optional[Callable[[str, str], None]] = None) -> optuna.storages.BaseStorage:
     """An RDB storage for ``url``, retried a few times (a database restarting, two processes creating the schema at
     once); still unreachable, it is a ``TunerError`` naming the URL with its password masked. Heartbeats and
-    reconnecting calls: see ``tuner.resilience`` (``on_lost`` closes a lost trial's MLflow run)."""
+    reconnecting calls: see ``tuner.study.storage.resilience`` (``on_lost`` closes a lost trial's MLflow run)."""
     speed_up_sqlite()
     for attempt in range(attempts):
         try:
@@ -303,8 +304,8 @@ class RunOptions:
     n_trials: int
     timeout: Optional[float] = None
     jobs: int = 1
-    warm_start: Optional[str] = None  # "OTHER_STUDY[:K]": enqueue its top-K recipes first (tuner.warmstart)
-    population: int = 1  # > 1: train this many trials at once in one vectorized pass (tuner.engine_population)
+    warm_start: Optional[str] = None  # "OTHER_STUDY[:K]": enqueue its top-K recipes first (tuner.study.warmstart)
+    population: int = 1  # > 1: train this many trials at once in one vectorized pass (tuner.study.engine_population)
 
 
 def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None,
@@ -354,7 +355,7 @@ def _run_trials(study: optuna.Study, prepared: Prepared, tracker: Tracker, optio
                 on_trial: Optional[Callable[[optuna.Study], None]]) -> None:
     """Up to ``remaining`` trials: in populations, or one at a time through ``study.optimize``."""
     if options.population > 1:
-        from tuner.engine_population import optimize_population
+        from tuner.study.engine_population import optimize_population
 
         return optimize_population(study, prepared, tracker, options, on_trial)
 

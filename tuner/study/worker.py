@@ -4,7 +4,7 @@ The study's spec (user attribute ``spec``) and the directory it was written in (
 the study by ``tuner run``, so a worker needs only the study name and the storage URL. With ``--gpus`` the
 worker starts one process per GPU, each pinned with ``CUDA_VISIBLE_DEVICES``; without, it trains in this
 process (on the study's ``device``, CPU on a machine without CUDA). Heartbeats, reconnects and the retry of
-a lost trial come with the storage (``tuner.resilience``).
+a lost trial come with the storage (``tuner.study.storage.resilience``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class WorkerOptions:
 def join_study(options: WorkerOptions):
     """The stored study re-prepared from its spec (a ``Prepared``). Raises ``TunerError`` for an
     unreachable storage, a study name not in it (listing the studies) or a study that ``tuner`` did not create."""
-    from tuner import engine
+    from tuner.study import engine
     from tuner.spec import parse_study
 
     study = engine.load_existing_study(options.study, options.storage_url)
@@ -54,7 +54,7 @@ def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[Any], None]]
     """Run trials of the stored study in this process until it holds its target of finished trials."""
     import optuna
 
-    from tuner import engine
+    from tuner.study import engine
     from tuner.tracking import make_tracker
 
     prepared = join_study(options)

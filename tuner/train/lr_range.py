@@ -158,7 +158,7 @@ def diverged(losses: Sequence[float], min_steps: int, factor: float) -> bool:
 def range_test(task: Any, optimizer: str, *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
                seed: int = 0, device: str = "auto") -> LRFinding:
     """Run the LR range test of ``optimizer`` (catalog defaults) on ``task`` and suggest an LR."""
-    from tuner.train import TrainBudget, _Run, resolve_device, seed_everything
+    from tuner.train.fit import TrainBudget, _Run, resolve_device, seed_everything
 
     lrs = config.lrs()
     recipe = Recipe(optimizer=optimizer, lr=config.lr_end, batch_size=batch_size, schedule="constant")
@@ -252,7 +252,7 @@ def with_lr_ranges(prepared: Any, user_attrs: dict[str, Any]) -> Any:
     """``prepared`` with the LR ranges recorded on the study (``lr_auto``) in its search space; unchanged without them."""
     from dataclasses import replace
 
-    from tuner.search import resolve_space
+    from tuner.study.search import resolve_space
 
     found = user_attrs.get(LR_AUTO_ATTR)
     if not prepared.space.auto_lr or not found:

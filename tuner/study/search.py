@@ -127,7 +127,7 @@ def resolve_space(space: SpaceSpec, default_batch_size: Optional[int],
     """Check every name against the catalog and turn the file's ranges into dimensions.
 
     ``lr_ranges`` (optimizer -> (low, high)) replaces the LR range of the optimizers with ``lr: auto``; without it they
-    keep the catalog's range until the range test has run (see ``tuner.lrfind``).
+    keep the catalog's range until the range test has run (see ``tuner.train.lr_range``).
     Raises ``TunerError`` naming the field (``space.optimizers.adam.beta2``), the value and the valid options.
     """
     entries = _entries(space.optimizers)

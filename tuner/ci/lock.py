@@ -1,7 +1,7 @@
 """``tuner lock``: re-train a study's best recipes over fixed seeds at full budget and write a lock file.
 
 ``build_lock`` locks any recipes for a task (no study needed); ``lock_study`` picks the best ``top_k`` distinct
-recipes of an Optuna study and calls it. The file format and the pass rule are in ``tuner.regress``.
+recipes of an Optuna study and calls it. The file format and the pass rule are in ``tuner.ci.regress``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
-from tuner.regress import (
+from tuner.ci.regress import (
     DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, LOCK_VERSION, FitJob, LockBudget, LockedRecipe, LockFile, PassRule,
     check_recipe, created_now, default_floor, derive_seeds, environment, mean_std, run_jobs, tolerance_for,
 )
@@ -73,7 +73,7 @@ def portable_task(task: TaskRef, spec_dir: str, lock_dir: Path) -> TaskRef:
 def lock_study(study_name: str, storage_url: str, lock_path: str | Path, *, top_k: int = 1, seeds: int = 5,
                device: Optional[str] = None, **options: Any) -> LockFile:
     """Lock the best ``top_k`` distinct recipes of a study (its spec and spec dir are read from the study)."""
-    from tuner.engine import SPEC_ATTR, SPEC_DIR_ATTR, load_existing_study, quiet_libraries
+    from tuner.study.engine import SPEC_ATTR, SPEC_DIR_ATTR, load_existing_study, quiet_libraries
     from tuner.spec import parse_study
     from tuner.tasks import load_task
 

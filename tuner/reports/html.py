@@ -34,7 +34,7 @@ def write_report(study_name: str, storage_url: str, output: str | Path, *, top_k
 
     Returns the MLflow run id it was logged to, or None (no parent run, or tracking disabled).
     """
-    from tuner.engine import load_existing_study, quiet_libraries
+    from tuner.study.engine import load_existing_study, quiet_libraries
 
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)

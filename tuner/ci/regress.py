@@ -71,7 +71,7 @@ class _Strict(BaseModel):
 
 
 class LockBudget(_Strict):
-    """The training budget every locked run uses (``tuner.train.TrainBudget``)."""
+    """The training budget every locked run uses (``tuner.train.fit.TrainBudget``)."""
 
     epochs: Optional[int] = Field(None, gt=0)
     steps: Optional[int] = Field(None, gt=0)
@@ -207,7 +207,7 @@ def environment(device: str) -> dict[str, Any]:
 
     import torch
 
-    from tuner.train import resolve_device
+    from tuner.train.fit import resolve_device
 
     resolved = resolve_device(device)
     env: dict[str, Any] = {"tuner": tuner_version(), "torch": torch.__version__}
@@ -329,7 +329,7 @@ def _task_for(job: FitJob) -> Any:
 
 def fit_job(job: FitJob) -> SeedResult:
     """Train one locked recipe on one seed; the value is the best evaluation of the metric (as in tuning)."""
-    from tuner.train import TrainBudget, fit
+    from tuner.train.fit import TrainBudget, fit
 
     with _deterministic_restored():
         result = fit(_task_for(job), Recipe.from_dict(job.recipe), TrainBudget(**job.budget), metric=job.metric,

@@ -4,7 +4,7 @@ Same contract as ``tuner.train.fit``, per member: member ``i`` trains ``task``'s
 ``seeds[i]``, hears ``on_eval[i]`` at each evaluation (returning True stops that member only) and gets its own
 ``FitResult``. Under the hood the members' parameters are stacked (``torch.func.stack_module_state``) in one
 flat ``(N, P)`` buffer. A model of known layers runs on the stacks directly, forward and backward by hand
-(``tuner.stacked``); any other model through ``vmap(functional_call)`` and autograd. The loss is the task's
+(``tuner.train.stacked``); any other model through ``vmap(functional_call)`` and autograd. The loss is the task's
 ``population_loss`` hook when it has one (``SimpleTask``'s stock losses), else ``vmap(task.loss)``; validation
 metrics likewise use ``population_metrics``. ``BatchedOptimizer`` applies each member's own optimizer
 hyperparameters, LR schedule, weight decay and clipping; members of different update rules share a stack, each
@@ -40,10 +40,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
-from tuner.stacked import StackedNet, cross_entropy_with_grad
+from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.tasks import Task
 from tuner.tasks.base import stacked_cross_entropy
-from tuner.train import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
+from tuner.train.fit import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
                          plan_steps, resolve_device, seed_everything)
 
 OnEvaluated = Callable[[int, dict[int, dict[str, float]]], None]
@@ -116,7 +116,7 @@ class _Common:
 
 @dataclass
 class _Member:
-    """One member's bookkeeping, mirroring ``tuner.train._Run.train`` decision by decision."""
+    """One member's bookkeeping, mirroring ``tuner.train.fit._Run.train`` decision by decision."""
 
     index: int
     recipe: Recipe
@@ -263,7 +263,7 @@ LossWithGrad = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
 
 
 class _Stacked:
-    """Gradients and outputs through ``tuner.stacked.StackedNet``: layers by hand, the loss by hand or autograd."""
+    """Gradients and outputs through ``tuner.train.stacked.StackedNet``: layers by hand, the loss by hand or autograd."""
 
     def __init__(self, net: StackedNet, loss: LossWithGrad) -> None:
         self.net, self.loss = net, loss

@@ -13,7 +13,7 @@ Counts. ``count_trials`` counts a study's trials in given states with one ``COUN
 ``get_trials`` reads every trial changed since its last read, with its params, attributes and reports (1.7 ms).
 
 Any other storage (in memory, a journal file, another SQL dialect), or an Optuna whose internals moved, gets the
-public calls. A lost database connection is retried as the storage's own calls are (``tuner.resilience``).
+public calls. A lost database connection is retried as the storage's own calls are (``tuner.study.storage.resilience``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _sql_backend(storage: Any) -> Any:
 
 
 def _retried(backend: Any, call: Callable[..., Any]) -> Callable[..., Any]:
-    from tuner.resilience import retrying_lost_connections
+    from tuner.study.storage.resilience import retrying_lost_connections
 
     return retrying_lost_connections(backend, call)
 

@@ -18,7 +18,7 @@ Other pruners (ASHA, Hyperband, custom) are asked through ``trial.should_prune()
 a trial with every trial that reached its rung, running ones included. ``pruner: none`` answers without a read.
 
 Reports. Where the decision is made in memory (the median rule, ``none``), a trial's intermediate values are written
-to the study in one transaction (``tuner.study_sql``): when the trial ends (``flush`` or ``take_unwritten``, before
+to the study in one transaction (``tuner.study.storage.sql``): when the trial ends (``flush`` or ``take_unwritten``, before
 it is told; the engine writes them with the trial's last user attrs), or at the next evaluation once the oldest
 unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. Written one by one, between bursts
 of training, 11 reports took ~25 ms of a 1-s trial. ASHA and Hyperband read the trial's values from the study, so
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
-from tuner.study_sql import write_trial
+from tuner.study.storage.sql import write_trial
 
 if TYPE_CHECKING:  # optuna is imported by the functions that use it (tests/test_architecture.py)
     import optuna

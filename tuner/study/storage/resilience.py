@@ -11,7 +11,7 @@ that starts a trial, after the grace period. ``WorkerLost`` is then called in th
 once (Optuna's ``RetryHeartbeatStaleTrialCallback``). The retry carries the lost trial's ``seed`` user
 attribute, so it repeats the same recipe with the same seed.
 
-Optuna is imported inside the functions: its module-level home is ``tuner.engine``.
+Optuna is imported inside the functions: its module-level home is ``tuner.study.engine``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def make_storage(url: str, engine_kwargs: dict[str, Any], on_lost: Optional[Call
 
 def retrying_lost_connections(storage: Any, call: Callable[..., Any]) -> Callable[..., Any]:
     """``call`` retried as ``storage``'s own calls are when the database connection is lost (for writes the engine
-    makes with the storage's session itself, see ``tuner.study_sql``)."""
+    makes with the storage's session itself, see ``tuner.study.storage.sql``)."""
     return _reconnecting(call, storage, env_seconds("TUNER_RECONNECT_SECONDS", 120))
 
 

@@ -4,9 +4,9 @@
 ordinary trial: the same user attrs ("recipe", "seed", "reason", "duration_s", "total_steps"), the same MLflow
 child run through the Tracker, the same pruner (each member reports to its own trial at each evaluation and
 leaves the population when its trial should be pruned; the median rule also compares it with its peers, see
-``tuner.pruning``), the same outcome rules (``engine.outcome``).
+``tuner.study.pruning``), the same outcome rules (``engine.outcome``).
 ``duration_s`` is the wall time of the shared pass until that member finished; user attr ``population`` is the
-number of members it was stacked with (1: it trained sequentially, see ``tuner.population``).
+number of members it was stacked with (1: it trained sequentially, see ``tuner.train.population``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tuner.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome
-from tuner.population import fit_population
-from tuner.population_study import reads_from_one_snapshot
-from tuner.pruning import Pruning
+from tuner.study.engine import PARENT_RUN_ATTR, Objective, Prepared, RunOptions, finished_count, outcome
+from tuner.train.population import fit_population
+from tuner.study.population_study import reads_from_one_snapshot
+from tuner.study.pruning import Pruning
 from tuner.recipe import Recipe
 from tuner.tracking import Tracker, TrialRun
-from tuner.train import FitResult
+from tuner.train.fit import FitResult
 
 
 @dataclass

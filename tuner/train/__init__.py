@@ -1,0 +1,1 @@
+"""Training: torch only, no Optuna or MLflow (filled in by the redesign)."""
