@@ -1,7 +1,7 @@
 """Load benchmark: 8 worker processes x 250 trivial trials on one PostgreSQL study.
 
 Starts a throw-away PostgreSQL 15 (tests/service_fixtures.py), then runs the same load twice, side by side:
-``tuner`` storage (heartbeats on, reconnecting calls; engine.open_storage) and Optuna's plain ``RDBStorage``.
+``tuner`` storage (heartbeats on, reconnecting calls; tuner.study.storage.open_storage) and Optuna's plain ``RDBStorage``.
 The objective is trivial (x**2), so the time per trial is the storage's (and the random sampler's) overhead.
 Prints trials/s, overhead per trial in ms, and lost/duplicated trials (must be 0).
 
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def _worker(kind: str, url: str, study: str, trials: int, queue) -> None:
     import optuna
 
-    from tuner.study.engine import open_storage, quiet_libraries
+    from tuner.study.prepare import quiet_libraries
+    from tuner.study.storage import open_storage
 
     quiet_libraries()
     storage = open_storage(url) if kind == "tuner" else optuna.storages.RDBStorage(url)

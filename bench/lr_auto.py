@@ -21,7 +21,9 @@ CHECKPOINTS = (5, 10, 20, 30)
 
 
 def run(seed: int, auto: bool, trials: int, directory: Path) -> tuple[list[float], float]:
-    from tuner.study import engine
+    from tuner.spec import parse_study
+    from tuner.study.prepare import prepare
+    from tuner.study.runner import RunOptions, run_study
 
     spec = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
     spec.update(name=f"q{seed}{'auto' if auto else ''}", seed=seed, tracking_uri="none",
@@ -29,9 +31,9 @@ def run(seed: int, auto: bool, trials: int, directory: Path) -> tuple[list[float
     spec["budget"]["n_trials"] = trials
     if auto:
         spec["space"]["lr"] = "auto"
-    prepared = engine.prepare(engine.parse_study(spec), spec_dir=str(ROOT))
+    prepared = prepare(parse_study(spec), spec_dir=str(ROOT))
     started = time.perf_counter()
-    study = engine.run_study(prepared, engine.RunOptions(n_trials=trials))
+    study = run_study(prepared, RunOptions(n_trials=trials))
     seconds = time.perf_counter() - started
     best, curve = 0.0, []
     for trial in sorted(study.trials, key=lambda t: t.number):

@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner.study import engine
-from tuner.study.engine import RunOptions, prepare, run_study
+from tuner.study import lifecycle
+from tuner.study.prepare import prepare
+from tuner.study.runner import RunOptions, run_study
 from tuner.recipe import Recipe
 from tuner.spec import parse_study
 from tuner.tasks import load_task
-from tuner.train.fit import TrainBudget, fit
+from tuner.train import TrainBudget, fit
 
 TASK = {"name": "digits-mlp", "options": {"hidden": [128, 128]}}
 SPACE = {"optimizers": {"adam": {"lr": 0.003}}, "schedules": {"cosine": {"min_factor": 0.0}}, "batch_size": [32]}
@@ -56,7 +57,7 @@ def bare_seconds(epochs: int, eval_every: int, trials: int) -> float:
 
 
 class TrainingClock:
-    """Stands in for ``tuner.study.engine.fit`` and sums the time ``fit`` spends training: its wall time less the time
+    """Stands in for ``tuner.study.lifecycle.fit`` and sums the time ``fit`` spends training: its wall time less the time
     spent in the engine's ``on_eval`` (reporting to Optuna, pruning, buffering metrics)."""
 
     def __init__(self) -> None:
@@ -89,13 +90,13 @@ def study_seconds(epochs: int, eval_every: int, trials: int, directory: Path, na
     prepared = prepare(spec, storage=storage, tracking_uri=tracking, spec_dir=str(directory))
     run_study(prepared, RunOptions(n_trials=1))  # creates schema, experiment, parent run; warms caches
     clock = TrainingClock()
-    engine.fit = clock.fit
+    lifecycle.fit = clock.fit
     try:
         started = time.perf_counter()
         run_study(prepared, RunOptions(n_trials=trials + 1))
         return time.perf_counter() - started, clock.training
     finally:
-        engine.fit = fit
+        lifecycle.fit = fit
 
 
 def main() -> None:

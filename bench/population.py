@@ -37,7 +37,7 @@ def _measure(task_name: str, mode: str, n: int, threads: int, epochs: int, queue
 
     from tuner.train.population import fit_population
     from tuner.tasks import load_task
-    from tuner.train.fit import TrainBudget, fit
+    from tuner.train import TrainBudget, fit
 
     torch.set_num_threads(threads)
     task = load_task(task_name, {})

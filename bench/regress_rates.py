@@ -21,10 +21,9 @@ import argparse
 import statistics
 import time
 
+from tuner.ci.rule import DEFAULT_MIN_EFFECT, default_floor, judge, mean_std, tolerance_for
+from tuner.ci.runner import FitJob, derive_seeds, fit_job
 from tuner.recipe import Recipe
-from tuner.ci.regress import (
-    DEFAULT_MIN_EFFECT, FitJob, default_floor, derive_seeds, fit_job, judge, mean_std, tolerance_for,
-)
 
 EPOCH = 23
 DECAY = [[0, 1.0], [EPOCH, 0.3], [2 * EPOCH, 0.09], [3 * EPOCH, 0.027]]

@@ -21,7 +21,8 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from tuner.study.engine import FINISHED, open_storage
+from tuner.study.records import FINISHED
+from tuner.study.storage import open_storage
 from tuner.study.storage.sql import count_trials, write_trial
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_STUDY, write_study
-from tuner.study.engine import prepare
+from tests.helpers import TINY_STUDY, write_study
+from tuner.study.prepare import prepare
 from tuner.errors import TunerError
 from tuner.spec import load_study
 

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from conftest import mlflow_runs
+from tests.helpers import mlflow_runs
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
-from tuner.tracking import MlflowTracker, simplify_curve
+from tuner.tracking import MlflowTracker, TrialOutcome, simplify_curve
 
 RECIPE = Recipe("adam", 0.01, schedule="cosine", batch_size=32)
 
@@ -52,7 +52,7 @@ def test_a_local_store_logs_inline_and_the_run_id_arrives_before_start_trial_ret
     assert run.run_id is not None and seen == [run.run_id]
     tracker.log_metrics(run, {"accuracy": 0.5}, 10)
     curve = [(step, 0.01 * build_schedule("cosine", 100, {})(step)) for step in range(100)]
-    assert tracker.end_trial(run, "COMPLETE", "completed", 1.0, curve, 0.5) == []
+    assert tracker.end_trial(run, TrialOutcome("COMPLETE", "completed", 0.5, 1.0, curve)) == []
     child = tracker.client.get_run(run.run_id)  # inline: already finished, no flush needed
     assert child.info.status == "FINISHED" and child.data.tags["tuner.state"] == "COMPLETE"
     lr_history = tracker.client.get_metric_history(run.run_id, "lr")
@@ -75,7 +75,7 @@ def test_a_server_is_called_from_the_background_and_its_failures_reach_the_trial
     assert not run.created.done()  # the first attempt failed; the retry waits 0.5 s on the tracking thread
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        errors = tracker.end_trial(run, "COMPLETE", "completed", 1.0, [], 0.5)
+        errors = tracker.end_trial(run, TrialOutcome("COMPLETE", "completed", 0.5, 1.0))
         tracker.flush()
     assert run.run_id is None and seen == [None]
     assert len(errors) == 1 and errors[0].startswith("MLflow: could not create trial run")

@@ -26,9 +26,6 @@ from tuner.errors import TunerError
 DEFAULT_STORAGE = "sqlite:///tuner.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-SAMPLER_NAMES = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
-PRUNER_NAMES = ("median", "asha", "hyperband", "none")
-
 # A range in the file: {low, high, log?} or a list of choices or a single fixed value.
 RangeValue = Union[dict[str, Any], list[Any], float, int, str, bool, None]
 
@@ -121,8 +118,10 @@ class StudySpec(Strict):
     direction: Optional[Literal["maximize", "minimize"]] = Field(None, description="default: the task's direction for the metric")
     budget: Budget = Field(default_factory=Budget)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
-    sampler: NamedOptions = Field(default_factory=lambda: NamedOptions(name="tpe"))
-    pruner: NamedOptions = Field(default_factory=lambda: NamedOptions(name="median"))
+    sampler: NamedOptions = Field(default_factory=lambda: NamedOptions(name="tpe"),
+                                  description="tpe, random, grid, gp, cmaes or qmc; a name or {name, options}")
+    pruner: NamedOptions = Field(default_factory=lambda: NamedOptions(name="median"),
+                                 description="median, asha, hyperband or none; a name or {name, options}")
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-identical reruns on CPU)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1' ...")
@@ -141,23 +140,23 @@ class StudySpec(Strict):
     def _named_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: NamedOptions) -> NamedOptions:
-        _check_name("sampler", value.name, SAMPLER_NAMES)
-        return value
-
-    @field_validator("pruner")
-    @classmethod
-    def _known_pruner(cls, value: NamedOptions) -> NamedOptions:
-        _check_name("pruner", value.name, PRUNER_NAMES)
-        return value
-
     def resolved_storage(self, override: Optional[str] = None) -> str:
-        return absolute_sqlite(override or self.storage or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE)
+        """The storage URL: ``override``, the file's, ``$TUNER_STORAGE``, else the embedded default."""
+        return storage_url(override or self.storage)
 
     def resolved_tracking_uri(self, override: Optional[str] = None) -> str:
-        return absolute_sqlite(override or self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+        """The MLflow tracking URI: ``override``, the file's, ``$MLFLOW_TRACKING_URI``, else the embedded default."""
+        return tracking_uri(override or self.tracking_uri)
+
+
+def storage_url(url: Optional[str] = None) -> str:
+    """The study storage URL: ``url``, else ``$TUNER_STORAGE``, else ``sqlite:///tuner.db`` (made absolute)."""
+    return absolute_sqlite(url or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE)
+
+
+def tracking_uri(uri: Optional[str] = None) -> str:
+    """The MLflow tracking URI: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (made absolute)."""
+    return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def absolute_sqlite(url: str) -> str:
@@ -167,11 +166,6 @@ def absolute_sqlite(url: str) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + os.path.abspath(url[len(prefix):])
     return url
-
-
-def _check_name(kind: str, name: str, valid: tuple[str, ...]) -> None:
-    if name not in valid:
-        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
 
 
 def load_study(path: str | Path) -> StudySpec:

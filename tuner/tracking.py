@@ -59,7 +59,25 @@ class TrialRun:
             self.created.result()
 
 
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended, decided once (``tuner.study.lifecycle``) and recorded alike in the study and in MLflow.
+
+    ``state`` is COMPLETE, PRUNED or FAIL; ``value`` the objective (None for a failed trial, or a pruned one that
+    never evaluated); ``seconds`` of training; ``lr_curve`` the (step, LR) points the run kept; ``attrs`` what the
+    study records besides (total steps, population size)."""
+
+    state: str
+    reason: str
+    value: Optional[float] = None
+    seconds: float = 0.0
+    lr_curve: list[tuple[int, float]] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
 class Tracker(Protocol):
+    """Where trials are logged: one study (experiment + parent run), one run per trial."""
+
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]: ...
 
     def start_trial(self, parent_run_id: Optional[str], study_name: str, number: int, recipe: Recipe,
@@ -67,8 +85,7 @@ class Tracker(Protocol):
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None: ...
 
-    def end_trial(self, run: TrialRun, state: str, reason: str, duration: float, lr_curve: list[tuple[int, float]],
-                  value: Optional[float]) -> list[str]: ...
+    def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]: ...
 
     def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None: ...
 
@@ -90,7 +107,7 @@ class NullTracker:
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def end_trial(self, run, state, reason, duration, lr_curve, value) -> list[str]:
+    def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]:
         return []
 
     def end_study(self, parent_run_id, best, summary) -> None:
@@ -112,9 +129,6 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, retries: int = 1, retry_wait: float = 0.5) -> None:
         from mlflow.tracking import MlflowClient
 
-        from tuner.study.storage.sqlite import speed_up_sqlite
-
-        speed_up_sqlite()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self._experiment_ids: dict[str, str] = {}
@@ -218,30 +232,30 @@ class MlflowTracker:
         """Buffer an evaluation's metrics; they are sent in one batch by ``end_trial``."""
         run.metrics.extend((key, float(value), step) for key, value in metrics.items())
 
-    def end_trial(self, run: TrialRun, state: str, reason: str, duration: float, lr_curve: list[tuple[int, float]],
-                  value: Optional[float]) -> list[str]:
+    def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]:
         """Queue the metrics, the LR curve, the final state and reason, and the run's end. Returns the errors seen so
         far (creating the run); later ones are warned."""
         run.wait_created()
         errors = list(run.errors)
         if run.run_id is not None:
-            self._queue.submit(self._end_trial_run, run, state, reason, duration, lr_curve, value)
+            self._queue.submit(self._end_trial_run, run, outcome)
         return errors
 
-    def _end_trial_run(self, run: TrialRun, state: str, reason: str, duration: float, lr_curve: list[tuple[int, float]],
-                       value: Optional[float]) -> None:
+    def _end_trial_run(self, run: TrialRun, outcome: TrialOutcome) -> None:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
         metrics = [Metric(key, v, now, step) for key, v, step in run.metrics]
-        metrics += [Metric("lr", lr, now, step) for step, lr in simplify_curve(lr_curve, LR_CURVE_TOLERANCE)]
-        if value is not None:
-            metrics.append(Metric("objective", float(value), now, 0))
-        tags = [RunTag("tuner.state", state), RunTag("tuner.reason", reason[:5000]), RunTag("tuner.duration_s", f"{duration:.3f}")]
+        metrics += [Metric("lr", lr, now, step) for step, lr in simplify_curve(outcome.lr_curve, LR_CURVE_TOLERANCE)]
+        if outcome.value is not None:
+            metrics.append(Metric("objective", float(outcome.value), now, 0))
+        tags = [RunTag("tuner.state", outcome.state), RunTag("tuner.reason", outcome.reason[:5000]),
+                RunTag("tuner.duration_s", f"{outcome.seconds:.3f}")]
         for start in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
             self._safe("log trial metrics", self.client.log_batch, run.run_id, metrics=metrics[start:start + 1000],
                        tags=tags if start == 0 else [], errors=run.errors)
-        self._safe("end trial run", self.client.set_terminated, run.run_id, _RUN_STATUS.get(state, "KILLED"), errors=run.errors)
+        self._safe("end trial run", self.client.set_terminated, run.run_id, _RUN_STATUS.get(outcome.state, "KILLED"),
+                   errors=run.errors)
 
     # -- resilience ------------------------------------------------------------------------------
     def _safe(self, what: str, call: Callable[..., Any], *args: Any, errors: Optional[list[str]] = None, **kwargs: Any) -> Any:

@@ -1,22 +1,29 @@
 """``tuner lock``: re-train a study's best recipes over fixed seeds at full budget and write a lock file.
 
 ``build_lock`` locks any recipes for a task (no study needed); ``lock_study`` picks the best ``top_k`` distinct
-recipes of an Optuna study and calls it. The file format and the pass rule are in ``tuner.ci.regress``.
+recipes of an Optuna study and calls it. The file format is in ``tuner.ci.lockfile``, the pass rule in ``tuner.ci.rule``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from tuner.ci.lockfile import LOCK_VERSION, LockBudget, LockedRecipe, LockFile, PassRule, check_recipe
+from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, default_floor, mean_std, tolerance_for
+from tuner.ci.runner import FitJob, created_now, derive_seeds, environment, run_jobs
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
-from tuner.ci.regress import (
-    DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, LOCK_VERSION, FitJob, LockBudget, LockedRecipe, LockFile, PassRule,
-    check_recipe, created_now, default_floor, derive_seeds, environment, mean_std, run_jobs, tolerance_for,
-)
-from tuner.spec import TaskRef
+from tuner.spec import TaskRef, parse_study
+from tuner.study.keys import StudyKeys
+from tuner.study.prepare import quiet_libraries
+from tuner.study.records import TrialRecord, top_records
+from tuner.study.storage import load_existing_study
+from tuner.tasks import is_task_file, load_task, resolve_task_file
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def build_lock(study: str, task: TaskRef, recipes: Sequence[Recipe], budget: LockBudget, *, metric: str, direction: str,
@@ -58,12 +65,10 @@ def build_lock(study: str, task: TaskRef, recipes: Sequence[Recipe], budget: Loc
 
 def portable_task(task: TaskRef, spec_dir: str, lock_dir: Path) -> TaskRef:
     """A built-in or module task unchanged; a task file's path rewritten relative to the lock file's folder."""
-    from tuner.tasks.loader import _looks_like_file, resolve_task_file
-
     target, _, function = task.name.rpartition(":")
     if not (target and function.isidentifier()):
         target, function = task.name, ""
-    if not _looks_like_file(target):
+    if not is_task_file(target):
         return task
     path = resolve_task_file(target, spec_dir)
     relative = os.path.relpath(path, lock_dir)
@@ -73,44 +78,37 @@ def portable_task(task: TaskRef, spec_dir: str, lock_dir: Path) -> TaskRef:
 def lock_study(study_name: str, storage_url: str, lock_path: str | Path, *, top_k: int = 1, seeds: int = 5,
                device: Optional[str] = None, **options: Any) -> LockFile:
     """Lock the best ``top_k`` distinct recipes of a study (its spec and spec dir are read from the study)."""
-    from tuner.study.engine import SPEC_ATTR, SPEC_DIR_ATTR, load_existing_study, quiet_libraries
-    from tuner.spec import parse_study
-    from tuner.tasks import load_task
-
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
-    if SPEC_ATTR not in study.user_attrs:
-        raise TunerError(f"study {study_name!r} has no stored study file (user attr {SPEC_ATTR!r}); was it made by `tuner run`?")
-    spec = parse_study(study.user_attrs[SPEC_ATTR], source=f"study {study_name!r}")
-    spec_dir = study.user_attrs.get(SPEC_DIR_ATTR) or os.getcwd()
+    if StudyKeys.SPEC not in study.user_attrs:
+        raise TunerError(f"study {study_name!r} has no stored study file (user attr {StudyKeys.SPEC!r}); "
+                         f"was it made by `tuner run`?")
+    spec = parse_study(study.user_attrs[StudyKeys.SPEC], source=f"study {study_name!r}")
+    spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
     task = load_task(spec.task.name, spec.task.options, base_dir=spec_dir)
-    metric = study.user_attrs.get("metric") or spec.metric or task.metric
+    metric = study.user_attrs.get(StudyKeys.METRIC) or spec.metric or task.metric
     direction = study.direction.name.lower()
-    best = best_trials(study, top_k)
+    best = best_distinct(study, top_k)
     budget = spec.budget
-    return build_lock(study_name, spec.task, [Recipe.from_dict(t.user_attrs["recipe"]) for t in best],
+    return build_lock(study_name, spec.task, [record.to_recipe() for record in best],
                       LockBudget(epochs=budget.epochs, steps=budget.steps, eval_every=budget.eval_every,
                                  patience=budget.patience, divergence_factor=budget.divergence_factor),
                       metric=metric, direction=direction, lock_path=lock_path, spec_dir=spec_dir, seeds=seeds,
-                      seed_base=spec.seed, device=device or spec.device, trials=[(t.number, t.value) for t in best],
+                      seed_base=spec.seed, device=device or spec.device, trials=[(r.number, r.value) for r in best],
                       **options)
 
 
-def best_trials(study: Any, top_k: int) -> list[Any]:
+def best_distinct(study: optuna.Study, top_k: int) -> list[TrialRecord]:
     """The ``top_k`` best complete trials with distinct recipes, best first."""
-    from optuna.trial import TrialState
-
     if top_k < 1:
         raise TunerError(f"top-k must be >= 1, got top_k={top_k}")
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "recipe" in t.user_attrs]
+    complete = top_records(study, len(study.trials))
     if not complete:
         raise TunerError(f"study {study.study_name!r} has no complete trial to lock")
-    maximize = study.direction.name.lower() == "maximize"
-    complete.sort(key=lambda t: (-t.value if maximize else t.value, t.number))
     chosen, seen = [], set()
-    for trial in complete:
-        key = repr(sorted(Recipe.from_dict(trial.user_attrs["recipe"]).flat().items()))
+    for record in complete:
+        key = repr(sorted(record.to_recipe().flat().items()))
         if key not in seen:
             seen.add(key)
-            chosen.append(trial)
+            chosen.append(record)
     return chosen[:top_k]

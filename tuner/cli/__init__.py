@@ -1,14 +1,16 @@
-"""The ``tuner`` command line: one Typer app per file, joined here.
+"""The ``tuner`` command line: one Typer app per file, joined here with ``add_typer``.
 
-Every command imports its heavy dependencies (torch, optuna, mlflow) inside its body, so that
-``tuner --help`` stays fast.
+Every command imports its heavy dependencies (torch, optuna, mlflow) inside its body, so that ``tuner --help``
+stays fast.
 """
 
 from __future__ import annotations
 
 import typer
 
-from tuner.cli import optimizers, run, schedules, study
+from tuner.cli import insight, optimizers, regress, run, schedules, study, team
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="tuner",
@@ -17,22 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-app.command("run")(run.run)
-app.command("ls")(study.ls)
-app.command("show")(study.show)
-app.command("best")(study.best)
-app.command("export")(study.export)
-app.command("schema")(study.schema)
-app.command("optimizers")(optimizers.optimizers)
+for commands in (run.app, study.app, optimizers.app, regress.app, team.app, insight.app):
+    app.add_typer(commands)
 app.add_typer(schedules.app, name="schedules")
-from tuner.cli import regress as _regress  # noqa: E402  (issue 5: lock files and CI regression)
-app.command("lock")(_regress.lock); app.command("regress")(_regress.regress)
-from tuner.cli import team  # noqa: E402  (issue 4: team service)
-app.command("worker")(team.worker)
-app.command("dashboard")(team.dashboard)
-from tuner.cli import insight  # noqa: E402  (issue 7: LR range test and study report)
-app.command("lr-find")(insight.lr_find); app.command("report")(insight.report)
 
 
 def main() -> None:

@@ -1,17 +1,31 @@
-"""Helpers shared by the CLI commands: user errors without tracebacks, JSON output."""
+"""What the CLI commands share: options declared once, user errors without tracebacks, JSON and table output."""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
 from tuner.errors import TunerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+StudyArgument = Annotated[str, typer.Argument(help="study name")]
+StorageOption = Annotated[Optional[str], typer.Option(
+    "--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")]
+TrackingUriOption = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; "
+    "'none' disables)")]
+DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (default: the study's)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def new_app() -> typer.Typer:
+    """A Typer app for one file's commands (``tuner.cli`` joins them with ``add_typer``)."""
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def user_errors(command: F) -> F:
@@ -36,10 +50,11 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout."""
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def console():
+def console() -> Any:
     """A rich console; when output is not a terminal (a pipe, a file, CI logs) and $COLUMNS is unset it is 160
     columns wide, not rich's 80."""
     import os
@@ -47,3 +62,12 @@ def console():
     from rich.console import Console
 
     return Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
+
+
+def fmt(value: Any) -> str:
+    """A table cell: ``-`` for nothing, 4 significant digits for floats."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

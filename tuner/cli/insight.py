@@ -7,63 +7,70 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import print_json, user_errors
+from tuner.cli._common import DeviceOption, JsonOption, StorageOption, StudyArgument, TrackingUriOption, new_app, print_json, user_errors
+
+app = new_app()
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+@app.command("lr-find")
 @user_errors
 def lr_find(
     study_file: Annotated[Path, typer.Argument(help="study file (YAML)")],
-    optimizer: Annotated[Optional[list[str]], typer.Option("--optimizer", help="optimizer to test (repeat; default: the study's)")] = None,
+    optimizer: Annotated[Optional[list[str]], typer.Option(
+        "--optimizer", help="optimizer to test (repeat; default: the study's)")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write the loss-vs-LR curves here (.png, .svg or .pdf)")] = None,
     steps: Annotated[int, typer.Option(min=10, help="optimizer steps of the sweep")] = 100,
     lr_start: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-6,
     lr_end: Annotated[float, typer.Option(help="last LR of the sweep")] = 10.0,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ...")] = None,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    device: DeviceOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """LR range test: per optimizer, sweep the LR exponentially over a short run and print a suggested LR and a safe range."""
-    from tuner.study import engine
-    from tuner.train import lr_range as lrfind
     from tuner.errors import lookup
     from tuner.optim import OPTIMIZERS
+    from tuner.reports.plots import plot_findings
+    from tuner.study.lr_auto import sweep_batch_size
+    from tuner.study.prepare import prepare
+    from tuner.train.lr_range import SweepConfig, describe, find_lrs
 
     if plot is not None and (plot.suffix.lower() not in PLOT_SUFFIXES or not plot.parent.resolve().is_dir()):
         raise ValueError(f"--plot: {plot}: expected a .png, .svg or .pdf file in an existing directory")
-    config = lrfind.SweepConfig(lr_start=lr_start, lr_end=lr_end, steps=steps)
-    prepared = engine.prepare(study_file, device=device)
+    config = SweepConfig(lr_start=lr_start, lr_end=lr_end, steps=steps)
+    prepared = prepare(study_file, device=device)
     names = optimizer or list(prepared.space.optimizers)
     for name in names:
         lookup(OPTIMIZERS, "optimizer", name)
-    batch = lrfind.sweep_batch_size(prepared.space)
-    findings = lrfind.find_lrs(prepared.task, names, batch_size=batch, config=config, seed=prepared.spec.seed,
-                               device=prepared.device)
+    batch = sweep_batch_size(prepared.space)
+    findings = find_lrs(prepared.task, names, batch_size=batch, config=config, seed=prepared.spec.seed,
+                        device=prepared.device)
     if plot is not None:
-        lrfind.plot_findings(findings, str(plot))
+        plot_findings(findings, str(plot))
     rows = [finding.summary() for finding in findings.values()]
     if json_output:
         return print_json(rows)
     typer.echo(f"LR range test on {prepared.spec.task.name} (batch {batch}, {steps} steps from {lr_start:g} to {lr_end:g}):")
     for row in rows:
-        typer.echo("  " + lrfind.describe(row))
+        typer.echo("  " + describe(row))
     if plot is not None:
         typer.echo(f"wrote {plot}")
 
 
+@app.command("report")
 @user_errors
 def report(
-    study: Annotated[str, typer.Argument(help="study name")],
+    study: StudyArgument,
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write")] = Path("report.html"),
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI to log the report to ('none': do not log)")] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="trials whose LR and learning curves are drawn")] = 5,
 ) -> None:
     """Write one self-contained HTML page explaining the study (works offline) and log it on the study's MLflow parent run."""
-    from tuner.reports import html as report_module
-    from tuner.cli.study import _storage
+    from tuner.reports.html import write_report
+    from tuner.spec import storage_url
 
     if not output.parent.resolve().is_dir():
         raise ValueError(f"-o: {output}: directory {output.parent} does not exist")
-    logged = report_module.write_report(study, _storage(storage), output, top_k=top_k, tracking_uri=tracking_uri)
+    logged = write_report(study, storage_url(storage), output, top_k=top_k, tracking_uri=tracking_uri)
     typer.echo(f"wrote {output}" + (f" (logged to MLflow run {logged})" if logged else ""))

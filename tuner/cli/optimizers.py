@@ -6,7 +6,9 @@ from typing import Any, Callable, Mapping
 
 import typer
 
-from tuner.cli._common import console, print_json, user_errors
+from tuner.cli._common import JsonOption, console, new_app, print_json, user_errors
+
+app = new_app()
 
 _FORMATS: Mapping[str, Callable[[dict[str, Any]], str]] = {
     "float": lambda d: f"[{d['low']:g}, {d['high']:g}]" + (" log" if d["log"] else ""),
@@ -55,10 +57,9 @@ def _print_table(entries: list[dict[str, Any]]) -> None:
     console().print(table)
 
 
+@app.command("optimizers")
 @user_errors
-def optimizers(
-    json_output: bool = typer.Option(False, "--json", help="print a JSON list instead of a table"),
-) -> None:
+def optimizers(json_output: JsonOption = False) -> None:
     """List the optimizers: update rule, LR range, hyperparameters with defaults and search ranges."""
     from tuner.optim.catalog import OPTIMIZERS
 

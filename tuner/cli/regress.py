@@ -7,17 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import user_errors
+from tuner.cli._common import DeviceOption, StorageOption, StudyArgument, new_app, user_errors
+
+app = new_app()
 
 
+@app.command("lock")
 @user_errors
 def lock(
-    study: Annotated[str, typer.Argument(help="study name")],
+    study: StudyArgument,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="lock file (default: studies/STUDY.lock.yaml)")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="lock the best K distinct recipes")] = 1,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="fixed seeds each recipe is trained on")] = 5,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ... (default: the study's)")] = None,
+    storage: StorageOption = None,
+    device: DeviceOption = None,
     floor: Annotated[Optional[float], typer.Option(min=0, help="absolute floor of the tolerance (default: 1% of |mean|)")] = None,
     min_effect: Annotated[float, typer.Option("--min-effect", min=0, help="minimum effect size, in locked std units")] = 0.5,
     alpha: Annotated[float, typer.Option(min=1e-6, max=0.5, help="significance level of the one-sided test")] = 0.05,
@@ -25,12 +28,13 @@ def lock(
     jobs: Annotated[int, typer.Option(min=1, help="local processes training the seeds")] = 1,
 ) -> None:
     """Re-train the best recipe(s) of STUDY over fixed seeds at full budget and write a lock file for `tuner regress`."""
-    from tuner.cli.study import _storage
     from tuner.ci.lock import lock_study
-    from tuner.ci.regress import dump_lock, fmt, write_atomically
+    from tuner.spec import storage_url
+    from tuner.ci.lockfile import dump_lock, write_atomically
+    from tuner.ci.summary import fmt
 
     path = output or Path("studies") / f"{study}.lock.yaml"
-    locked = lock_study(study, _storage(storage), path, top_k=top_k, seeds=seeds, device=device, floor=floor,
+    locked = lock_study(study, storage_url(storage), path, top_k=top_k, seeds=seeds, device=device, floor=floor,
                         min_effect=min_effect, alpha=alpha, deterministic=deterministic, processes=jobs)
     write_atomically(path, dump_lock(locked))
     for entry in locked.recipes:
@@ -40,6 +44,7 @@ def lock(
     typer.echo(f"wrote {path}; check it with: tuner regress {path}")
 
 
+@app.command("regress")
 @user_errors
 def regress(
     locks: Annotated[list[Path], typer.Argument(metavar="LOCK", help="lock files (from `tuner lock`)")],
@@ -47,10 +52,12 @@ def regress(
     summary: Annotated[Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")] = None,
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="local processes training the runs")] = 1,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ... (default: the lock's)")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda ... (default: the lock's)")] = None,
 ) -> None:
     """Re-run every locked recipe and fail (exit 1) when one got worse than its lock by more than the tolerance."""
-    from tuner.ci.regress import junit_xml, markdown_summary, regress as run_regress, write_atomically
+    from tuner.ci.lockfile import write_atomically
+    from tuner.ci.runner import regress as run_regress
+    from tuner.ci.summary import junit_xml, markdown_summary
 
     cases = run_regress(locks, seeds=seeds, jobs=jobs, device=device)
     _print_table(cases)
@@ -70,7 +77,7 @@ def _print_table(cases) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tuner.ci.regress import COLUMNS, HEADERS, table_rows
+    from tuner.ci.summary import COLUMNS, HEADERS, table_rows
 
     table = Table(*HEADERS)
     for row in table_rows(cases):

@@ -3,44 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from tuner.cli._common import user_errors
+from tuner.cli._common import DeviceOption, StorageOption, TrackingUriOption, new_app, user_errors
+
+app = new_app()
 
 
+@app.command("run")
 @user_errors
 def run(
     study_file: Annotated[Path, typer.Argument(help="study file (YAML)")],
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="target number of finished trials (overrides the file)")] = None,
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1,
+                                                    help="target number of finished trials (overrides the file)")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="local worker processes on the same storage")] = 1,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: file, $TUNER_STORAGE, sqlite:///tuner.db)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI ('none' disables)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
-    population: Annotated[Optional[int], typer.Option(min=1, help="trials trained at once in one vectorized pass (overrides budget.population)")] = None,
-    warm_start: Annotated[Optional[str], typer.Option("--warm-start", metavar="STUDY[:K]",
-                                                      help="first enqueue the top-K (default 3) recipes of an earlier study")] = None,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    device: DeviceOption = None,
+    population: Annotated[Optional[int], typer.Option(
+        min=1, help="trials trained at once in one vectorized pass (overrides budget.population)")] = None,
+    warm_start: Annotated[Optional[str], typer.Option(
+        "--warm-start", metavar="STUDY[:K]", help="first enqueue the top-K (default 3) recipes of an earlier study")] = None,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
-    from tuner.study import engine
+    from tuner.study.prepare import prepare
+    from tuner.study.runner import RunOptions, run_study
+    from tuner.study.warmstart import check_source
 
-    prepared = engine.prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
+    prepared = prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
     budget = prepared.spec.budget
     if warm_start:  # a bad --warm-start fails before anything is written
-        from tuner.study.warmstart import check_source
-
         check_source(warm_start, prepared)
-    options = engine.RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs,
-                                 warm_start=warm_start, population=population or budget.population or 1)
+    options = RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs,
+                         warm_start=warm_start, population=population or budget.population or 1)
     try:
         with _Progress(prepared.spec.name, options.n_trials) as progress:
-            study = engine.run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
+            study = run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
     except KeyboardInterrupt:
-        typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.", err=True)
+        typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.",
+                   err=True)
         raise typer.Exit(130)
-    _print_result(study, prepared)
+    _print_result(study, prepared.metric)
 
 
 class _Progress:
@@ -62,8 +68,8 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, study) -> None:
-        from tuner.study.engine import summarize
+    def update(self, study: Any) -> None:
+        from tuner.study.records import summarize
 
         summary = summarize(study)
         done = summary.get("complete", 0) + summary.get("pruned", 0)
@@ -72,8 +78,8 @@ class _Progress:
         self.progress.update(self.task, completed=min(done, self.progress.tasks[0].total), stats=stats)
 
 
-def _print_result(study, prepared) -> None:
-    from tuner.study.engine import best_trial, summarize
+def _print_result(study: Any, metric: str) -> None:
+    from tuner.study.records import best_record, summarize
 
     summary = summarize(study)
     counts = ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail"))
@@ -81,8 +87,8 @@ def _print_result(study, prepared) -> None:
     if "best_value" not in summary:
         typer.echo("no complete trial yet")
         return
-    trial = best_trial(study)
-    recipe = trial.user_attrs["recipe"]
-    typer.echo(f"best {prepared.metric} = {trial.value:.6g} (trial {trial.number}): {recipe['optimizer']} lr={recipe['lr']:.3g} "
-               f"schedule={recipe['schedule']}")
+    best = best_record(study)
+    recipe = best.to_recipe()
+    typer.echo(f"best {metric} = {best.value:.6g} (trial {best.number}): {recipe.optimizer} lr={recipe.lr:.3g} "
+               f"schedule={recipe.schedule}")
     typer.echo(f"next: tuner best {study.study_name}   |   tuner export {study.study_name} --format python")

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tuner.cli._common import console, print_json, user_errors
+from tuner.cli._common import JsonOption, console, new_app, print_json, user_errors
 from tuner.schedules import SCHEDULES, MetricDriven, Schedule, build_schedule
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE",
@@ -24,7 +24,6 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 WarmupOption = Annotated[str, typer.Option(
     "--warmup", help="Warmup in front of the schedule: int steps or a fraction in [0, 1) of --steps.")]
 WarmupKindOption = Annotated[str, typer.Option("--warmup-kind", help="Warmup ramp: linear or exponential.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 PLOT_COLUMNS = 4
 SYNTHETIC_EVALUATIONS = 50

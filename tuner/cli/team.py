@@ -6,26 +6,30 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import user_errors
+from tuner.cli._common import DeviceOption, StorageOption, TrackingUriOption, new_app, user_errors
 
-StorageOption = Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")]
+app = new_app()
 
 
+@app.command("worker")
 @user_errors
 def worker(
     study: Annotated[str, typer.Argument(help="name of a study created by `tuner run`")],
     storage: StorageOption = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPU indices, e.g. 0,1: one worker process per GPU (CUDA_VISIBLE_DEVICES)")] = None,
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1, help="target number of finished trials in the study (default: the study's)")] = None,
+    gpus: Annotated[Optional[str], typer.Option(
+        help="GPU indices, e.g. 0,1: one worker process per GPU (CUDA_VISIBLE_DEVICES)")] = None,
+    n_trials: Annotated[Optional[int], typer.Option(
+        "--n-trials", min=1, help="target number of finished trials in the study (default: the study's)")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI)")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 ... (default: the study's)")] = None,
+    tracking_uri: TrackingUriOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Join an existing study and run its trials until it holds its target of finished trials."""
-    from tuner.cli.study import _storage
+    from tuner.spec import storage_url
+    from tuner.study.records import summarize
     from tuner.study.worker import WorkerOptions, parse_gpus, run_gpu_workers, run_worker
 
-    options = WorkerOptions(study, _storage(storage), n_trials, timeout, tracking_uri, device)
+    options = WorkerOptions(study, storage_url(storage), n_trials, timeout, tracking_uri, device)
     if gpus is not None:
         raise typer.Exit(run_gpu_workers(options, parse_gpus(gpus)))
     try:
@@ -33,44 +37,42 @@ def worker(
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted).", err=True)
         raise typer.Exit(130)
-    from tuner.study.engine import summarize
-
     summary = summarize(result)
     typer.echo(f"study {study!r}: " + ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail")))
 
 
+@app.command("dashboard")
 @user_errors
 def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8080,
     host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 exposes it; put the auth proxy in front)")] = "127.0.0.1",
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI, for the hint (default: $MLFLOW_TRACKING_URI)")] = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage, and print how to open the MLflow UI."""
-    from tuner.cli.study import _storage
-    from tuner.study.engine import mask_url, open_storage, quiet_libraries
     from tuner.errors import TunerError
+    from tuner.spec import storage_url
+    from tuner.study.prepare import quiet_libraries
+    from tuner.study.storage import mask_url, open_storage
 
     try:
         import optuna_dashboard
     except ImportError:
         raise TunerError("optuna-dashboard is not installed: pip install 'tuner[dashboard]'") from None
-    url = _storage(storage)
-    storage_obj = open_storage(url)
+    url = storage_url(storage)
+    opened = open_storage(url)
     quiet_libraries()
     typer.echo(f"optuna-dashboard on {mask_url(url)}: http://{host}:{port}/dashboard/")
     typer.echo(mlflow_hint(tracking_uri))
-    optuna_dashboard.run_server(storage_obj, host=host, port=port)
+    optuna_dashboard.run_server(opened, host=host, port=port)
 
 
-def mlflow_hint(tracking_uri: Optional[str]) -> str:
-    """How to open the MLflow UI for ``tracking_uri``: the server's address, or the `mlflow ui` command for a store."""
-    import os
+def mlflow_hint(uri: Optional[str]) -> str:
+    """How to open the MLflow UI for ``uri``: the server's address, or the `mlflow ui` command for a store."""
+    from tuner.spec import tracking_uri
+    from tuner.study.storage import mask_url
 
-    from tuner.study.engine import mask_url
-    from tuner.spec import DEFAULT_TRACKING_URI, absolute_sqlite
-
-    uri = absolute_sqlite(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: open {uri}"
-    return f"MLflow UI: mlflow ui --backend-store-uri '{mask_url(uri)}' --port 5000, then open http://127.0.0.1:5000"
+    resolved = tracking_uri(uri)
+    if resolved.startswith(("http://", "https://")):
+        return f"MLflow UI: open {resolved}"
+    return f"MLflow UI: mlflow ui --backend-store-uri '{mask_url(resolved)}' --port 5000, then open http://127.0.0.1:5000"

@@ -1,4 +1,4 @@
-"""Export the best recipe: YAML, JSON, or a self-contained Python snippet.
+"""Export a trial's recipe: YAML, JSON, or a self-contained Python snippet (plain torch, or a LightningModule's hooks).
 
 The Python snippet builds the torch optimizer and an ``LambdaLR`` whose multipliers are the exact
 values training used (the schedule evaluated at every optimizer step of the trial's run), so the
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import pprint
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
+import optuna
 import yaml
 
 from tuner.errors import TunerError
@@ -22,22 +24,44 @@ from tuner.schedules import build_schedule
 MAX_TABLE_STEPS = 100_000
 
 
-def export_yaml(recipe: Recipe, study: Any) -> str:
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+@dataclass(frozen=True)
+class Exported:
+    """What an export describes: a trial's recipe and where it came from."""
+
+    recipe: Recipe
+    study: str
+    trial: int
+    value: Optional[float]
+    metric: str
+    total_steps: Optional[int]
 
 
-def export_json(recipe: Recipe, study: Any) -> str:
-    return json.dumps(recipe.to_dict(), indent=2)
+def best_of(study: optuna.Study) -> Exported:
+    """The study's best trial, to export."""
+    from tuner.study.records import best_record, study_metric
+
+    record = best_record(study)
+    return Exported(record.to_recipe(), study.study_name, record.number, record.value, study_metric(study),
+                    record.total_steps)
 
 
-def export_python(recipe: Recipe, study: Any) -> str:
+def export_yaml(exported: Exported) -> str:
+    """The recipe as YAML."""
+    return yaml.safe_dump(exported.recipe.to_dict(), sort_keys=False)
+
+
+def export_json(exported: Exported) -> str:
+    """The recipe as JSON."""
+    return json.dumps(exported.recipe.to_dict(), indent=2)
+
+
+def export_python(exported: Exported) -> str:
     """A snippet with ``make_optimizer(model)``, ``make_scheduler(optimizer)`` and ``clip_gradients(model)``."""
-    trial = study.best_trial
-    total_steps = trial.user_attrs.get("total_steps")
-    if total_steps is None:
-        raise TunerError(f"trial {trial.number} of study {study.study_name!r} has no recorded total_steps")
-    return python_snippet(recipe, total_steps, header=f"best trial {trial.number} of study {study.study_name!r}, "
-                                                      f"{study.user_attrs.get('metric', 'value')} = {trial.value:.6g}")
+    if exported.total_steps is None:
+        raise TunerError(f"trial {exported.trial} of study {exported.study!r} has no recorded total_steps")
+    value = "-" if exported.value is None else f"{exported.value:.6g}"
+    return python_snippet(exported.recipe, exported.total_steps,
+                          header=f"best trial {exported.trial} of study {exported.study!r}, {exported.metric} = {value}")
 
 
 def python_snippet(recipe: Recipe, total_steps: int, header: str = "") -> str:
@@ -130,10 +154,11 @@ def _clip_lines(recipe: Recipe) -> list[str]:
     return lines or ["    pass  # the recipe does not clip gradients"]
 
 
-def export_lightning(recipe: Recipe, study: Any) -> str:
+def export_lightning(exported: Exported) -> str:
     """``--format python`` plus the LightningModule hooks: ``configure_optimizers`` (scheduler stepped every optimizer
     step, or on ``val_loss`` each epoch for plateau) and, when the recipe clips, ``configure_gradient_clipping``."""
-    snippet = export_python(recipe, study)
+    recipe = exported.recipe
+    snippet = export_python(exported)
     plateau = "ReduceLROnPlateau" in snippet
     scheduler = ('{"scheduler": make_scheduler(optimizer), "monitor": "val_loss", "interval": "epoch"}' if plateau
                  else '{"scheduler": make_scheduler(optimizer), "interval": "step", "frequency": 1}')
@@ -146,5 +171,6 @@ def export_lightning(recipe: Recipe, study: Any) -> str:
     return snippet + "\n".join(lines) + "\n"
 
 
-EXPORTERS: dict[str, Callable[[Recipe, Any], str]] = {"yaml": export_yaml, "json": export_json, "python": export_python}
-EXPORTERS["lightning"] = export_lightning  # issue 7
+EXPORTERS: dict[str, Callable[[Exported], str]] = {
+    "yaml": export_yaml, "json": export_json, "python": export_python, "lightning": export_lightning,
+}

@@ -23,8 +23,13 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.recipe import Recipe
-
-LR_CURVE_POINTS = 200
+from tuner.spec import parse_study
+from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.prepare import quiet_libraries
+from tuner.study.records import study_metric
+from tuner.study.storage import load_existing_study
+from tuner.tracking import make_tracker
+from tuner.train.progress import LR_CURVE_POINTS
 PLOT_HEIGHT = 420
 
 
@@ -34,8 +39,6 @@ def write_report(study_name: str, storage_url: str, output: str | Path, *, top_k
 
     Returns the MLflow run id it was logged to, or None (no parent run, or tracking disabled).
     """
-    from tuner.study.engine import load_existing_study, quiet_libraries
-
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
     page = render(study, top_k=top_k)
@@ -49,11 +52,8 @@ def write_report(study_name: str, storage_url: str, output: str | Path, *, top_k
 
 
 def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str]) -> Optional[str]:
-    from tuner.spec import parse_study
-    from tuner.tracking import make_tracker
-
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    spec = study.user_attrs.get("spec")
+    parent = study.user_attrs.get(StudyKeys.PARENT_RUN)
+    spec = study.user_attrs.get(StudyKeys.SPEC)
     if parent is None or (spec is None and tracking_uri is None):
         return None
     uri = tracking_uri or parse_study(spec).resolved_tracking_uri()
@@ -112,15 +112,15 @@ def _slug(title: str) -> str:
 
 
 def _result_html(study: optuna.Study) -> str:
-    metric = study.user_attrs.get("metric", "value")
+    metric = study_metric(study)
     parts = [f"<p>direction: {study.direction.name.lower()}, metric: {html.escape(str(metric))}</p>"]
     try:
         best = study.best_trial
     except ValueError:
         return parts[0] + "<p>no complete trial yet</p>"
     parts.append(f"<p>best {html.escape(str(metric))} = {best.value:.6g} (trial {best.number})</p>")
-    parts.append(f"<pre>{html.escape(yaml.safe_dump(best.user_attrs.get('recipe', best.params), sort_keys=False))}</pre>")
-    auto = study.user_attrs.get("lr_auto")
+    parts.append(f"<pre>{html.escape(yaml.safe_dump(best.user_attrs.get(TrialKeys.RECIPE, best.params), sort_keys=False))}</pre>")
+    auto = study.user_attrs.get(StudyKeys.LR_AUTO)
     if auto:
         rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['lr']:.3g}</td><td>[{r['low']:.3g}, {r['high']:.3g}]</td></tr>"
                        for n, r in auto.items())
@@ -135,7 +135,7 @@ def reason_group(reason: str) -> str:
 
 
 def _counts_html(trials: list[FrozenTrial]) -> str:
-    counts = Counter((t.state.name, reason_group(str(t.user_attrs.get("reason", "")))) for t in trials)
+    counts = Counter((t.state.name, reason_group(str(t.user_attrs.get(TrialKeys.REASON, "")))) for t in trials)
     states = Counter(t.state.name for t in trials)
     summary = ", ".join(f"{states.get(state, 0)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL"))
     rows = "".join(f"<tr><td>{state.lower()}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
@@ -172,7 +172,7 @@ def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     maximize = study.direction.name == "MAXIMIZE"
     best: dict[str, tuple[float, str]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        name = trial.user_attrs.get("recipe", {}).get("optimizer", "?")
+        name = trial.user_attrs.get(TrialKeys.RECIPE, {}).get("optimizer", "?")
         family = OPTIMIZERS[name].family if name in OPTIMIZERS else "?"
         old = best.get(family, (None,))[0]
         if old is None or (trial.value > old if maximize else trial.value < old):
@@ -181,7 +181,7 @@ def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:
         raise ValueError("no complete trial yet")
     families = sorted(best, key=lambda f: best[f][0], reverse=maximize)
     bar = go.Bar(x=families, y=[best[f][0] for f in families], text=[best[f][1] for f in families])
-    return go.Figure(bar, layout={"title": "best value per optimizer family", "yaxis_title": study.user_attrs.get("metric", "value")})
+    return go.Figure(bar, layout={"title": "best value per optimizer family", "yaxis_title": study_metric(study)})
 
 
 def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) -> tuple[list[int], list[float]]:
@@ -203,10 +203,10 @@ def _lr_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     figure = go.Figure(layout={"title": "LR curves of the top trials", "xaxis_title": "optimizer step",
                                "yaxis_title": "learning rate", "yaxis_type": "log"})
     for trial in top:
-        if "recipe" not in trial.user_attrs or "total_steps" not in trial.user_attrs:
+        if TrialKeys.RECIPE not in trial.user_attrs or TrialKeys.TOTAL_STEPS not in trial.user_attrs:
             continue
-        recipe = Recipe.from_dict(trial.user_attrs["recipe"])
-        steps, lrs = lr_curve(recipe, int(trial.user_attrs["total_steps"]))
+        recipe = Recipe.from_dict(trial.user_attrs[TrialKeys.RECIPE])
+        steps, lrs = lr_curve(recipe, int(trial.user_attrs[TrialKeys.TOTAL_STEPS]))
         figure.add_scatter(x=steps, y=lrs, mode="lines", name=f"#{trial.number} {recipe.optimizer} {recipe.schedule}")
     if not figure.data:
         raise ValueError("no complete trial with a recipe and total_steps")
@@ -217,7 +217,7 @@ def _learning_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
     figure = go.Figure(layout={"title": "learning curves of the top trials (intermediate values)", "xaxis_title": "optimizer step",
-                               "yaxis_title": study.user_attrs.get("metric", "value")})
+                               "yaxis_title": study_metric(study)})
     for trial in top:
         values = sorted(trial.intermediate_values.items())
         if values:

@@ -18,11 +18,17 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
+import optuna
+
 from tuner.errors import TunerError
 from tuner.optim import OPTIMIZERS
 from tuner.recipe import Recipe
 from tuner.schedules import SCHEDULES
+from tuner.study.keys import TrialKeys
+from tuner.study.prepare import Prepared
+from tuner.study.records import top_records
 from tuner.study.search import SearchSpace
+from tuner.study.storage import load_existing_study
 from tuner.space import Choice, Dimension, Fixed, Float, Int
 
 DEFAULT_K = 3
@@ -48,7 +54,8 @@ def parse_source(text: str) -> tuple[str, int]:
     return name, int(k)
 
 
-def warm_start(study: Any, prepared: Any, source: str, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def warm_start(study: optuna.Study, prepared: Prepared, source: str,
+               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Enqueue the top-K complete trials of study ``source`` (``NAME[:K]``, same storage) into ``study``.
 
     Returns the enqueued parameter dicts; every skip and every LR rescaling is reported through ``say``.
@@ -56,38 +63,27 @@ def warm_start(study: Any, prepared: Any, source: str, say: Callable[[str], None
     other, k = check_source(source, prepared)
     name = other.study_name
     enqueued = []
-    for trial in top_trials(other, k):
-        where = f"{name}#{trial.number}"
+    for record in top_records(other, k):
+        where = f"{name}#{record.number}"
         try:
-            params, note = map_recipe(prepared.space, Recipe.from_dict(trial.user_attrs["recipe"]))
+            params, note = map_recipe(prepared.space, record.to_recipe())
         except (OutsideSpace, KeyError, TypeError, ValueError) as error:
             say(f"warm start: skipped {where}: outside this study's space: {error}")
             continue
-        study.enqueue_trial(params, user_attrs={"warm_start": where}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={TrialKeys.WARM_START: where}, skip_if_exists=True)
         enqueued.append(params)
-        say(f"warm start: enqueued {where} (value {trial.value:.4g})" + (f"; {note}" if note else ""))
+        say(f"warm start: enqueued {where} (value {record.value:.4g})" + (f"; {note}" if note else ""))
     if not enqueued:
         say(f"warm start: nothing enqueued from {name!r}")
     return enqueued
 
 
-def check_source(source: str, prepared: Any) -> tuple[Any, int]:
+def check_source(source: str, prepared: Prepared) -> tuple[optuna.Study, int]:
     """(the earlier study, K) for ``NAME[:K]``; ``TunerError`` for a bad form, this same study or an unknown name."""
-    from tuner.study.engine import load_existing_study
-
     name, k = parse_source(source)
     if name == prepared.spec.name:
         raise TunerError(f"--warm-start: {name!r} is the study being run; name an earlier study")
     return load_existing_study(name, prepared.storage_url), k
-
-
-def top_trials(study: Any, k: int) -> list[Any]:
-    """The ``k`` best complete trials that carry a recipe, best first."""
-    from optuna.trial import TrialState
-
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "recipe" in t.user_attrs]
-    maximize = study.direction.name == "MAXIMIZE"
-    return sorted(trials, key=lambda t: -t.value if maximize else t.value)[:k]
 
 
 def map_recipe(space: SearchSpace, recipe: Recipe) -> tuple[dict[str, Any], str]:

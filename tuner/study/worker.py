@@ -16,9 +16,17 @@ import subprocess
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
+
+import optuna
 
 from tuner.errors import TunerError
+from tuner.spec import parse_study
+from tuner.study.keys import StudyKeys
+from tuner.study.prepare import Prepared, prepare, quiet_libraries
+from tuner.study.records import best_recipe_or_none, summarize
+from tuner.study.runner import RunOptions, join_study, open_tracker, optimize
+from tuner.study.storage import load_existing_study, mask_url
 
 
 @dataclass(frozen=True)
@@ -33,42 +41,31 @@ class WorkerOptions:
     device: Optional[str] = None
 
 
-def join_study(options: WorkerOptions):
-    """The stored study re-prepared from its spec (a ``Prepared``). Raises ``TunerError`` for an
-    unreachable storage, a study name not in it (listing the studies) or a study that ``tuner`` did not create."""
-    from tuner.study import engine
-    from tuner.spec import parse_study
-
-    study = engine.load_existing_study(options.study, options.storage_url)
-    spec = study.user_attrs.get(engine.SPEC_ATTR)
+def prepare_stored(options: WorkerOptions) -> Prepared:
+    """The stored study re-prepared from its spec. Raises ``TunerError`` for an unreachable storage, a study name not
+    in it (listing the studies) or a study that ``tuner`` did not create."""
+    study = load_existing_study(options.study, options.storage_url)
+    spec = study.user_attrs.get(StudyKeys.SPEC)
     if spec is None:
-        raise TunerError(f"study {options.study!r} in {engine.mask_url(options.storage_url)} has no stored spec "
+        raise TunerError(f"study {options.study!r} in {mask_url(options.storage_url)} has no stored spec "
                          f"(it was not created by `tuner run`)")
-    spec_dir = study.user_attrs.get(engine.SPEC_DIR_ATTR) or os.getcwd()
-    prepared = engine.prepare(parse_study(spec), storage=options.storage_url, tracking_uri=options.tracking_uri,
-                              device=options.device, spec_dir=spec_dir if os.path.isdir(spec_dir) else os.getcwd())
-    return prepared
+    spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
+    return prepare(parse_study(spec), storage=options.storage_url, tracking_uri=options.tracking_uri,
+                   device=options.device, spec_dir=spec_dir if os.path.isdir(spec_dir) else os.getcwd())
 
 
-def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[Any], None]] = None):
+def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
     """Run trials of the stored study in this process until it holds its target of finished trials."""
-    import optuna
-
-    from tuner.study import engine
-    from tuner.tracking import make_tracker
-
-    prepared = join_study(options)
-    engine.quiet_libraries()
-    tracker = make_tracker(prepared.tracking_uri)
-    storage = engine.open_storage(prepared.storage_url, on_lost=engine.lost_run_closer(tracker))
-    study = optuna.load_study(study_name=prepared.spec.name, storage=storage)
+    prepared = prepare_stored(options)
+    quiet_libraries()
+    tracker = open_tracker(prepared.tracking_uri)
+    study = join_study(prepared.spec.name, prepared.storage_url, tracker)
     budget = prepared.spec.budget
-    run_options = engine.RunOptions(n_trials=options.n_trials or budget.n_trials, timeout=options.timeout or budget.timeout)
+    run_options = RunOptions(n_trials=options.n_trials or budget.n_trials, timeout=options.timeout or budget.timeout)
     try:
-        engine.optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
+        optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
     finally:
-        tracker.end_study(study.user_attrs.get(engine.PARENT_RUN_ATTR), engine._best_recipe_or_none(study),
-                          engine.summarize(study))
+        tracker.end_study(study.user_attrs.get(StudyKeys.PARENT_RUN), best_recipe_or_none(study), summarize(study))
     return study
 
 
@@ -119,7 +116,7 @@ def gpu_worker_command(options: WorkerOptions) -> list[str]:
 def run_gpu_workers(options: WorkerOptions, gpus: list[int]) -> int:
     """Start one child per GPU (``CUDA_VISIBLE_DEVICES=<gpu>``), wait for all; the worst exit code wins.
     SIGINT/SIGTERM are passed on so each child marks its running trial FAIL before exiting."""
-    join_study(options)  # bad study names and unreachable storage fail here, once, before any child starts
+    prepare_stored(options)  # bad study names and unreachable storage fail here, once, before any child starts
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = [v.strip() for v in visible.split(",")] if visible else None
     children = []

@@ -38,16 +38,17 @@ def load_task(
     options = dict(options or {})
     target, _, function = ref.rpartition(":")
     if not (target and function.isidentifier()):  # no ":fn" part (a colon may still be a Windows drive's)
-        if not _looks_like_file(ref):
+        if not is_task_file(ref):
             return _load_builtin(ref, options)
         target, function = ref, DEFAULT_FUNCTION
-    if _looks_like_file(target):
+    if is_task_file(target):
         path = resolve_task_file(target, base_dir)
         return _load_user(lambda: _import_file(path), path, function, options, folder=path.parent)
     return _load_user(lambda: _import_module(target), _module_origin(target), function, options, folder=None)
 
 
-def _looks_like_file(text: str) -> bool:
+def is_task_file(text: str) -> bool:
+    """Whether a task reference names a file (``.py`` or a path) rather than a built-in or a module."""
     return text.endswith(".py") or "/" in text or os.sep in text
 
 

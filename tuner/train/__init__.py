@@ -1,1 +1,32 @@
-"""Training: torch only, no Optuna or MLflow (filled in by the redesign)."""
+"""Training, torch only -- no Optuna, no MLflow: ``fit``, ``fit_population``, the LR range test, one ``RunProgress``.
+
+Names are imported on first use (PEP 562), so ``import tuner.train.progress`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuner.train.trainer import Trainer, data_on_device, fit, resolve_device, seed_everything
+    from tuner.train.lr_range import LRFinding, SweepConfig, find_lrs, range_test
+    from tuner.train.population import PopulationFallbackWarning, fit_population
+    from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
+
+_EXPORTS = {
+    "Trainer": "trainer", "data_on_device": "trainer", "fit": "trainer", "resolve_device": "trainer",
+    "seed_everything": "trainer",
+    "LRFinding": "lr_range", "SweepConfig": "lr_range", "find_lrs": "lr_range", "range_test": "lr_range",
+    "PopulationFallbackWarning": "population", "fit_population": "population",
+    "Evaluation": "progress", "FitResult": "progress", "OnEval": "progress", "RunProgress": "progress",
+    "TrainBudget": "progress", "plan_steps": "progress",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuner.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tuner.train.{module}"), name)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from tuner.recipe import Recipe
+from tuner.train.progress import TrainBudget
 
 KNEE = 0.1  # the valley starts where the smoothed loss is within 10% of the total drop from its minimum
 MEDIAN_WINDOW = 5
@@ -158,19 +159,15 @@ def diverged(losses: Sequence[float], min_steps: int, factor: float) -> bool:
 def range_test(task: Any, optimizer: str, *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
                seed: int = 0, device: str = "auto") -> LRFinding:
     """Run the LR range test of ``optimizer`` (catalog defaults) on ``task`` and suggest an LR."""
-    from tuner.train.fit import TrainBudget, _Run, resolve_device, seed_everything
+    from tuner.train.trainer import Trainer
 
     lrs = config.lrs()
     recipe = Recipe(optimizer=optimizer, lr=config.lr_end, batch_size=batch_size, schedule="constant")
-    seed_everything(seed)
-    run = _Run(task, recipe, TrainBudget(steps=config.steps), task.metric, task.direction, resolve_device(device), seed)
-    run.model.train()
-    run.optimizer.train()
+    trainer = Trainer(task, recipe, TrainBudget(steps=config.steps), device=device, seed=seed)
     losses: list[float] = []
     stopped = f"completed {config.steps} steps"
-    for step, (inputs, targets) in enumerate(run._batches()):
-        loss = run.optimizer.step(step, lrs[step] / config.lr_end, run._closure(inputs, targets)).item()
-        losses.append(loss)
+    for step, (inputs, targets) in enumerate(trainer.batches()):
+        losses.append(trainer.train_step(step, inputs, targets, lr_multiplier=lrs[step] / config.lr_end))
         if diverged(losses, config.steps // 10, config.divergence_factor):
             stopped = f"diverged at lr {lrs[step]:.3g} (step {step + 1})"
             break
@@ -183,82 +180,6 @@ def find_lrs(task: Any, optimizers: Sequence[str], *, batch_size: Optional[int] 
              seed: int = 0, device: str = "auto") -> dict[str, LRFinding]:
     """``range_test`` for each optimizer (same seed, so every optimizer sees the same initial model and batches)."""
     return {name: range_test(task, name, batch_size=batch_size, config=config, seed=seed, device=device) for name in optimizers}
-
-
-def sweep_batch_size(space: Any) -> Optional[int]:
-    """The batch size a study's range test uses: the fixed one, or the middle (lower-middle) of the choices."""
-    from tuner.space import Choice, Fixed, Float, Int
-
-    dim = space.shared["batch_size"]
-    if isinstance(dim, Fixed):
-        return dim.value
-    if isinstance(dim, Choice):
-        options = sorted(o for o in dim.options if o is not None)
-        return options[(len(options) - 1) // 2] if options else None
-    if isinstance(dim, (Int, Float)):
-        return int(round(math.sqrt(dim.low * dim.high)))
-    return None
-
-
-def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
-    """Raw and smoothed loss against LR (log axis) per optimizer, suggestion marked, written to ``path`` (png/svg/pdf)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for name, finding in findings.items():
-        (line,) = axis.plot(finding.lrs[:len(finding.smoothed)], finding.smoothed, label=f"{name} (suggest {finding.suggestion.lr:.2g})")
-        axis.plot(finding.lrs[:len(finding.smoothed)], finding.losses[:len(finding.smoothed)], color=line.get_color(), alpha=0.25)
-        axis.axvline(finding.suggestion.lr, color=line.get_color(), linestyle="--", linewidth=1)
-    starts = [f.smoothed[0] for f in findings.values() if f.smoothed]
-    if starts:  # the divergence at the end would flatten every curve
-        axis.set_ylim(0, 1.5 * max(starts))
-    axis.set_xscale("log")
-    axis.set_xlabel("learning rate")
-    axis.set_ylabel("training loss")
-    axis.set_title("LR range test (faint: raw loss; dashed: suggestion)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-# -- `lr: auto` in a study ------------------------------------------------------------------------------
-
-LR_AUTO_ATTR = "lr_auto"  # study user attr: optimizer -> Finding.summary() (the ranges every worker searches)
-
-
-def apply_auto_lr(study: Any, prepared: Any, tracker: Any, say: Any = print) -> Any:
-    """``lr: auto``: run the range test once per study for the optimizers that have none recorded yet, record the
-    ranges on the study (user attr ``lr_auto``) and on its MLflow parent run (params ``lr_auto.<opt>.*``), print them,
-    and return ``prepared`` searching those ranges."""
-    missing = [name for name in prepared.space.auto_lr if name not in study.user_attrs.get(LR_AUTO_ATTR, {})]
-    if missing:
-        batch_size = sweep_batch_size(prepared.space)
-        findings = find_lrs(prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device)
-        found = {**study.user_attrs.get(LR_AUTO_ATTR, {}), **{name: f.summary() for name, f in findings.items()}}
-        study.set_user_attr(LR_AUTO_ATTR, found)
-        params = {f"lr_auto.{name}.{key}": found[name][key] for name in missing for key in ("lr", "low", "high", "batch_size")}
-        tracker.log_to_study(study.user_attrs.get("mlflow_parent_run_id"), params=params,
-                             tags={"tuner.lr_auto": ", ".join(f"{n}=[{r['low']:.3g}, {r['high']:.3g}]" for n, r in found.items())})
-        for name in missing:
-            say(f"lr: auto  {describe(found[name])}")
-    return with_lr_ranges(prepared, study.user_attrs)
-
-
-def with_lr_ranges(prepared: Any, user_attrs: dict[str, Any]) -> Any:
-    """``prepared`` with the LR ranges recorded on the study (``lr_auto``) in its search space; unchanged without them."""
-    from dataclasses import replace
-
-    from tuner.study.search import resolve_space
-
-    found = user_attrs.get(LR_AUTO_ATTR)
-    if not prepared.space.auto_lr or not found:
-        return prepared
-    ranges = {name: (row["low"], row["high"]) for name, row in found.items()}
-    return replace(prepared, space=resolve_space(prepared.spec.space, prepared.task.default_batch_size, ranges))
 
 
 def describe(row: dict[str, Any]) -> str:

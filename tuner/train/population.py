@@ -31,7 +31,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -40,11 +40,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
-from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.tasks import Task
 from tuner.tasks.base import stacked_cross_entropy
-from tuner.train.fit import (EVAL_CHUNK, LR_CURVE_POINTS, Evaluation, FitResult, OnEval, TrainBudget, data_on_device, fit,
-                         plan_steps, resolve_device, seed_everything)
+from tuner.train.stacked import StackedNet, cross_entropy_with_grad
+from tuner.train.trainer import EVAL_CHUNK, data_on_device, fit, resolve_device, seed_everything
+from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 
 OnEvaluated = Callable[[int, dict[int, dict[str, float]]], None]
 
@@ -85,17 +85,13 @@ def fit_population(
     if len(callbacks) != len(recipes):
         raise ValueError(f"need one on_eval per recipe, got {len(recipes)} recipes and {len(callbacks)} callbacks")
     metric = metric or task.metric
-    members = [_Member(i, r, s, callbacks[i] or _never_stop) for i, (r, s) in enumerate(zip(recipes, seeds))]
+    members = [_Member(i, r, s, callbacks[i]) for i, (r, s) in enumerate(zip(recipes, seeds))]
     common = _Common(task, budget, metric, direction or task.directions.get(metric, task.direction),
                      resolve_device(device), deterministic, keep_params, on_evaluated or _nobody)
     results: dict[int, FitResult] = {}
     for key, group in _groups(members).items():
         results.update(_train_group(common, group, key is not None, max_members))
     return [results[i] for i in range(len(recipes))]
-
-
-def _never_stop(evaluation: Evaluation) -> bool:
-    return False
 
 
 def _nobody(step: int, metrics: dict[int, dict[str, float]]) -> None:
@@ -116,19 +112,14 @@ class _Common:
 
 @dataclass
 class _Member:
-    """One member's bookkeeping, mirroring ``tuner.train.fit._Run.train`` decision by decision."""
+    """One member: its recipe, seed and callback; its schedule and ``RunProgress`` once its population is built."""
 
     index: int
     recipe: Recipe
     seed: int
-    on_eval: OnEval
+    on_eval: Optional[OnEval]
     schedule: Any = None
-    evaluations: list[Evaluation] = field(default_factory=list)
-    lr_curve: list[tuple[int, float]] = field(default_factory=list)
-    best: Optional[Evaluation] = None
-    since_best: int = 0
-    status: str = "completed"
-    reason: str = ""
+    progress: Optional[RunProgress] = None
 
 
 def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
@@ -185,14 +176,18 @@ def _sequential(common: _Common, group: list[_Member], reason: str) -> dict[int,
 def vmap_blocker(model: torch.nn.Module) -> Optional[str]:
     """Why ``model`` cannot train stacked to the same result as alone (buffers, random layers), or None."""
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.training and module.track_running_stats:
+        if getattr(module, "track_running_stats", False) and module.training:  # BatchNorm*, InstanceNorm* ...
             return f"module {name!r} ({type(module).__name__}) updates running statistics"
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+        if isinstance(module, DROPOUT_LAYERS) and module.p > 0:
             return f"module {name!r} ({type(module).__name__}) draws random masks"
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:
         return f"the model has buffers {buffers[:3]} (stateful layers are not stacked)"
     return None
+
+
+DROPOUT_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+                  torch.nn.FeatureAlphaDropout)
 
 
 class _VmapFailed(Exception):
@@ -339,6 +334,11 @@ def _seed(seed: int, deterministic: bool) -> None:
         torch.default_generator.manual_seed(seed)
 
 
+def divergence_limit_of(first_losses: torch.Tensor, factor: float) -> torch.Tensor:
+    """``tuner.train.progress.divergence_limit`` of every member at once."""
+    return factor * first_losses.abs().clamp(min=MIN_LOSS_SCALE)
+
+
 def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``rows[index]`` for an (N, B) index: each member's examples, contiguous (index_select is the fast kernel)."""
     return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
@@ -360,18 +360,20 @@ class _Population:
         self._set_flat(torch.cat([p.detach().flatten(1).to(device) for p in params.values()], 1))
         recipe = members[0].recipe
         self.batch_size = recipe.batch_size
-        self.per_epoch, self.total_steps, self.eval_every = plan_steps(len(self.data.train_inputs), self.batch_size, common.budget)
+        self.per_epoch, self.total_steps, eval_every = plan_steps(len(self.data.train_inputs), self.batch_size,
+                                                                  common.budget)
         for m in members:
             m.schedule = build_schedule(m.recipe.schedule, self.total_steps, m.recipe.schedule_params,
                                         warmup_steps=m.recipe.warmup_steps(self.total_steps), warmup_kind=m.recipe.warmup_kind)
+            m.progress = RunProgress(common.budget, common.metric, common.direction, total_steps=self.total_steps,
+                                     per_epoch=self.per_epoch, eval_every=eval_every, on_eval=m.on_eval,
+                                     schedule=m.schedule)
         self.optimizer = BlockOptimizer([m.recipe for m in members], {"flat": self.flat})
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
-        self.curve_every = max(1, self.total_steps // LR_CURVE_POINTS)
         self.metrics_hook = getattr(task, "population_metrics", None)
         self.orders: Optional[torch.Tensor] = None  # (examples, N): row k holds each member's k-th example this epoch
         self.multipliers: list[float] = []
         self.limits: Optional[torch.Tensor] = None  # divergence threshold of each member's training loss
-        self.first_losses: Optional[torch.Tensor] = None
         self.loss_sums = torch.zeros(len(members), dtype=torch.float64)
         self.loss_count = 0
         self.engine = self._probe(_engines(task, models[0]))
@@ -417,10 +419,11 @@ class _Population:
             if not self.members:
                 break
             if self.batch_size is not None and step % self.per_epoch == 0:
-                self.orders = torch.stack([torch.randperm(len(self.data.train_inputs), generator=g) for g in self.generators], 1)
+                n = len(self.data.train_inputs)
+                self.orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators], 1)
             self.multipliers = [m.schedule(step) for m in self.members]
             stopped = self._after_step(step, self._step(step))
-            if (step + 1) % self.eval_every == 0 or step + 1 == self.total_steps:
+            if self.members[0].progress.is_eval_step(step + 1):
                 stopped |= self._evaluate(step + 1, stopped)
             self._finish(stopped, step + 1, started, finished)
         self._finish(set(range(len(self.members))), self.total_steps, started, finished)
@@ -432,21 +435,23 @@ class _Population:
             inputs, targets = self._stacked_batch(data.train_inputs, data.train_targets)
         else:
             position = step % self.per_epoch
-            index = self.orders[position * self.batch_size:(position + 1) * self.batch_size].t().to(data.train_inputs.device)
+            rows = self.orders[position * self.batch_size:(position + 1) * self.batch_size]
+            index = rows.t().to(data.train_inputs.device)
             inputs, targets = _gather(data.train_inputs, index), _gather(data.train_targets, index)
         grads, losses = self._grads(self.engine, inputs, targets)
         self.optimizer.step({"flat": self.flat}, {"flat": grads}, torch.tensor(self.multipliers, dtype=torch.float64))
         return losses
 
     def _after_step(self, step: int, losses: torch.Tensor) -> set[int]:
-        """Record each member's loss and LR; the rows of members that diverged (the checks of ``fit``, in float64)."""
+        """Record each member's loss and LR; the rows of members that diverged (``RunProgress``'s rule, one
+        vectorized mask in float64; each such row's progress gives the reason)."""
         losses = losses.to("cpu", torch.float64)
         if self.limits is None:
-            self.first_losses = losses.clone()
-            self.limits = self.common.budget.divergence_factor * losses.abs().clamp(min=1e-12)
-        if step % self.curve_every == 0 or step == self.total_steps - 1:
-            for m, multiplier in zip(self.members, self.multipliers):
-                m.lr_curve.append((step, m.recipe.lr * multiplier))
+            for m, loss in zip(self.members, losses.tolist()):
+                m.progress.first_loss = loss
+            self.limits = divergence_limit_of(losses, self.common.budget.divergence_factor)
+        for m, multiplier in zip(self.members, self.multipliers):
+            m.progress.record_lr(step, m.recipe.lr * multiplier)
         healthy = torch.isfinite(losses) & (losses <= self.limits)
         self.loss_sums += losses  # a member that is not healthy leaves now, its sum with it
         self.loss_count += 1
@@ -454,20 +459,22 @@ class _Population:
             return set()
         stopped = set((~healthy).nonzero().flatten().tolist())
         for row in stopped:
-            m, loss, first = self.members[row], float(losses[row]), float(self.first_losses[row])
-            m.status, m.reason = "diverged", f"diverged at step {step + 1}: training loss {loss:.4g} (first loss {first:.4g})"
+            self.members[row].progress.diverged_on_loss(step, float(losses[row]))
         return stopped
 
     @torch.no_grad()
     def _evaluate(self, step: int, skip: set[int]) -> set[int]:
-        """Evaluate every member (but ``skip``), feed its schedule, best, ``on_eval`` and patience; rows that stop."""
+        """Evaluate every member (but ``skip``) and hand each its evaluation; the rows that stop."""
         metrics = self._val_metrics()
         train_losses = (self.loss_sums / max(self.loss_count, 1)).tolist()
         self.common.on_evaluated(step, {m.index: metrics[row] for row, m in enumerate(self.members)
                                         if row not in skip and all(math.isfinite(v) for v in metrics[row].values())})
         stopped = set()
         for row, m in enumerate(self.members):
-            if row not in skip and self._record(m, step, metrics[row], train_losses[row], m.recipe.lr * self.multipliers[row]):
+            if row in skip:
+                continue
+            lr = m.recipe.lr * self.multipliers[row]
+            if m.progress.evaluated(m.progress.evaluation(step, metrics[row], train_losses[row], lr)):
                 stopped.add(row)
         self.loss_sums.zero_()
         self.loss_count = 0
@@ -492,31 +499,6 @@ class _Population:
         rows = [self.common.task.metrics(outputs[row], targets[row]) for row in range(len(outputs))]
         return {name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in rows[0]}
 
-    def _record(self, m: _Member, step: int, metrics: dict[str, float], train_loss: float, lr: float) -> bool:
-        evaluation = Evaluation(step, step / self.per_epoch, metrics, train_loss, lr)
-        if hasattr(m.schedule, "report"):
-            m.schedule.report(metrics["loss"])
-        if not all(math.isfinite(v) for v in metrics.values()):
-            m.status, m.reason = "diverged", f"diverged at step {step}: validation metrics {metrics}"
-            return True
-        m.evaluations.append(evaluation)
-        if m.best is None or self._better(evaluation, m.best):
-            m.best, m.since_best = evaluation, 0
-        else:
-            m.since_best += 1
-        if m.on_eval(evaluation):
-            m.status, m.reason = "stopped", f"stopped by the caller at step {step}"
-            return True
-        patience = self.common.budget.patience
-        if patience is not None and m.since_best >= patience:
-            m.status, m.reason = "early_stopped", f"no improvement in {patience} evaluations (step {step})"
-            return True
-        return False
-
-    def _better(self, a: Evaluation, b: Evaluation) -> bool:
-        x, y = a.metrics[self.common.metric], b.metrics[self.common.metric]
-        return x > y if self.common.direction == "maximize" else x < y
-
     def _finish(self, rows: set[int], steps_done: int, started: float, finished: dict[int, FitResult]) -> None:
         """Hand the members at ``rows`` their results and take them out of the stacks."""
         if not rows:
@@ -527,8 +509,7 @@ class _Population:
             extras: dict[str, Any] = {"population": len(self.optimizer)}
             if self.common.keep_params:
                 extras["params"] = {name: p[row].detach().clone() for name, p in self.params.items()}
-            finished[m.index] = FitResult(m.status, m.reason, m.evaluations, m.best, m.lr_curve, self.total_steps,
-                                          steps_done, seconds, extras)
+            finished[m.index] = m.progress.result(steps_done, seconds, extras)
         keep = [row for row in range(len(self.members)) if row not in rows]
         index = torch.tensor(keep, dtype=torch.long)
         self.members = [self.members[row] for row in keep]
@@ -538,5 +519,5 @@ class _Population:
         if keep:
             self._set_flat(self.flat.index_select(0, index.to(self.flat.device)))
             self.optimizer.select(index)
-            for name in ("loss_sums", "first_losses", "limits"):
+            for name in ("loss_sums", "limits"):
                 setattr(self, name, getattr(self, name).index_select(0, index))

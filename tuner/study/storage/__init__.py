@@ -1,0 +1,75 @@
+"""Where studies live: opening storages, masking URLs, listing and loading studies.
+
+``TunerStorage`` (``rdb.py``) is Optuna's ``RDBStorage`` with reconnecting calls and population snapshots;
+``heartbeat.py`` keeps running trials alive and retries those of dead workers; ``sql.py`` writes a trial's values in
+one transaction; ``sqlite.py`` tunes the embedded SQLite files; ``_optuna.py`` holds every private Optuna name.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import optuna
+
+from tuner.errors import TunerError
+from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
+from tuner.study.storage.rdb import TunerStorage, short_error
+from tuner.study.storage.sqlite import speed_up_sqlite
+
+__all__ = ["TunerStorage", "load_existing_study", "mask_url", "open_storage", "study_names"]
+
+
+def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
+                 on_lost: Optional[Callable[[str, str], None]] = None) -> TunerStorage:
+    """A ``TunerStorage`` for ``url`` with heartbeats (``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_GRACE_PERIOD``) and
+    reconnecting calls (``TUNER_RECONNECT_SECONDS``), opened with a few tries (a database restarting, two processes
+    creating the schema at once); still unreachable, it is a ``TunerError`` naming the URL with its password masked.
+
+    Args:
+        on_lost: ``on_lost(mlflow_run_id, reason)`` closes the MLflow run of a trial whose worker was lost.
+    """
+    speed_up_sqlite()
+    interval, grace = heartbeat_settings()
+    options = dict(heartbeat_interval=interval, grace_period=grace,
+                   heartbeat_stale_trial_callback=WorkerLost(on_lost) if interval else None)
+    reconnect = env_seconds("TUNER_RECONNECT_SECONDS", 120)
+    for attempt in range(attempts):
+        try:
+            return TunerStorage(url, _engine_kwargs(url), reconnect_seconds=reconnect, **options)
+        except Exception as error:
+            if attempt == attempts - 1:
+                raise TunerError(f"cannot open storage {mask_url(url)}: {short_error(error)}") from None
+            time.sleep(wait * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """The names of the studies in ``storage``."""
+    return [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def load_existing_study(name: str, url: str, storage: Optional[optuna.storages.BaseStorage] = None) -> optuna.Study:
+    """An existing study, or ``TunerError`` listing the studies that exist."""
+    storage = storage or open_storage(url)
+    names = study_names(storage)
+    if name not in names:
+        listing = ", ".join(sorted(names)) or "(none)"
+        raise TunerError(f"no study named {name!r} in {mask_url(url)}; studies: {listing}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,119 @@
+"""`tuner report`: a self-contained HTML page from a real study, logged to MLflow, rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write_study
+from tuner.recipe import Recipe
+from tuner.reports.html import lr_curve, reason_group
+
+N_FIGURES = 6
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 6-trial study with complete and diverged (pruned) trials, and its report."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    directory = tmp_path_factory.mktemp("report")
+    path = write_study(directory, budget={"epochs": 1, "n_trials": 6}, sampler={"name": "random"},
+                       space={"optimizers": {"adam": {}, "sgd": {"lr": {"low": 5.0, "high": 100.0}}},
+                              "schedules": ["constant", "cosine"], "batch_size": 64},
+                       storage=f"sqlite:///{directory / 'tuner.db'}", tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(path)], catch_exceptions=False).exit_code == 0
+    result = runner.invoke(app, ["report", "tiny", "-o", str(directory / "report.html"), "--storage",
+                                 f"sqlite:///{directory / 'tuner.db'}"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "logged to MLflow run" in result.stdout
+    return directory
+
+
+def test_report_is_self_contained_and_explains_the_study(study_dir: Path) -> None:
+    import optuna
+
+    page = (study_dir / "report.html").read_text()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'tuner.db'}")
+    assert page.count("<script type='text/javascript'>") == 1 and "<script src" not in page  # plotly.js inline, once
+    assert len(page) > 3_000_000
+    for div in ("optimization-history", "parallel-coordinates", "parameter-importances", "best-value-per-optimizer-family",
+                "lr-curves-of-the-top-trials", "learning-curves-of-the-top-trials"):
+        assert f'id="plot-{div}"' in page, div
+    states = [t.state.name for t in study.trials]
+    assert "PRUNED" in states and "COMPLETE" in states
+    assert f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, 0 fail" in page
+    assert "<td>pruned</td><td>diverged at step N</td>" in page
+    assert f"best accuracy = {study.best_value:.6g} (trial {study.best_trial.number})" in page
+
+
+def test_report_is_logged_on_the_parent_run(study_dir: Path) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'tuner.db'}")
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    names = [a.path for a in client.list_artifacts(study.user_attrs["mlflow_parent_run_id"])]
+    assert "report.html" in names
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--virtual-time-budget=15000"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
+                    reason="needs Debian's chromium (.ci/run installs it; under CI a missing chromium fails the test)")
+def test_report_renders_in_headless_chromium_without_errors(study_dir: Path) -> None:
+    url = (study_dir / "report.html").as_uri()
+    profile = study_dir / "chromium-profile"
+
+    def chromium(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
+                              capture_output=True, text=True, timeout=180)
+
+    logged = chromium("--enable-logging=stderr", "--v=0", "--dump-dom")
+    console = [line for line in logged.stderr.splitlines() if ":CONSOLE" in line]
+    assert not [line for line in console if re.search(r"error|uncaught", line, re.IGNORECASE)], console
+    rendered = logged.stdout
+    for div in re.findall(r'id="(plot-[a-z-]+)"', rendered):  # every plot div holds plotly's rendered svg
+        block = rendered.split(f'id="{div}"', 1)[1].split("</section>", 1)[0]
+        assert 'class="main-svg"' in block, f"{div} did not render"
+    assert rendered.count('class="main-svg"') >= 2 * N_FIGURES
+    chromium("--window-size=1200,4000", f"--screenshot={study_dir / 'report.png'}")
+    assert (study_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lr_curve_is_the_one_training_used() -> None:
+    from tuner.tasks import load_task
+    from tuner.train import TrainBudget, fit
+
+    recipe = Recipe("adam", 0.01, schedule="cosine", warmup=0.2, batch_size=64)
+    result = fit(load_task("digits-mlp", {"hidden": [16]}), recipe, TrainBudget(epochs=2), device="cpu")
+    steps, lrs = lr_curve(recipe, result.total_steps)
+    recomputed = dict(zip(steps, lrs))
+    assert {step for step, _ in result.lr_curve} <= set(recomputed)
+    for step, lr in result.lr_curve:
+        assert recomputed[step] == pytest.approx(lr, rel=1e-9, abs=1e-15)
+
+
+def test_reason_group_drops_numbers() -> None:
+    assert reason_group("diverged at step 12: training loss 1.2e+04 (first loss 2.3)") == "diverged at step N"
+    assert reason_group("pruned at step 40") == "pruned at step N"
+    assert reason_group("") == "(none)"
+
+
+def test_report_bad_input_exits_2(workdir: Path, cli) -> None:
+    assert cli("run", write_study(workdir, budget={"epochs": 1, "n_trials": 1})).exit_code == 0
+    result = cli("report", "nope")
+    assert result.exit_code == 2 and "no study named 'nope'" in result.stderr and "tiny" in result.stderr
+    result = cli("report", "tiny", "-o", "missing/report.html")
+    assert result.exit_code == 2 and "missing" in result.stderr
+    assert not list(workdir.glob("**/*.html"))

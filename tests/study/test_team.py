@@ -1,0 +1,333 @@
+"""The team service with real components: PostgreSQL 15, an ``mlflow server``, three worker processes, a SIGKILL,
+a database restart, optuna-dashboard; the docker-compose file's parity with the code; bad input of the commands."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import TINY_STUDY, mlflow_runs
+from tests.service_fixtures import MlflowServer, free_port
+
+from tests.helpers import ROOT
+N_TRIALS = 14
+TEAM_ENV = {"TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_GRACE_PERIOD": "4", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+    yield server
+    server.close()
+
+
+def _tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **TEAM_ENV}
+    env.pop("TUNER_STORAGE", None)
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def _storage(url: str):
+    import optuna
+
+    return optuna.storages.RDBStorage(url)
+
+
+def _wait_for(condition, seconds: float, what: str, processes=()):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        for process in processes:
+            assert process.poll() in (None, 0), f"a worker exited early with {process.returncode} while waiting for {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _trials(url: str, name: str):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=_storage(url)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def _running_trial_of(url: str, name: str, pid: int):
+    for trial in _trials(url, name):
+        if trial.state.name == "RUNNING" and trial.user_attrs.get("worker", "").endswith(f":{pid}") \
+                and trial.user_attrs.get("mlflow_run_id"):
+            return trial
+    return None
+
+
+@pytest.mark.slow
+def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow_server, tmp_path):
+    url = postgres.create_database("team_fault")
+    study_file = tmp_path / "team.yaml"
+    study_file.write_text(yaml.safe_dump({
+        # trials of ~1 s (a 6-epoch trial took 30 ms: the victim could finish all its trials between two polls)
+        **TINY_STUDY, "name": "team", "budget": {"epochs": 120, "n_trials": N_TRIALS}, "sampler": "random",
+        "storage": url, "tracking_uri": mlflow_server.uri,
+    }))
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    runner = _tuner("run", str(study_file), cwd=tmp_path, log=logs[0])
+    _wait_for(lambda: _trials(url, "team"), 120, "the study to be created", [runner])
+    workers = [_tuner("worker", "team", "--storage", url, cwd=tmp_path, log=log) for log in logs[1:]]
+    processes = [runner, *workers]
+    victim = workers[0]
+    try:
+        lost = _wait_for(lambda: _running_trial_of(url, "team", victim.pid), 120, "a running trial of the victim", processes)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        done_at_kill = sum(t.state.name == "COMPLETE" for t in _trials(url, "team"))
+        _wait_for(lambda: sum(t.state.name == "COMPLETE" for t in _trials(url, "team")) > done_at_kill, 120,
+                  "a trial to complete after the kill", [runner, workers[1]])
+        postgres.restart()
+        codes = [process.wait(timeout=300) for process in (runner, workers[1])]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    outputs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs)
+    assert codes == [0, 0], outputs
+
+    trials = _trials(url, "team")
+    by_state = {state: [t for t in trials if t.state.name == state] for state in ("COMPLETE", "FAIL", "RUNNING", "WAITING")}
+    assert len(by_state["COMPLETE"]) >= N_TRIALS, outputs
+    assert not by_state["RUNNING"] and not by_state["WAITING"], outputs
+    lost = next(t for t in trials if t.number == lost.number)
+    assert lost.state.name == "FAIL" and lost.user_attrs["reason"] == "worker lost"
+    assert [t.number for t in by_state["FAIL"]] == [lost.number]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retries) == 1, "the lost trial is retried exactly once"
+    retry = retries[0]
+    assert retry.state.name == "COMPLETE" and retry.params == lost.params
+    assert retry.user_attrs["recipe"] == lost.user_attrs["recipe"] and retry.user_attrs["seed"] == lost.user_attrs["seed"]
+    assert not retry.user_attrs["worker"].endswith(f":{victim.pid}")
+    recipes = [json.dumps([t.user_attrs["recipe"], t.user_attrs["seed"]], sort_keys=True) for t in by_state["COMPLETE"]]
+    assert len(set(recipes)) == len(recipes), "no completed trial is duplicated"
+
+    runs = mlflow_runs(mlflow_server.uri, "team")
+    parents = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
+    assert len(parents) == 1
+    assert sorted(int(r.data.tags["tuner.trial_number"]) for r in children) == sorted(t.number for t in trials)
+    expected = {t.number: ("FINISHED" if t.state.name == "COMPLETE" else "FAILED", t.state.name) for t in trials}
+    for run in children:
+        number = int(run.data.tags["tuner.trial_number"])
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert (run.info.status, run.data.tags.get("tuner.state")) == expected[number], number
+    from mlflow import MlflowClient
+
+    by_number = {t.number: t for t in trials}
+    for run in children[:3]:  # the recipe artifact went through the server's artifact proxy
+        local = MlflowClient(mlflow_server.uri).download_artifacts(run.info.run_id, "recipe.yaml", str(tmp_path))
+        trial = by_number[int(run.data.tags["tuner.trial_number"])]
+        assert yaml.safe_load(Path(local).read_text()) == trial.user_attrs["recipe"]
+    lost_run = next(r for r in children if int(r.data.tags["tuner.trial_number"]) == lost.number)
+    assert lost_run.data.tags["tuner.reason"] == "worker lost"
+
+    _check_dashboard(url, "team", len(trials), tmp_path)
+
+
+def _get_json(address: str):
+    request = urllib.request.Request(address, headers={"Accept-Encoding": "gzip, deflate"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+    return json.loads(body)
+
+
+def _check_dashboard(url: str, name: str, n_trials: int, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    dashboard = _tuner("dashboard", "--storage", url, "--port", str(port), cwd=tmp_path, log=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def studies():
+            try:
+                return _get_json(f"{base}/api/studies")
+            except OSError:
+                return None
+
+        listing = _wait_for(studies, 120, "optuna-dashboard to answer", [dashboard])
+        study = next(s for s in listing["study_summaries"] if s["study_name"] == name)
+        detail = _get_json(f"{base}/api/studies/{study['study_id']}")
+        assert len(detail["trials"]) == n_trials
+        request = urllib.request.Request(f"{base}/dashboard/", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+    assert "optuna-dashboard on" in log.read_text() and "MLflow UI" in log.read_text()
+
+
+# -- fault handling in isolation (SQLite, seconds) -------------------------------------------------------------
+
+def test_a_trial_whose_heartbeat_stops_fails_as_worker_lost_and_is_retried_once_with_its_recipe(tmp_path, monkeypatch):
+    import optuna
+
+    from tuner.study.storage import open_storage
+
+    monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("TUNER_GRACE_PERIOD", "2")
+    closed = []
+    storage = open_storage(f"sqlite:///{tmp_path / 'lost.db'}", on_lost=lambda run_id, reason: closed.append((run_id, reason)))
+    study = optuna.create_study(study_name="lost", storage=storage, direction="maximize")
+    trial = study.ask()
+    params = {"lr": trial.suggest_float("lr", 1e-4, 1.0, log=True), "opt": trial.suggest_categorical("opt", ["adam", "sgd"])}
+    for key, value in {"seed": 1234, "recipe": {"lr": params["lr"]}, "mlflow_run_id": "run-abc"}.items():
+        trial.set_user_attr(key, value)
+    storage.record_heartbeat(trial._trial_id)  # ... and then the worker is gone: no more heartbeats
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # a second worker checking finds nothing more to do
+
+    fresh = optuna.load_study(study_name="lost", storage=f"sqlite:///{tmp_path / 'lost.db'}").get_trials(deepcopy=False)
+    assert [t.state.name for t in fresh] == ["FAIL", "WAITING"]
+    assert fresh[0].user_attrs["reason"] == "worker lost"
+    assert closed == [("run-abc", "worker lost")]
+    retry = study.ask()
+    assert retry.number == 1 and retry.suggest_float("lr", 1e-4, 1.0, log=True) == params["lr"]
+    assert retry.suggest_categorical("opt", ["adam", "sgd"]) == params["opt"] and retry.user_attrs["seed"] == 1234
+
+
+def test_only_lost_connections_are_retried():
+    from sqlalchemy import exc
+
+    from tuner.study.storage.rdb import is_connection_error
+
+    lost = exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    wrapped = RuntimeError("commit failed")
+    wrapped.__cause__ = lost
+    assert is_connection_error(lost) and is_connection_error(wrapped)
+    assert not is_connection_error(exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_connection_error(ValueError("bad value"))
+
+
+def test_an_unreachable_mlflow_server_does_not_fail_trials_and_the_gap_is_recorded(workdir, monkeypatch, cli):
+    import optuna
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    from tests.helpers import write_study
+
+    study_file = write_study(workdir, budget={"epochs": 1, "n_trials": 2}, tracking_uri="none")
+    assert cli("run", study_file).exit_code == 0  # the study (and its spec) exist; MLflow now goes away
+    result = cli("worker", "tiny", "--n-trials", "3", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert "MLflow: could not create trial run" in trials[2].user_attrs["tracking_errors"][0]
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+def test_an_unreachable_storage_exits_2_naming_the_url_with_the_password_masked(cli):
+    url = f"postgresql://team:s3cret@127.0.0.1:{free_port()}/optuna"
+    for args in (["worker", "team", "--storage", url], ["dashboard", "--storage", url]):
+        result = cli(*args)
+        assert result.exit_code == 2
+        assert f"cannot open storage postgresql://team:***@127.0.0.1" in result.output and "s3cret" not in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_study_not_in_the_storage_exits_2_listing_the_studies(postgres, cli):
+    import optuna
+
+    url = postgres.create_database("team_names")
+    optuna.create_study(study_name="alpha", storage=url)
+    result = cli("worker", "beta", "--storage", url)
+    assert result.exit_code == 2
+    assert "no study named 'beta'" in result.output and "studies: alpha" in result.output
+
+
+@pytest.mark.parametrize("gpus, message", [("99", "GPU 99 does not exist"), ("0,x", "'x' is not a GPU index"), (",", "expected a comma")])
+def test_a_gpu_that_does_not_exist_exits_2(cli, gpus, message):
+    result = cli("worker", "team", "--storage", "sqlite:///unused.db", "--gpus", gpus)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_gpu_workers_are_pinned_one_per_gpu():
+    from tuner.study.worker import WorkerOptions, gpu_worker_command, parse_gpus
+
+    assert parse_gpus("0,1", available=2) == [0, 1]
+    with pytest.raises(Exception, match="listed twice"):
+        parse_gpus("1,1", available=2)
+    command = gpu_worker_command(WorkerOptions("team", "postgresql://h/db", n_trials=8))
+    assert command[1:] == ["-m", "tuner", "worker", "team", "--storage", "postgresql://h/db", "--n-trials", "8", "--device", "cuda"]
+
+
+# -- docker-compose parity --------------------------------------------------------------------------------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OWN_IMAGE = [name for name, service in COMPOSE["services"].items() if service.get("image") == "tuner:latest"]
+
+
+def _with_defaults(text: str) -> str:
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or f"<{m.group(1)}>", text)
+
+
+def _click_command(program: str, sub: str):
+    import typer.main
+
+    if program == "tuner":
+        from tuner.cli import app
+
+        group = typer.main.get_command(app)
+    else:
+        import mlflow.cli
+
+        group = mlflow.cli.cli
+    assert sub in group.commands, f"{program} has no command {sub!r}"
+    return group.commands[sub]
+
+
+@pytest.mark.parametrize("service", OWN_IMAGE)
+def test_each_compose_command_is_a_real_command_with_real_options(service):
+    import shlex
+
+    words = shlex.split(_with_defaults(COMPOSE["services"][service]["command"]))
+    assert words[0] in ("tuner", "mlflow"), f"{service}: {words[0]} is not a command this project installs"
+    command = _click_command(words[0], words[1])
+    options = {opt for param in command.params for opt in param.opts}
+    used = [word for word in words[2:] if word.startswith("--")]
+    assert set(used) <= options, f"{service}: unknown options {set(used) - options}"
+
+
+def test_compose_environment_names_match_what_the_code_reads():
+    import mlflow
+
+    ours = "\n".join(path.read_text() for path in (ROOT / "tuner").rglob("*.py"))
+    theirs = "\n".join(path.read_text() for path in Path(mlflow.__file__).parent.rglob("environment_variables.py"))
+    for name in OWN_IMAGE:
+        for key in COMPOSE["services"][name].get("environment", {}):
+            source = theirs if key.startswith("MLFLOW_SERVER_") else ours
+            assert f'"{key}"' in source, f"{name}: environment {key} is read by nothing"
+    read = set(re.findall(r'"(TUNER_[A-Z_]+)"', ours))
+    assert read <= set(COMPOSE["x-tuner-env"]), f"the compose file does not pass {read - set(COMPOSE['x-tuner-env'])}"
+
+
+def test_env_example_names_every_variable_the_compose_file_uses():
+    used = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()))
+    example = (ROOT / ".env.example").read_text()
+    defined = set(re.findall(r"^(\w+)=", example, re.MULTILINE))
+    assert used <= defined, f".env.example lacks {used - defined}"
+    assert "CHANGE-ME" in example and ".env" in (ROOT / ".gitignore").read_text().split()

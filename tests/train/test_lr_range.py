@@ -1,0 +1,138 @@
+"""LR range test: the suggestion rule on known curves (spike, noise, no decrease), a real sweep, `tuner lr-find`, `lr: auto`."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.helpers import mlflow_runs, write_study
+from tuner.train.lr_range import SweepConfig, diverged, find_lrs, suggest
+
+LRS = SweepConfig(lr_start=1e-6, lr_end=10.0, steps=100).lrs()
+
+
+def _valley(lr: float) -> float:
+    """A typical range-test curve: flat at 2.3, falls around lr 1e-2, lowest near 0.1, explodes past 0.3."""
+    x = math.log10(lr)
+    return 2.3 - 2.0 / (1 + math.exp(-4 * (x + 2))) + (0.0 if lr < 0.3 else 30 * (lr - 0.3))
+
+
+CLEAN = [_valley(lr) for lr in LRS]
+
+
+def test_clean_curve_suggests_the_valley_entrance() -> None:
+    result = suggest(LRS, CLEAN)
+    assert 3e-3 < result.lr < 5e-2
+    assert result.low == pytest.approx(result.lr / 10)
+    assert result.lr < result.high <= 0.3
+    assert result.note == "valley entrance of the smoothed loss"
+
+
+def test_an_early_spike_does_not_move_the_suggestion() -> None:
+    spiked = [50.0, 80.0, 40.0] + CLEAN[3:]
+    assert suggest(LRS, spiked).lr == pytest.approx(suggest(LRS, CLEAN).lr, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_moves_the_suggestion_by_less_than_2x(seed: int) -> None:
+    rng = random.Random(seed)
+    noisy = [loss + rng.gauss(0, 0.08) for loss in CLEAN]
+    ratio = suggest(LRS, noisy).lr / suggest(LRS, CLEAN).lr
+    assert 0.5 < ratio < 2.0
+
+
+@pytest.mark.parametrize("losses, note", [
+    ([2.0 + 0.1 * i for i in range(40)], "barely fell"),           # rises from the start: LR range too high
+    ([2.3] * 100, "barely fell"),                                   # flat: the model does not respond
+    ([float("nan")] * 5, "not finite at the first step"),           # diverged at once
+    ([2.3, float("inf")], "barely fell"),                           # one finite point
+])
+def test_never_empty(losses: list[float], note: str) -> None:
+    result = suggest(LRS, losses)
+    assert math.isfinite(result.lr) and result.lr > 0
+    assert result.low < result.lr < result.high
+    assert note in result.note
+
+
+def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:
+    assert not diverged([2.3, 90.0, 2.2, 2.2, 2.1, 2.1], min_steps=10, factor=4)  # early spike
+    assert not diverged([2.0] * 20 + [50.0, 2.0], min_steps=10, factor=4)         # one spike: median ignores it
+    assert diverged([2.0] * 20 + [50.0] * 3, min_steps=10, factor=4)
+    assert diverged([2.0, float("nan")], min_steps=10, factor=4)
+
+
+def test_real_sweep_on_digits_orders_sgd_above_adam() -> None:
+    from tuner.recipe import Recipe
+    from tuner.tasks import load_task
+    from tuner.train import TrainBudget, fit
+
+    task = load_task("digits-mlp", {"hidden": [32]})
+    findings = find_lrs(task, ["adam", "sgd"], batch_size=64, config=SweepConfig(steps=80), device="cpu")
+    adam, sgd = findings["adam"].suggestion, findings["sgd"].suggestion
+    assert findings["adam"].stopped.startswith("diverged")  # the sweep reaches LRs where Adam blows up
+    assert 1e-3 < adam.lr < 0.1 and 0.03 < sgd.lr < 3.0 and sgd.lr > 3 * adam.lr
+    budget = TrainBudget(epochs=3)
+    at_suggestion = fit(task, Recipe("adam", adam.lr, batch_size=64), budget, device="cpu").best.metrics["accuracy"]
+    too_low = fit(task, Recipe("adam", adam.low / 10, batch_size=64), budget, device="cpu").best.metrics["accuracy"]
+    assert at_suggestion > 0.9 and at_suggestion > too_low + 0.05
+
+
+def test_cli_lr_find_prints_json_and_plot(workdir: Path, cli) -> None:
+    path = write_study(workdir)
+    result = cli("lr-find", path, "--optimizer", "sgd", "--steps", "40", "--plot", "lr.png", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["optimizer"] == "sgd" and row["low"] < row["lr"] < row["high"] and row["batch_size"] == 64
+    assert (workdir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plot", "lr.txt"], "--plot: lr.txt"),
+    (["--optimizer", "nope"], "unknown optimizer 'nope'"),
+    (["--lr-start", "1", "--lr-end", "0.1"], "lr_start=1.0, lr_end=0.1"),
+])
+def test_cli_lr_find_bad_input_exits_2(workdir: Path, cli, args: list[str], message: str) -> None:
+    result = cli("lr-find", write_study(workdir), *args)
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (workdir / "lr.txt").exists()
+
+
+def test_lr_auto_sets_recorded_ranges_and_resume_keeps_them(workdir: Path, cli) -> None:
+    path = write_study(workdir, budget={"epochs": 1, "n_trials": 3},
+                       space={"optimizers": {"adam": {"lr": "auto"}, "sgd": {}}, "schedules": ["constant"], "batch_size": 64})
+    result = cli("run", path)
+    assert result.exit_code == 0, result.output
+    assert "lr: auto  adam" in result.stdout and "lr: auto  sgd" not in result.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}")
+    ranges = study.user_attrs["lr_auto"]
+    assert set(ranges) == {"adam"} and ranges["adam"]["low"] < ranges["adam"]["lr"] < ranges["adam"]["high"]
+    for trial in study.trials:
+        if "adam.lr" in trial.distributions:
+            dist = trial.distributions["adam.lr"]
+            assert (dist.low, dist.high) == pytest.approx((ranges["adam"]["low"], ranges["adam"]["high"]))
+        else:
+            assert trial.distributions["sgd.lr"].low == 1e-3  # the catalog's range: sgd is not auto
+    (parent,) = [r for r in mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tiny") if r.data.tags.get("tuner.role") == "study"]
+    assert float(parent.data.params["lr_auto.adam.low"]) == pytest.approx(ranges["adam"]["low"])
+    assert "adam=[" in parent.data.tags["tuner.lr_auto"]
+
+    result = cli("run", path, "--n-trials", "4")  # resume: the recorded range is reused, no second range test
+    assert result.exit_code == 0, result.output
+    assert "lr: auto" not in result.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}")
+    assert study.user_attrs["lr_auto"] == ranges and len(study.trials) == 4
+
+
+def test_top_level_lr_auto_covers_every_optimizer_and_bad_value_exits_2(workdir: Path, cli) -> None:
+    from tuner.study.prepare import prepare
+
+    space = {"optimizers": ["adam", "sgd"], "schedules": ["constant"], "lr": "auto"}
+    assert prepare(write_study(workdir, space=space)).space.auto_lr == ("adam", "sgd")
+    result = cli("run", write_study(workdir, space={**space, "lr": "fast"}))
+    assert result.exit_code == 2 and "space.lr" in result.stderr and "'fast'" in result.stderr
+    assert not (workdir / "tuner.db").exists()

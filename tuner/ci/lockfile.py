@@ -1,0 +1,150 @@
+"""Lock files: the best recipe(s) of a study re-trained over fixed seeds at full budget, checked in, re-run by CI.
+
+A lock file (``studies/NAME.lock.yaml``) holds the task reference and options, recipe, budget, metric and direction,
+per-seed values, mean and std, the pass rule (``tuner.ci.rule``) and each recipe's tolerance, versions, device and
+platform. ``read_lock`` validates one (a ``TunerError`` names the file, the field and the value); ``dump_lock`` writes
+keys in a fixed order and floats exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, TEST_NAME
+from tuner.errors import TunerError
+from tuner.recipe import Recipe
+from tuner.spec import TaskRef, format_validation_error, read_yaml_mapping
+
+LOCK_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LockBudget(_Strict):
+    """The training budget every locked run uses (``tuner.train.TrainBudget``)."""
+
+    epochs: Optional[int] = Field(None, gt=0)
+    steps: Optional[int] = Field(None, gt=0)
+    eval_every: Optional[int] = Field(None, gt=0)
+    patience: Optional[int] = Field(None, gt=0)
+    divergence_factor: float = Field(1e3, gt=1)
+
+
+class PassRule(_Strict):
+    """How ``tolerance`` was derived and the test's significance level (see the module docstring)."""
+
+    test: str = TEST_NAME
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
+    min_effect: float = Field(DEFAULT_MIN_EFFECT, ge=0)
+    floor: float = Field(ge=0, description="absolute floor of the tolerance, in metric units")
+
+
+class LockedRecipe(_Strict):
+    """One locked recipe: its per-seed values at lock time and the tolerance the check allows."""
+
+    rank: int = Field(ge=1)
+    trial: Optional[int] = None
+    study_value: Optional[float] = None
+    recipe: dict[str, Any]
+    seeds: list[int] = Field(min_length=1)
+    values: list[float] = Field(min_length=1)
+    mean: float
+    std: float = Field(ge=0)
+    tolerance: float = Field(ge=0)
+
+
+class LockFile(_Strict):
+    """A whole lock file; keys are written in this order."""
+
+    lock_version: int
+    study: str
+    created: str = ""
+    task: TaskRef
+    metric: str
+    direction: Literal["maximize", "minimize"]
+    budget: LockBudget
+    deterministic: bool = True
+    device: str = "auto"
+    rule: PassRule
+    environment: dict[str, Any] = Field(default_factory=dict)
+    recipes: list[LockedRecipe] = Field(min_length=1)
+
+
+def read_lock(path: str | Path) -> LockFile:
+    """Read and validate a lock file: a ``TunerError`` names the file, the field and the value (exit code 2)."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "lock file", "lock_version, task, recipes ...")
+    version = data.get("lock_version")
+    if version != LOCK_VERSION:
+        raise TunerError(f"{path}: lock_version: this tuner ({tuner_version()}) reads lock files of version {LOCK_VERSION}, "
+                         f"got {version!r}; re-create the lock with `tuner lock`")
+    try:
+        lock = LockFile.model_validate(data)
+    except ValidationError as error:
+        raise TunerError(f"{path}: invalid lock file:\n{format_validation_error(error)}") from None
+    for index, entry in enumerate(lock.recipes):
+        _check_entry(path, index, entry)
+    return lock
+
+
+def _check_entry(path: Path, index: int, entry: LockedRecipe) -> None:
+    where = f"{path}: recipes.{index}"
+    if len(entry.values) != len(entry.seeds):
+        raise TunerError(f"{where}: values and seeds must have the same length, got {len(entry.values)} and {len(entry.seeds)}")
+    try:
+        check_recipe(recipe_of(entry))
+    except (TunerError, ValueError, TypeError) as error:
+        raise TunerError(f"{where}.recipe: {error}") from None
+
+
+def recipe_of(entry: LockedRecipe) -> Recipe:
+    return Recipe.from_dict(entry.recipe)
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Names and values of the recipe's optimizer and schedule, checked against the catalog before anything trains."""
+    from tuner.errors import lookup
+    from tuner.optim import OPTIMIZERS
+    from tuner.optim.build import resolve_params
+    from tuner.schedules import build_schedule
+
+    resolve_params(lookup(OPTIMIZERS, "optimizer", recipe.optimizer), recipe.optimizer_params)
+    build_schedule(recipe.schedule, 1000, recipe.schedule_params)
+
+
+def dump_lock(lock: LockFile) -> str:
+    """The lock as YAML: keys in a fixed order, floats written exactly (they read back bit-identical)."""
+    header = (f"# tuner lock file of study {lock.study!r}: re-run it with `tuner regress <this file>`.\n"
+              f"# Pass rule: see `tolerance` below and the README section 'CI regression of best configs'.\n")
+    return header + yaml.safe_dump(lock.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=120)
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def tuner_version() -> str:
+    """This tuner's version."""
+    from tuner import __version__
+
+    return __version__

@@ -1,0 +1,225 @@
+"""Running locked recipes: one training run per (recipe, seed), here or in worker processes, and ``regress``.
+
+``regress`` validates every lock, re-runs every locked recipe on its seeds and judges each with the pass rule
+(``tuner.ci.rule``). Imports no Optuna or MLflow; torch is imported by the functions that train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from tuner.ci.lockfile import LockedRecipe, LockFile, read_lock, tuner_version
+from tuner.ci.rule import Verdict, judge
+from tuner.errors import TunerError
+from tuner.recipe import Recipe
+
+
+def derive_seeds(base: int, count: int, start: int = 0) -> list[int]:
+    """``count`` fixed per-run seeds derived from ``base`` (seeds ``start .. start+count-1`` of one stable stream)."""
+    seeds = []
+    for index in range(start, start + count):
+        digest = hashlib.sha256(f"tuner-lock:{base}:{index}".encode()).digest()
+        seeds.append(int.from_bytes(digest[:4], "little") & 0x7FFFFFFF)
+    return seeds
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device and platform of this process (informational; differences are reported, not refused)."""
+    import importlib.metadata
+
+    import torch
+
+    from tuner.train import resolve_device
+
+    resolved = resolve_device(device)
+    env: dict[str, Any] = {"tuner": tuner_version(), "torch": torch.__version__}
+    for package in ("optuna", "scipy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            env[package] = importlib.metadata.version(package)
+    env.update(python=platform.python_version(), platform=platform.platform(), machine=platform.machine(),
+               device=str(resolved), threads=torch.get_num_threads())
+    if resolved.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(resolved)
+    return env
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One training run of a locked recipe on one seed (picklable: it crosses to worker processes)."""
+
+    task_name: str
+    task_options: dict[str, Any]
+    base_dir: str
+    recipe: dict[str, Any]
+    budget: dict[str, Any]
+    metric: str
+    direction: str
+    device: str
+    seed: int
+    deterministic: bool
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    value: Optional[float]  # best evaluation of the metric; None when the run produced no finite evaluation
+    status: str
+    reason: str
+    seconds: float
+
+
+_TASKS: dict[str, Any] = {}
+
+
+def _task_for(job: FitJob) -> Any:
+    from tuner.tasks import load_task
+
+    key = json.dumps([job.task_name, job.task_options, job.base_dir], sort_keys=True, default=str)
+    if key not in _TASKS:
+        _TASKS[key] = load_task(job.task_name, job.task_options, base_dir=job.base_dir)
+    return _TASKS[key]
+
+
+def fit_job(job: FitJob) -> SeedResult:
+    """Train one locked recipe on one seed; the value is the best evaluation of the metric (as in tuning)."""
+    from tuner.train import TrainBudget, fit
+
+    with _deterministic_restored():
+        result = fit(_task_for(job), Recipe.from_dict(job.recipe), TrainBudget(**job.budget), metric=job.metric,
+                     direction=job.direction, device=job.device, seed=job.seed, deterministic=job.deterministic)
+    value = result.best.metrics[job.metric] if result.best is not None else None
+    return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
+
+
+@contextlib.contextmanager
+def _deterministic_restored() -> Iterator[None]:
+    """``fit(deterministic=True)`` switches torch's deterministic algorithms on process-wide; switch them back."""
+    import torch
+
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def run_jobs(jobs: Sequence[FitJob], processes: int = 1) -> list[SeedResult]:
+    """Run ``jobs`` here (``processes == 1``) or in that many spawned processes sharing the CPU cores; same order."""
+    if processes <= 1 or len(jobs) <= 1:
+        return [fit_job(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(processes, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        return list(pool.map(fit_job, jobs))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The check of one locked recipe: locked and new values, the verdict."""
+
+    lock_path: str
+    lock: LockFile
+    entry: LockedRecipe
+    seeds: list[int]
+    new: list[SeedResult]
+    verdict: Verdict
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.lock_path}#{self.entry.rank}"
+
+
+def plan_seeds(entry: LockedRecipe, count: Optional[int], study_seed_base: int = 0) -> list[int]:
+    """The locked seeds, or the first ``count`` of them, or all of them plus fresh ones derived after them."""
+    if count is None or count == len(entry.seeds):
+        return list(entry.seeds)
+    if count < len(entry.seeds):
+        return list(entry.seeds[:count])
+    fresh = [s for s in derive_seeds(study_seed_base + entry.rank, count * 2, start=10_000) if s not in entry.seeds]
+    return list(entry.seeds) + fresh[:count - len(entry.seeds)]
+
+
+def jobs_for(lock: LockFile, lock_path: str | Path, entry: LockedRecipe, seeds: Sequence[int],
+             device: Optional[str] = None) -> list[FitJob]:
+    """One ``FitJob`` per seed for a locked recipe; relative task files are found next to the lock file."""
+    base_dir = str(Path(lock_path).resolve().parent)
+    return [FitJob(lock.task.name, dict(lock.task.options), base_dir, dict(entry.recipe), lock.budget.model_dump(),
+                   lock.metric, lock.direction, device or lock.device, seed, lock.deterministic) for seed in seeds]
+
+
+def check_tasks(locks: Sequence[tuple[str, LockFile]]) -> None:
+    """Load every lock's task once before anything trains: an unknown task or a broken task file is a ``TunerError``."""
+    from tuner.tasks import load_task
+
+    for path, lock in locks:
+        try:
+            task = load_task(lock.task.name, lock.task.options, base_dir=str(Path(path).resolve().parent))
+        except TunerError as error:
+            raise TunerError(f"{path}: task: {error}") from None
+        if lock.metric not in task.directions:
+            raise TunerError(f"{path}: metric: unknown metric {lock.metric!r} for task {lock.task.name!r}; "
+                             f"valid metrics: {', '.join(sorted(task.directions))}")
+
+
+def regress(paths: Sequence[str | Path], *, seeds: Optional[int] = None, jobs: int = 1,
+            device: Optional[str] = None) -> list[CaseResult]:
+    """Validate every lock, re-run every locked recipe on its seeds, and judge each one with the pass rule."""
+    locks = [(str(path), read_lock(path)) for path in paths]
+    check_tasks(locks)
+    planned = []
+    for path, lock in locks:
+        for entry in lock.recipes:
+            chosen = plan_seeds(entry, seeds)
+            planned.append((path, lock, entry, chosen, jobs_for(lock, path, entry, chosen, device)))
+    results = run_jobs([job for *_, case_jobs in planned for job in case_jobs], jobs)
+    cases, offset = [], 0
+    here = environment(device or "auto")
+    for path, lock, entry, chosen, case_jobs in planned:
+        new = results[offset:offset + len(case_jobs)]
+        offset += len(case_jobs)
+        cases.append(CaseResult(path, lock, entry, chosen, new, verdict_for(lock, entry, chosen, new),
+                                sum(r.seconds for r in new), environment_notes(lock.environment, here)))
+    return cases
+
+
+def verdict_for(lock: LockFile, entry: LockedRecipe, seeds: Sequence[int], new: Sequence[SeedResult]) -> Verdict:
+    """The pass rule for one locked recipe; a diverged or evaluation-less run fails on its own."""
+    broken = [r for r in new if r.value is None or r.status == "diverged"]
+    if broken:
+        first = broken[0]
+        return Verdict(False, math.inf, entry.tolerance, 0.0, "diverged",
+                       f"seed {first.seed}: {first.reason or first.status or 'no evaluation'}")
+    return judge(entry.values, [r.value for r in new], lock.direction, entry.tolerance, lock.rule.alpha,
+                 paired=list(seeds) == list(entry.seeds))
+
+
+def environment_notes(locked: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """'torch: locked 2.13.0, now 2.14.0' for each version, device or platform that differs."""
+    keys = ("tuner", "torch", "device", "platform", "machine", "device_name")
+    return [f"{key}: locked {locked.get(key)}, now {here.get(key)}" for key in keys
+            if key in locked and locked.get(key) != here.get(key)]
+
+
+def created_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,246 @@
+"""One trial life cycle: ask, start, train, report, finish or fail -- for one trial or a population of N.
+
+Every trial tuner runs goes through ``TrialLifecycle``, whether it trains alone (``fit``) or stacked with others
+(``fit_population``). This is the one place that decides a trial's state, reason and value (``outcome_of``), writes
+its end to the study in one transaction, closes its MLflow run with the same outcome, and tells Optuna:
+
+* ``start``: sample the recipe, fix the seed (a retry keeps the lost trial's), record both and this worker on the
+  trial in one write -- before the MLflow run exists, so a worker lost from here on leaves its seed for the retry --
+  then open the MLflow run;
+* ``reporter``: each evaluation goes to the trial's MLflow run and to the pruner (``tuner.study.pruning``);
+* ``finish`` / ``fail`` -> ``end``: reason, duration, steps, tracking errors and the reports not written yet in one
+  write; then the MLflow run's end; then ``tell``. A trial another worker already failed as lost (this worker was
+  paused past the grace period) refuses the write: its result is discarded with a warning and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator, Optional, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.recipe import Recipe
+from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.prepare import Prepared
+from tuner.study.pruning import Pruning
+from tuner.study.storage import _optuna
+from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
+from tuner.study.storage.rdb import asking_from_one_snapshot
+from tuner.study.storage.sql import write_trial
+from tuner.tracking import Tracker, TrialOutcome, TrialRun
+from tuner.train import Evaluation, FitResult, OnEval, TrainBudget, fit, fit_population
+
+
+class TrialResultDiscarded(UserWarning):
+    """A trial's result could not be recorded: another worker had already ended it (failed as lost)."""
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A per-trial seed derived from the study seed and the trial number (stable across processes)."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def train_budget(prepared: Prepared) -> TrainBudget:
+    """The training budget of every trial of the study."""
+    budget = prepared.spec.budget
+    return TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
+
+
+def outcome_of(result: FitResult, metric: str, attrs: Optional[dict] = None) -> TrialOutcome:
+    """How a finished run counts: COMPLETE with its best evaluation when it ran to the end (or stopped early for
+    patience); PRUNED otherwise -- stopped by the pruner, or diverged -- with its last finite value."""
+    attrs = {TrialKeys.TOTAL_STEPS: result.total_steps, **(attrs or {})}
+    common = dict(seconds=result.seconds, lr_curve=result.lr_curve, attrs=attrs)
+    if result.status in ("completed", "early_stopped") and result.best is not None:
+        reason = "completed" if result.status == "completed" else f"early stopped: {result.reason}"
+        return TrialOutcome("COMPLETE", reason, result.best.metrics[metric], **common)
+    last = result.last.metrics[metric] if result.last is not None else None
+    if result.status == "stopped":
+        return TrialOutcome("PRUNED", f"pruned at step {result.steps_done}", last, **common)
+    return TrialOutcome("PRUNED", result.reason or "no evaluation", last, **common)
+
+
+@dataclass
+class StartedTrial:
+    """A trial that has been asked and started: its recipe, seed and MLflow run."""
+
+    trial: optuna.Trial
+    recipe: Recipe
+    seed: int
+    run: TrialRun
+
+
+class TrialLifecycle:
+    """Runs the trials of one study in this process (see the module docstring).
+
+    Args:
+        study: the Optuna study (its sampler and pruner set).
+        prepared: the validated study file.
+        tracker: where trials are logged.
+    """
+
+    def __init__(self, study: optuna.Study, prepared: Prepared, tracker: Tracker) -> None:
+        self.study, self.prepared, self.tracker = study, prepared, tracker
+        self.parent_run_id = study.user_attrs.get(StudyKeys.PARENT_RUN)
+        self.budget = train_budget(prepared)
+        self.stop_requested: Callable[[], bool] = lambda: False
+
+    @contextlib.contextmanager
+    def optimize_loop(self) -> Iterator[None]:
+        """Inside, a sampler's ``study.stop()`` (an exhausted grid) sets ``stop_requested``."""
+        with _optuna.optimize_loop(self.study) as stop_requested:
+            self.stop_requested = stop_requested
+            try:
+                yield
+            finally:
+                self.stop_requested = lambda: False
+
+    # -- a batch of trials --------------------------------------------------------------------------------------------
+
+    def run(self, size: int) -> None:
+        """Ask ``size`` trials and train them together (one: ``fit``; more: ``fit_population``), ending each."""
+        fail_stale_trials(self.study)  # what study.optimize does before each trial
+        members = self._ask(size)
+        if not members:
+            return
+        pruning = Pruning(self.study, [m.trial for m in members])
+        with Heartbeats(self.study, [m.trial for m in members]):
+            self._train(members, pruning)
+
+    def _ask(self, size: int) -> list[StartedTrial]:
+        """``size`` started trials, asked from one snapshot of the study (a sampler would re-read every running
+        trial at each suggestion); one whose start fails is failed at once."""
+        members = []
+        with asking_from_one_snapshot(self.study) if size > 1 else contextlib.nullcontext():
+            for _ in range(size):
+                trial = self.study.ask()
+                try:
+                    members.append(self.start(trial))
+                except Exception as error:
+                    self._tell(trial, TrialOutcome("FAIL", f"error: {type(error).__name__}: {error}"))
+        return members
+
+    def _train(self, members: list[StartedTrial], pruning: Pruning) -> None:
+        started = time.perf_counter()
+        try:
+            results = self._fit(members, pruning)
+        except KeyboardInterrupt:
+            self._fail_all(members, "interrupted", time.perf_counter() - started, pruning)
+            raise
+        except Exception as error:  # the trials fail; the study goes on
+            self._fail_all(members, f"error: {type(error).__name__}: {error}", time.perf_counter() - started, pruning)
+            return
+        attrs = {} if len(members) == 1 else None
+        for member, result in zip(members, results):
+            extra = attrs if attrs is not None else {TrialKeys.POPULATION: int(result.extras.get("population", 1))}
+            self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
+
+    def _fit(self, members: list[StartedTrial], pruning: Pruning) -> list[FitResult]:
+        prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
+        common = dict(metric=prepared.metric, direction=prepared.direction, device=prepared.device,
+                      deterministic=prepared.spec.deterministic)
+        if len(members) == 1:
+            (member,) = members
+            return [fit(prepared.task, member.recipe, self.budget, on_eval=on_eval[0], seed=member.seed, **common)]
+        numbers = [m.trial.number for m in members]
+
+        def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
+            pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
+
+        return fit_population(prepared.task, [m.recipe for m in members], self.budget, seeds=[m.seed for m in members],
+                              on_eval=on_eval, on_evaluated=on_evaluated, **common)
+
+    def _fail_all(self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Pruning) -> None:
+        for member in members:
+            self._end_safely(member, TrialOutcome("FAIL", reason, seconds=seconds), pruning)
+
+    def _end_safely(self, member: StartedTrial, outcome: TrialOutcome, pruning: Pruning) -> None:
+        """``end``; a failure to record one trial's end is warned and the others still end (the trial stays
+        RUNNING, and is failed as lost once its heartbeat stops)."""
+        try:
+            self.end(member, outcome, pruning)
+        except Exception as error:
+            warnings.warn(f"could not record the end of trial {member.trial.number} ({outcome.state}): "
+                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
+
+    # -- one trial ----------------------------------------------------------------------------------------------------
+
+    def start(self, trial: optuna.Trial) -> StartedTrial:
+        """Sample the trial's recipe, fix its seed, record both and this worker on the trial (one write, before the
+        MLflow run exists), then open its MLflow run."""
+        recipe = self.prepared.space.sample(trial)
+        seed = trial.user_attrs.get(TrialKeys.SEED, trial_seed(self.prepared.spec.seed, trial.number))
+        attrs = {TrialKeys.RECIPE: recipe.to_dict(), TrialKeys.SEED: seed,
+                 TrialKeys.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+        if TrialKeys.RUN_ID in trial.user_attrs:  # a retry must not keep the lost trial's run id
+            attrs[TrialKeys.RUN_ID] = ""
+        write_trial(trial, attrs)
+        tags = {"tuner.seed": str(seed), "optuna.trial_id": str(_optuna.trial_id(trial))}
+        run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe, tags,
+                                       on_started=partial(_record_run_id, trial))
+        return StartedTrial(trial, recipe, seed, run)
+
+    def reporter(self, member: StartedTrial, pruning: Pruning) -> OnEval:
+        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it."""
+        metric = self.prepared.metric
+
+        def on_eval(evaluation: Evaluation) -> bool:
+            self.tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss},
+                                     evaluation.step)
+            return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
+
+        return on_eval
+
+    def end(self, member: StartedTrial, outcome: TrialOutcome, pruning: Optional[Pruning] = None) -> None:
+        """Record how the trial ended in one write (reason, duration, MLflow errors, ``outcome.attrs`` and the reports
+        not written yet), close its MLflow run with the same outcome, and tell Optuna."""
+        trial, run = member.trial, member.run
+        unwritten = pruning.take_unwritten(trial) if pruning is not None else {}
+        run.wait_created()
+        attrs = {**outcome.attrs, TrialKeys.REASON: outcome.reason, TrialKeys.DURATION: round(outcome.seconds, 3)}
+        if run.errors:
+            attrs[TrialKeys.TRACKING_ERRORS] = run.errors[:5]
+        try:  # written before tell: a pruned trial's value is its last written one
+            write_trial(trial, attrs, unwritten)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._discarded(trial, outcome)  # another worker failed it as lost and closed its MLflow run
+            return
+        self.tracker.end_trial(run, outcome)
+        self._tell(trial, outcome)
+
+    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        state = TrialState[outcome.state]
+        value = outcome.value if state == TrialState.COMPLETE else None
+        try:
+            told = self.study.tell(trial, value, state=state, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as lost by another worker a moment ago
+            told = None
+        except RuntimeError as error:  # an Optuna without the loop flag: a sampler's study.stop() outside optimize
+            if "Study.stop" not in str(error):
+                raise
+            self.stop_requested = lambda: True
+            return
+        if told is None or told.state != state:
+            self._discarded(trial, outcome)
+
+    def _discarded(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        warnings.warn(f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
+                      f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
+                      f"discarded", TrialResultDiscarded, stacklevel=3)
+
+
+def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
+    """Called once the trial's MLflow run exists (on the tracking thread for a server): lost-trial handling closes the
+    run by this id."""
+    if run_id:
+        trial.set_user_attr(TrialKeys.RUN_ID, run_id)

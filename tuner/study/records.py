@@ -1,0 +1,117 @@
+"""Reading a study's results: typed trial records, the best trial and recipe, counts by state.
+
+Every reader (``tuner show``/``best``/``export``, lock files, the report, warm start, the MLflow summary) goes through
+these, so the user attributes tuner writes on a trial (``tuner.study.keys``) are read in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import TunerError
+from tuner.recipe import Recipe
+from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.storage.sql import count_trials
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""What ``n_trials`` counts: complete and pruned trials."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as tuner wrote it: Optuna's state and value, and tuner's user attributes, typed."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    value: Optional[float]
+    recipe: Optional[dict[str, Any]]
+    seed: Optional[int] = None
+    reason: str = ""
+    duration_s: Optional[float] = None
+    total_steps: Optional[int] = None
+    population: Optional[int] = None
+    worker: Optional[str] = None
+    run_id: Optional[str] = None
+    warm_start: Optional[str] = None
+    tracking_errors: list[str] = field(default_factory=list)
+    intermediate_values: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> "TrialRecord":
+        """The record of a trial read from a study."""
+        attrs = trial.user_attrs
+        return cls(trial.number, trial.state.name, trial.value, attrs.get(TrialKeys.RECIPE), attrs.get(TrialKeys.SEED),
+                   str(attrs.get(TrialKeys.REASON, "")), attrs.get(TrialKeys.DURATION), attrs.get(TrialKeys.TOTAL_STEPS),
+                   attrs.get(TrialKeys.POPULATION), attrs.get(TrialKeys.WORKER), attrs.get(TrialKeys.RUN_ID) or None,
+                   attrs.get(TrialKeys.WARM_START), list(attrs.get(TrialKeys.TRACKING_ERRORS, [])),
+                   dict(trial.intermediate_values))
+
+    def to_recipe(self) -> Recipe:
+        """The trial's ``Recipe`` (``TunerError`` when the trial has none: it was not made by tuner)."""
+        if self.recipe is None:
+            raise TunerError(f"trial {self.number} has no recipe (it was not made by `tuner run`)")
+        return Recipe.from_dict(self.recipe)
+
+
+def records(study: optuna.Study, states: Optional[tuple[TrialState, ...]] = None) -> list[TrialRecord]:
+    """Every trial of the study (in ``states``) as a ``TrialRecord``, by number."""
+    return [TrialRecord.of(trial) for trial in study.get_trials(deepcopy=False, states=states)]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The study's best complete trial (``TunerError`` when there is none yet)."""
+    try:
+        return study.best_trial
+    except ValueError:
+        raise TunerError(f"study {study.study_name!r} has no complete trial yet") from None
+
+
+def best_record(study: optuna.Study) -> TrialRecord:
+    """The best complete trial's record."""
+    return TrialRecord.of(best_trial(study))
+
+
+def best_recipe(study: optuna.Study) -> Recipe:
+    """The best complete trial's recipe."""
+    return best_record(study).to_recipe()
+
+
+def best_recipe_or_none(study: optuna.Study) -> Optional[dict[str, Any]]:
+    """The best recipe as a dict, or None when no trial has completed."""
+    try:
+        return best_record(study).recipe
+    except TunerError:
+        return None
+
+
+def top_records(study: optuna.Study, k: int, *, with_recipe: bool = True) -> list[TrialRecord]:
+    """The ``k`` best complete trials (with a recipe, unless ``with_recipe`` is False), best first; ties by number."""
+    complete = [r for r in records(study, (TrialState.COMPLETE,)) if r.recipe is not None or not with_recipe]
+    maximize = study.direction.name == "MAXIMIZE"
+    complete.sort(key=lambda r: (-r.value if maximize else r.value, r.number))  # type: ignore[operator]
+    return complete[:k]
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Complete and pruned trials: what ``n_trials`` counts."""
+    return count_trials(study, FINISHED)
+
+
+def summarize(study: optuna.Study) -> dict[str, Any]:
+    """Counts by state, best value and best trial number."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    summary: dict[str, Any] = {"trials": len(trials), **{k: v for k, v in counts.items() if v}}
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        trial = study.best_trial
+        summary.update(best_value=trial.value, best_trial=trial.number)
+    return summary
+
+
+def study_metric(study: optuna.Study) -> str:
+    """The metric the study optimizes (``value`` for a study tuner did not make)."""
+    return str(study.user_attrs.get(StudyKeys.METRIC, "value"))

@@ -1,0 +1,199 @@
+"""Running a study: create or resume it, then run trials until it holds ``n_trials`` finished ones.
+
+``run_study`` creates or resumes the study (and its MLflow parent run), applies ``lr: auto`` and warm start, starts
+``jobs - 1`` local worker processes and works on the study itself; ``optimize`` is what every process runs (``tuner
+worker`` too): trials one at a time, or ``population`` at once, through the one trial life cycle
+(``tuner.study.lifecycle``), until the study holds ``n_trials`` finished (complete or pruned) trials, ``timeout``
+passes or the sampler has nothing left (an exhausted grid).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import optuna
+
+from tuner.errors import TunerError
+from tuner.spec import parse_study
+from tuner.study.keys import StudyKeys
+from tuner.study.lifecycle import TrialLifecycle, trial_seed
+from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
+from tuner.study.prepare import Prepared, prepare, quiet_libraries
+from tuner.study.records import best_recipe_or_none, finished_count, summarize
+from tuner.study.storage import open_storage, study_names
+from tuner.study.storage.heartbeat import settle_lost_trials
+from tuner.study.storage.sqlite import speed_up_sqlite
+from tuner.study.tables import make_pruner, make_sampler
+from tuner.tracking import Tracker, TrialOutcome, TrialRun, make_tracker
+
+OnTrial = Callable[[optuna.Study], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a process works on a study.
+
+    Args:
+        n_trials: the number of finished trials the study should hold.
+        timeout: stop starting trials after this many seconds.
+        jobs: local processes working on the study (``run_study`` only).
+        warm_start: ``OTHER_STUDY[:K]``: enqueue its top-K recipes first (``tuner.study.warmstart``).
+        population: > 1: train this many trials at once in one vectorized pass.
+    """
+
+    n_trials: int
+    timeout: Optional[float] = None
+    jobs: int = 1
+    warm_start: Optional[str] = None
+    population: int = 1
+
+
+def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[OnTrial] = None,
+              on_message: Callable[[str], None] = lambda message: None) -> optuna.Study:
+    """Create or resume the study and run it to ``n_trials`` finished trials, with ``jobs`` local processes."""
+    from tuner.study.warmstart import warm_start
+
+    quiet_libraries()
+    tracker = open_tracker(prepared.tracking_uri)
+    study = open_study(prepared, tracker)
+    prepared = apply_auto_lr(study, prepared, tracker, on_message)
+    if options.warm_start:
+        warm_start(study, prepared, options.warm_start, on_message)
+    workers = _start_workers(prepared, options) if options.jobs > 1 else []
+    share_cpu_threads(options.jobs)
+    try:
+        optimize(study, prepared, tracker, options, worker_index=0, on_trial=on_trial)
+    except KeyboardInterrupt:
+        for worker in workers:  # they got the same SIGINT from the terminal; give them a moment to mark their trials
+            worker.join(timeout=10)
+            worker.terminate()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
+        tracker.end_study(study.user_attrs.get(StudyKeys.PARENT_RUN), best_recipe_or_none(study), summarize(study))
+    return study
+
+
+def open_tracker(tracking_uri: str) -> Tracker:
+    """The study's tracker (the embedded SQLite files tuned first)."""
+    speed_up_sqlite()
+    return make_tracker(tracking_uri)
+
+
+def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
+    """Create the study (and its MLflow parent run) or resume it when one of that name exists."""
+    quiet_libraries()
+    spec = prepared.spec
+    storage = open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
+    exists = spec.name in study_names(storage)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=prepared.direction,
+                                load_if_exists=True)
+    if exists and study.direction.name.lower() != prepared.direction:
+        raise TunerError(f"study {spec.name!r} exists with direction {study.direction.name.lower()}, "
+                         f"but the study file asks for {prepared.direction}")
+    study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
+    study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
+    study.set_user_attr(StudyKeys.METRIC, prepared.metric)
+    if StudyKeys.PARENT_RUN not in study.user_attrs:
+        parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
+        study.set_user_attr(StudyKeys.PARENT_RUN, parent)
+    return study
+
+
+def join_study(study_name: str, storage_url: str, tracker: Tracker) -> optuna.Study:
+    """An existing study, opened for a worker (lost trials' MLflow runs closed through ``tracker``)."""
+    storage = open_storage(storage_url, on_lost=lost_run_closer(tracker))
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
+    """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason)."""
+    def close(run_id: str, reason: str) -> None:
+        tracker.end_trial(TrialRun(run_id), TrialOutcome("FAIL", reason))
+
+    return close
+
+
+def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options: RunOptions, worker_index: int,
+             on_trial: Optional[OnTrial] = None) -> None:
+    """Run trials in this process until the study holds ``n_trials`` finished trials or ``timeout`` passes; then, as
+    the last worker out, run the retries of trials whose workers were lost."""
+    remaining = options.n_trials - finished_count(study)
+    if remaining <= 0:
+        return
+    prepared = with_lr_ranges(prepared, study.user_attrs)  # `lr: auto` ranges recorded on the study
+    seed = trial_seed(prepared.spec.seed, 1_000_003 * worker_index + len(study.trials))  # no replay of the draws
+    study.sampler = make_sampler(prepared.spec.sampler, seed, prepared.space)
+    study.pruner = make_pruner(prepared.spec.pruner)
+    # torch, optuna, mlflow and sqlalchemy leave ~10^6 long-lived objects; one full collection scanning them cost 0.37 s
+    # in a 5-trial round (docs/benchmarks.md). Frozen, they are skipped; what trials allocate is still collected.
+    gc.freeze()
+    lifecycle = TrialLifecycle(study, prepared, tracker)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with lifecycle.optimize_loop():
+            run_trials(lifecycle, size=options.population, trials=remaining, target=options.n_trials,
+                       timeout=options.timeout, on_trial=on_trial)
+            settle_lost_trials(study, lambda waiting: run_trials(lifecycle, size=1, trials=waiting))
+    finally:
+        tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
+
+
+def run_trials(lifecycle: TrialLifecycle, *, size: int, trials: int, target: Optional[int] = None,
+               timeout: Optional[float] = None, on_trial: Optional[OnTrial] = None) -> None:
+    """Ask up to ``trials`` trials, ``size`` at a time, while the study holds fewer than ``target`` finished ones
+    (None: no target), ``timeout`` has not passed and the sampler has not asked to stop."""
+    study, started, asked = lifecycle.study, time.monotonic(), 0
+    while asked < trials and not lifecycle.stop_requested():
+        if timeout is not None and time.monotonic() - started > timeout:
+            return
+        missing = trials - asked if target is None else min(trials - asked, target - finished_count(study))
+        if missing <= 0:
+            return
+        batch = min(max(1, size), missing)
+        asked += batch
+        lifecycle.run(batch)
+        if on_trial is not None:
+            on_trial(study)
+
+
+def share_cpu_threads(processes: int) -> None:
+    """Give each of ``processes`` local training processes its share of the CPU cores (oversubscribed intra-op
+    threads make small models many times slower)."""
+    if processes > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+
+
+def _start_workers(prepared: Prepared, options: RunOptions) -> list[multiprocessing.Process]:
+    context = multiprocessing.get_context("spawn")
+    args = (prepared.spec.model_dump(mode="json"), prepared.spec_dir, prepared.storage_url, prepared.tracking_uri,
+            prepared.device, options)
+    workers = [context.Process(target=_worker_main, args=(*args, index), daemon=False)
+               for index in range(1, options.jobs)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def _worker_main(spec: dict[str, Any], spec_dir: str, storage_url: str, tracking_uri: str, device: str,
+                 options: RunOptions, worker_index: int) -> None:
+    """Entry point of a local worker process started by ``run_study(jobs=K)``."""
+    logging.disable(logging.WARNING)
+    share_cpu_threads(options.jobs)
+    prepared = prepare(parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device,
+                       spec_dir=spec_dir)
+    tracker = open_tracker(tracking_uri)
+    study = join_study(prepared.spec.name, storage_url, tracker)
+    try:
+        optimize(study, prepared, tracker, options, worker_index)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,51 @@
+"""The sampler and pruner tables: the names a study file may use, and how each is built.
+
+``SAMPLERS[name](seed, space, **options)`` and ``PRUNERS[name](**options)``. ``make_sampler`` and ``make_pruner``
+build them; an unknown name (listing the valid ones) or bad options are a ``TunerError``. ``tuner.study.prepare``
+builds both before anything is written, so a bad sampler or pruner never leaves an empty study behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+
+from tuner.errors import TunerError, lookup
+from tuner.spec import NamedOptions
+from tuner.study.search import SearchSpace
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, space, **o: optuna.samplers.TPESampler(seed=seed, **{"multivariate": True, "group": True, **o}),
+    "random": lambda seed, space, **o: optuna.samplers.RandomSampler(seed=seed, **o),
+    "grid": lambda seed, space, points=3, **o: optuna.samplers.GridSampler(space.grid(points), seed=seed, **o),
+    "gp": lambda seed, space, **o: optuna.samplers.GPSampler(seed=seed, **o),
+    "cmaes": lambda seed, space, **o: optuna.samplers.CmaEsSampler(seed=seed, **o),
+    "qmc": lambda seed, space, **o: optuna.samplers.QMCSampler(seed=seed, **o),
+}
+
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "median": lambda **o: optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **o}),
+    "asha": lambda **o: optuna.pruners.SuccessiveHalvingPruner(**o),
+    "hyperband": lambda **o: optuna.pruners.HyperbandPruner(**o),
+    "none": lambda **o: optuna.pruners.NopPruner(),
+}
+
+
+def make_sampler(spec: NamedOptions, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The sampler ``spec`` names, seeded with ``seed``; bad options are a ``TunerError``."""
+    factory = lookup(SAMPLERS, "sampler", spec.name)
+    return _built("sampler", spec, lambda: factory(seed, space, **spec.options))
+
+
+def make_pruner(spec: NamedOptions) -> optuna.pruners.BasePruner:
+    """The pruner ``spec`` names; bad options are a ``TunerError``."""
+    factory = lookup(PRUNERS, "pruner", spec.name)
+    return _built("pruner", spec, lambda: factory(**spec.options))
+
+
+def _built(kind: str, spec: NamedOptions, build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except (TypeError, ValueError) as error:
+        raise TunerError(f"{kind} {spec.name!r}: bad options {spec.options}: {error}") from None
