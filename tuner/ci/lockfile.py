@@ -21,6 +21,7 @@ from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, TEST_NAME
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
 from tuner.spec import TaskRef, format_validation_error, read_yaml_mapping
+from tuner.version import __version__
 
 LOCK_VERSION = 1
 
@@ -145,6 +146,4 @@ def write_atomically(path: str | Path, text: str) -> None:
 
 def tuner_version() -> str:
     """This tuner's version."""
-    from tuner import __version__
-
     return __version__

@@ -15,18 +15,12 @@ app = new_app()
 @user_errors
 def ls(storage: StorageOption = None, json_output: JsonOption = False) -> None:
     """List the studies in the storage with their trial counts and best values."""
-    import optuna
-
     from tuner.spec import storage_url
-    from tuner.study.records import summarize
-    from tuner.study.storage import open_storage, study_names
+    from tuner.study.records import study_summaries
+    from tuner.study.storage import open_storage
 
     url = storage_url(storage)
-    opened = open_storage(url)
-    rows = []
-    for name in study_names(opened):
-        study = optuna.load_study(study_name=name, storage=opened)
-        rows.append({"name": name, "direction": study.direction.name.lower(), **summarize(study)})
+    rows = study_summaries(open_storage(url))
     if json_output:
         return print_json(rows)
     if not rows:

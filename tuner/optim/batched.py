@@ -10,7 +10,7 @@ The per-member scalars of one step (``lr / bias_correction`` ...) are computed i
 its Python-float scalars, and only then cast to the parameters' dtype. A hyperparameter every member shares is
 held as one Python float (``_shared``), so the update makes torch's own call (``addcdiv_(a, b, value=-step)``);
 a per-member one rounds the same way (``addcdiv_(a * column, b)``: ``(value * a) / b`` either way). Adam with
-betas and eps shared runs torch's fused kernel (``_fused_adam``): one pass instead of eight, the same formula.
+betas and eps shared runs torch's fused kernel (``tuner._torch.fused_adam``): one pass instead of eight, the same formula.
 
 Weight decay follows ``ManagedOptimizer``: "coupled" adds ``wd * p`` to the clipped gradient, "decoupled"
 shrinks ``p *= 1 - lr * wd`` before the update. Clipping is per member: each value to ``[-clip_value,
@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
+from tuner._torch import fused_adam
 from tuner.errors import TunerError, lookup
 from tuner.optim.build import resolve_params
 from tuner.optim.catalog import get_optimizer_spec
@@ -184,7 +185,7 @@ def _moments(p: Tensor, g: Tensor, s: State, h: Hypers) -> None:
 
 
 def _adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
-    if all(isinstance(h[key], float) for key in ("beta1", "beta2", "eps")) and hasattr(torch, "_fused_adam_"):
+    if all(isinstance(h[key], float) for key in ("beta1", "beta2", "eps")) and fused_adam() is not None:
         _fused_adam(p, g, s, h, t)
         return
     _moments(p, g, s, h)
@@ -206,7 +207,7 @@ def _fused_adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
         s["direction"] = torch.empty_like(p)
     direction = s["direction"].zero_()
     maxima = [s["max_exp_avg_sq"]] if "max_exp_avg_sq" in s else []
-    torch._fused_adam_([direction], [g.contiguous()], [s["exp_avg"]], [s["exp_avg_sq"]], maxima,
+    fused_adam()([direction], [g.contiguous()], [s["exp_avg"]], [s["exp_avg_sq"]], maxima,
                        [torch.tensor(float(t.count), device=p.device)], lr=1.0, beta1=h["beta1"], beta2=h["beta2"],
                        weight_decay=0.0, eps=h["eps"], amsgrad=bool(maxima), maximize=False)
     _add_(p, direction, t.lr)

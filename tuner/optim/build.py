@@ -385,7 +385,7 @@ def _grad_values(p: "torch.Tensor") -> "torch.Tensor":
     """The tensor holding ``p``'s gradient values (a sparse gradient is coalesced first)."""
     if p.grad.is_sparse:
         p.grad = p.grad.coalesce()
-        return p.grad._values()
+        return p.grad.values()
     return p.grad
 
 

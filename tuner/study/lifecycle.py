@@ -32,7 +32,7 @@ from tuner.recipe import Recipe
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import Prepared
 from tuner.study.pruning import Pruning
-from tuner.study.storage import _optuna
+from tuner.study.storage import optimize_loop, trial_id
 from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
 from tuner.study.storage.sql import write_trial
@@ -98,7 +98,7 @@ class TrialLifecycle:
     @contextlib.contextmanager
     def optimize_loop(self) -> Iterator[None]:
         """Inside, a sampler's ``study.stop()`` (an exhausted grid) sets ``stop_requested``."""
-        with _optuna.optimize_loop(self.study) as stop_requested:
+        with optimize_loop(self.study) as stop_requested:
             self.stop_requested = stop_requested
             try:
                 yield
@@ -185,7 +185,7 @@ class TrialLifecycle:
         if TrialKeys.RUN_ID in trial.user_attrs:  # a retry must not keep the lost trial's run id
             attrs[TrialKeys.RUN_ID] = ""
         write_trial(trial, attrs)
-        tags = {"tuner.seed": str(seed), "optuna.trial_id": str(_optuna.trial_id(trial))}
+        tags = {"tuner.seed": str(seed), "optuna.trial_id": str(trial_id(trial))}
         run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe, tags,
                                        on_started=partial(_record_run_id, trial))
         return StartedTrial(trial, recipe, seed, run)

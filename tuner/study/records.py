@@ -112,6 +112,15 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     return summary
 
 
+def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    """Every study in ``storage``: name, direction and ``summarize``'s counts."""
+    rows = []
+    for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        rows.append({"name": summary.study_name, "direction": study.direction.name.lower(), **summarize(study)})
+    return rows
+
+
 def study_metric(study: optuna.Study) -> str:
     """The metric the study optimizes (``value`` for a study tuner did not make)."""
     return str(study.user_attrs.get(StudyKeys.METRIC, "value"))

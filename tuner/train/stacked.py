@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
+
+from tuner._torch import adaptive_avg_pool2d_backward, has_hooks, log_softmax, log_softmax_backward
 
 MEMBERS, FOLDED = "members", "folded"
 PIECE_BYTES = 16 << 20
@@ -30,6 +31,11 @@ PIECE_BYTES = 16 << 20
 aten = torch.ops.aten
 Backward = tuple[Optional[Tensor], list[Tensor]]
 """What an op's backward returns: its input's gradient (None when not needed) and its parameters' gradients."""
+
+
+def pair(value: Any) -> tuple[Any, Any]:
+    """A layer's int-or-pair argument (kernel size, stride ...) as a pair."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)  # type: ignore[return-value]
 
 
 class _Op:
@@ -158,7 +164,7 @@ class _MaxPool2d(_Op):
     owned = True
 
     def __init__(self, module: nn.MaxPool2d) -> None:
-        self.args = (_pair(module.kernel_size), _pair(module.stride), _pair(module.padding), _pair(module.dilation),
+        self.args = (pair(module.kernel_size), pair(module.stride), pair(module.padding), pair(module.dilation),
                      module.ceil_mode)
         kernel, stride, _, dilation, _ = self.args
         self.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))  # windows never overlap
@@ -192,7 +198,7 @@ class _AvgPool2d(_Op):
     owned = True
 
     def __init__(self, module: nn.AvgPool2d) -> None:
-        self.args = (_pair(module.kernel_size), _pair(module.stride), _pair(module.padding), module.ceil_mode,
+        self.args = (pair(module.kernel_size), pair(module.stride), pair(module.padding), module.ceil_mode,
                      module.count_include_pad, module.divisor_override)
 
     def forward(self, x: Tensor, params: list[Tensor], n: int, keep: bool) -> tuple[Tensor, Any]:
@@ -213,7 +219,7 @@ class _AdaptiveAvgPool2d(_Op):
         return F.adaptive_avg_pool2d(x, self.size), (x if keep else None)
 
     def backward(self, dy: Tensor, saved: Any, params: list[Tensor], n: int, need_dx: bool) -> Backward:
-        return aten._adaptive_avg_pool2d_backward(dy.contiguous(), saved), []
+        return adaptive_avg_pool2d_backward(dy.contiguous(), saved), []
 
 
 class _Flatten(_Op):
@@ -293,7 +299,7 @@ def _leaf(prefix: str, module: nn.Module) -> Optional[list[_Op]]:
 
 
 def _compile(module: nn.Module, prefix: str) -> Optional[list[_Op]]:
-    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+    if has_hooks(module):
         return None
     if type(module) is not nn.Sequential:
         return _leaf(prefix, module)
@@ -399,10 +405,10 @@ def cross_entropy_with_grad(logits: Tensor, targets: Tensor, ignore_index: int =
     n, classes = logits.shape[0], logits.shape[-1]
     picks = targets.reshape(n, -1, 1)
     inputs = logits.reshape(n, -1, classes).transpose(1, 2).unsqueeze(3)  # (N, C, M, 1): F.nll_loss's 2-d form
-    log_probs = aten._log_softmax(inputs, 1, False)
+    log_probs = log_softmax(inputs, 1)
     nll, total_weight = aten.nll_loss2d_forward(log_probs, picks, None, 0, ignore_index)  # reduction "none"
     counted = (picks != ignore_index).sum((1, 2))
     weights = counted.to(logits.dtype).reciprocal().view(n, 1, 1).expand_as(nll)  # d(mean)/d(each loss)
     grad = aten.nll_loss2d_backward(weights, log_probs, picks, None, 0, ignore_index, total_weight)
-    grad = aten._log_softmax_backward_data(grad, log_probs, 1, logits.dtype)
+    grad = log_softmax_backward(grad, log_probs, 1, logits.dtype)
     return nll.sum((1, 2)) / counted, grad.squeeze(3).transpose(1, 2).reshape(logits.shape)

@@ -2,22 +2,25 @@
 
 ``TunerStorage`` (``rdb.py``) is Optuna's ``RDBStorage`` with reconnecting calls and population snapshots;
 ``heartbeat.py`` keeps running trials alive and retries those of dead workers; ``sql.py`` writes a trial's values in
-one transaction; ``sqlite.py`` tunes the embedded SQLite files; ``_optuna.py`` holds every private Optuna name.
+one transaction; ``sqlite.py`` tunes the embedded SQLite files; ``_optuna.py`` holds every private Optuna name
+(``trial_id`` and ``optimize_loop`` are the two the rest of ``tuner.study`` needs).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable, Optional
 
 import optuna
 
 from tuner.errors import TunerError
+from tuner.study.storage._optuna import optimize_loop, trial_id
 from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
 from tuner.study.storage.rdb import TunerStorage, short_error
 from tuner.study.storage.sqlite import speed_up_sqlite
 
-__all__ = ["TunerStorage", "load_existing_study", "mask_url", "open_storage", "study_names"]
+__all__ = ["TunerStorage", "load_existing_study", "mask_url", "open_storage", "optimize_loop", "study_names", "trial_id"]
 
 
 def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
@@ -36,7 +39,9 @@ def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
     reconnect = env_seconds("TUNER_RECONNECT_SECONDS", 120)
     for attempt in range(attempts):
         try:
-            return TunerStorage(url, _engine_kwargs(url), reconnect_seconds=reconnect, **options)
+            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return TunerStorage(url, _engine_kwargs(url), reconnect_seconds=reconnect, **options)
         except Exception as error:
             if attempt == attempts - 1:
                 raise TunerError(f"cannot open storage {mask_url(url)}: {short_error(error)}") from None

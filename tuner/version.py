@@ -1,0 +1,3 @@
+"""tuner's version (lock files and MLflow record it)."""
+
+__version__ = "0.1.0"
