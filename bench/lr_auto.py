@@ -26,8 +26,12 @@ def run(seed: int, auto: bool, trials: int, directory: Path) -> tuple[list[float
     from tuner.study.runner import RunOptions, run_study
 
     spec = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
-    spec.update(name=f"q{seed}{'auto' if auto else ''}", seed=seed, tracking_uri="none",
-                storage=f"sqlite:///{directory / 'bench.db'}")
+    spec.update(
+        name=f"q{seed}{'auto' if auto else ''}",
+        seed=seed,
+        tracking_uri="none",
+        storage=f"sqlite:///{directory / 'bench.db'}",
+    )
     spec["budget"]["n_trials"] = trials
     if auto:
         spec["space"]["lr"] = "auto"
@@ -58,8 +62,14 @@ def main() -> None:
             for auto in (False, True):
                 curve, seconds = run(seed, auto, args.trials, Path(directory))
                 rows.append((seed, auto, curve, seconds))
-                print(f"seed {seed} {'lr: auto' if auto else 'catalog'}: {seconds:.0f}s, best {curve[-1]:.4f}", flush=True)
-    header = ["seed", "LR ranges", "s"] + [f"best@{k}" for k in CHECKPOINTS if k <= args.trials] + [f"trials to {t}" for t in TARGETS]
+                print(
+                    f"seed {seed} {'lr: auto' if auto else 'catalog'}: {seconds:.0f}s, best {curve[-1]:.4f}", flush=True
+                )
+    header = (
+        ["seed", "LR ranges", "s"]
+        + [f"best@{k}" for k in CHECKPOINTS if k <= args.trials]
+        + [f"trials to {t}" for t in TARGETS]
+    )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for seed, auto, curve, seconds in rows:
         cells = [str(seed), "lr: auto" if auto else "catalog", f"{seconds:.0f}"]

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuner.recipe import Recipe
+from tuner.spec import parse_study
 from tuner.study import lifecycle
 from tuner.study.prepare import prepare
 from tuner.study.runner import RunOptions, run_study
-from tuner.recipe import Recipe
-from tuner.spec import parse_study
 from tuner.tasks import load_task
 from tuner.train import TrainBudget, fit
 
@@ -57,7 +57,8 @@ def bare_seconds(epochs: int, eval_every: int, trials: int) -> float:
 
 
 class TrainingClock:
-    """Stands in for ``tuner.study.lifecycle.fit`` and sums the time ``fit`` spends training: its wall time less the time
+    """Stands in for ``tuner.study.lifecycle.fit`` and sums the time ``fit`` spends training: its wall time less the
+    time
     spent in the engine's ``on_eval`` (reporting to Optuna, pruning, buffering metrics)."""
 
     def __init__(self) -> None:
@@ -79,12 +80,21 @@ class TrainingClock:
         return result
 
 
-def study_seconds(epochs: int, eval_every: int, trials: int, directory: Path, name: str,
-                  tracking: bool = True) -> tuple[float, float]:
+def study_seconds(
+    epochs: int, eval_every: int, trials: int, directory: Path, name: str, tracking: bool = True
+) -> tuple[float, float]:
     """Wall time of a ``trials``-trial study on SQLite storage with MLflow on SQLite (``tracking=False``: no MLflow),
     study creation excluded, and the part of it ``fit`` spent training."""
-    spec = parse_study({"name": name, "task": TASK, "budget": {"epochs": epochs, "eval_every": eval_every, "n_trials": trials + 1},
-                        "space": SPACE, "pruner": "none", "sampler": "random"})
+    spec = parse_study(
+        {
+            "name": name,
+            "task": TASK,
+            "budget": {"epochs": epochs, "eval_every": eval_every, "n_trials": trials + 1},
+            "space": SPACE,
+            "pruner": "none",
+            "sampler": "random",
+        }
+    )
     storage = f"sqlite:///{directory / 'tuner.db'}"
     tracking = f"sqlite:///{directory / 'mlflow.db'}" if tracking else "none"
     prepared = prepare(spec, storage=storage, tracking_uri=tracking, spec_dir=str(directory))
@@ -116,7 +126,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             bare.append(bare_seconds(epochs, eval_every, args.trials))
-            wall, training = study_seconds(epochs, eval_every, args.trials, Path(tmp), f"storage-{round_}", tracking=False)
+            wall, training = study_seconds(
+                epochs, eval_every, args.trials, Path(tmp), f"storage-{round_}", tracking=False
+            )
             storage_only.append(wall)
             direct_storage.append((wall - training) / wall)
             wall, training = study_seconds(epochs, eval_every, args.trials, Path(tmp), f"overhead-{round_}")
@@ -129,30 +141,46 @@ def main() -> None:
     per_trial_study = statistics.median(study) / args.trials
     # each round's arms ran back to back, so a round's ratio shares that moment's load; the median ratio is the result
     ratios = sorted((s - b) / s for b, s in zip(bare, study))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
-          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"recipe: digits-mlp 128x128, adam + cosine, batch 32, {epochs} epochs per trial, "
-          f"evaluated every {eval_every} epochs; {args.trials} trials x {args.rounds} rounds")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"recipe: digits-mlp 128x128, adam + cosine, batch 32, {epochs} epochs per trial, "
+        f"evaluated every {eval_every} epochs; {args.trials} trials x {args.rounds} rounds"
+    )
     print(f"{'arm':<34}{'s/trial (median)':>18}")
     print(f"{'bare fit() loop':<34}{per_trial_bare:>18.3f}")
-    print(f"{'study: SQLite, no tracking':<34}{per_trial_storage:>18.3f}   "
-          f"(+{1000 * (per_trial_storage - per_trial_bare):.1f} ms: storage)")
-    print(f"{'study: SQLite + MLflow(SQLite)':<34}{per_trial_study:>18.3f}   "
-          f"(+{1000 * (per_trial_study - per_trial_storage):.1f} ms: MLflow)")
+    print(
+        f"{'study: SQLite, no tracking':<34}{per_trial_storage:>18.3f}   "
+        f"(+{1000 * (per_trial_storage - per_trial_bare):.1f} ms: storage)"
+    )
+    print(
+        f"{'study: SQLite + MLflow(SQLite)':<34}{per_trial_study:>18.3f}   "
+        f"(+{1000 * (per_trial_study - per_trial_storage):.1f} ms: MLflow)"
+    )
     print(f"overhead by round: {' '.join(f'{100 * r:.1f}%' for r in ratios)}")
-    print(f"overhead per trial: {1000 * (per_trial_study - per_trial_bare):.1f} ms; median of rounds "
-          f"{100 * statistics.median(ratios):.1f}% of wall time (target <= 5%)")
+    print(
+        f"overhead per trial: {1000 * (per_trial_study - per_trial_bare):.1f} ms; median of rounds "
+        f"{100 * statistics.median(ratios):.1f}% of wall time (target <= 5%)"
+    )
     print(f"direct, storage only, by round: {' '.join(f'{100 * r:.1f}%' for r in sorted(direct_storage))}")
     print(f"direct, storage + MLflow, by round: {' '.join(f'{100 * r:.1f}%' for r in sorted(direct_study))}")
     print(f"training inside the study / bare fit, by round: {' '.join(f'{r:.3f}' for r in sorted(training_vs_bare))}")
-    print(f"direct overhead (study wall - training inside fit): {100 * statistics.median(direct_study):.1f}% of wall time "
-          f"at {statistics.median(bare) / args.trials:.2f} s of training per trial (median of rounds)")
+    print(
+        f"direct overhead (study wall - training inside fit): "
+        f"{100 * statistics.median(direct_study):.1f}% of wall time "
+        f"at {statistics.median(bare) / args.trials:.2f} s of training per trial (median of rounds)"
+    )
     # the calibration aims at 1 s of training but the machine's speed drifts (0.8-1.25 s seen): the overhead in ms per
     # trial is what the engine adds, and the target is stated for a 1-second trial
     overhead_ms = statistics.median(direct_ms)
     print(f"direct overhead per trial, by round: {' '.join(f'{ms:.0f}' for ms in sorted(direct_ms))} ms")
-    print(f"direct overhead: {overhead_ms:.0f} ms per trial = {100 * overhead_ms / (1000 + overhead_ms):.1f}% of a trial "
-          f"with 1.0 s of training (target <= 5%)")
+    print(
+        f"direct overhead: {overhead_ms:.0f} ms per trial = {100 * overhead_ms / (1000 + overhead_ms):.1f}% of a trial "
+        f"with 1.0 s of training (target <= 5%)"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -35,9 +35,9 @@ def _rss_bytes() -> int:
 def _measure(task_name: str, mode: str, n: int, threads: int, epochs: int, queue) -> None:
     import torch
 
-    from tuner.train.population import fit_population
     from tuner.tasks import load_task
     from tuner.train import TrainBudget, fit
+    from tuner.train.population import fit_population
 
     torch.set_num_threads(threads)
     task = load_task(task_name, {})
@@ -73,15 +73,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128])
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="thread counts to try (default: 1 and 2 on a quiet machine, 1 when the load average is >= 1.5: "
-                             "2 intra-op threads on 2 busy cores run 10-100x slower and would take minutes)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="thread counts to try (default: 1 and 2 on a quiet machine, 1 when the load average is >= 1.5: "
+        "2 intra-op threads on 2 busy cores run 10-100x slower and would take minutes)",
+    )
     parser.add_argument("--tasks", nargs="+", default=["digits-mlp", "digits-cnn"])
     args = parser.parse_args()
     args.threads = args.threads or ([1, 2] if os.getloadavg()[0] < 1.5 else [1])
-    print(f"cores: {os.cpu_count()}  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  epochs: {args.epochs}  "
-          f"threads tried: {args.threads}")
-    header = f"{'task':<11} {'mode':<11} {'N':>4} {'threads':>7} {'trials/s':>9} {'vs seq':>7} {'MiB/member':>10} {'best acc':>8}"
+    print(
+        f"cores: {os.cpu_count()}  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
+        f"epochs: {args.epochs}  "
+        f"threads tried: {args.threads}"
+    )
+    header = (
+        f"{'task':<11} {'mode':<11} {'N':>4} {'threads':>7} {'trials/s':>9} {'vs seq':>7} {'MiB/member':>10} "
+        f"{'best acc':>8}"
+    )
     print(header)
     print("-" * len(header))
     speedups: dict[tuple[str, int], float] = {}
@@ -94,8 +105,10 @@ def main() -> None:
             baseline = baseline or rate
             speedups[(task_name, n if mode == "population" else 0)] = rate / baseline
             label = "/".join(f"{t}:{measured[t][0]:.1f}" for t in args.threads)
-            print(f"{task_name:<11} {mode:<11} {n:>4} {threads:>7} {rate:>9.2f} {rate / baseline:>6.1f}x {mib:>10.2f} "
-                  f"{best:>8.3f}   (trials/s by threads {label})")
+            print(
+                f"{task_name:<11} {mode:<11} {n:>4} {threads:>7} {rate:>9.2f} {rate / baseline:>6.1f}x {mib:>10.2f} "
+                f"{best:>8.3f}   (trials/s by threads {label})"
+            )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if ("digits-mlp", 32) in speedups:
         print(f"population speedup N=32: {speedups[('digits-mlp', 32)]:.1f}x")

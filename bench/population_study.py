@@ -40,30 +40,46 @@ def run_once(study: Path, population: int) -> dict[str, float]:
         trials = loaded.trials
         tuning = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
         states = [t.state.name for t in trials]
-        return {"wall": wall, "tuning": tuning.total_seconds(), "complete": states.count("COMPLETE"),
-                "pruned": states.count("PRUNED"), "best": loaded.best_value}
+        return {
+            "wall": wall,
+            "tuning": tuning.total_seconds(),
+            "complete": states.count("COMPLETE"),
+            "pruned": states.count("PRUNED"),
+            "best": loaded.best_value,
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", type=Path, default=Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml")
+    parser.add_argument(
+        "--study", type=Path, default=Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
+    )
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; study {args.study.name}; "
-          f"{args.rounds} rounds, each arm in a fresh directory")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; study {args.study.name}; "
+        f"{args.rounds} rounds, each arm in a fresh directory"
+    )
     arms = {"sequential": 1, f"population {args.population}": args.population}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     for round_number in range(args.rounds):
         for name, population in arms.items():
             results[name].append(run_once(args.study, population))
             last = results[name][-1]
-            print(f"  round {round_number + 1} {name:>14}: wall {last['wall']:5.2f} s, tuning {last['tuning']:5.2f} s, "
-                  f"{last['complete']:.0f} complete, {last['pruned']:.0f} pruned, best {last['best']:.4f}", flush=True)
-    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in results.items()}
+            print(
+                f"  round {round_number + 1} {name:>14}: wall {last['wall']:5.2f} s, tuning {last['tuning']:5.2f} s, "
+                f"{last['complete']:.0f} complete, {last['pruned']:.0f} pruned, best {last['best']:.4f}",
+                flush=True,
+            )
+    medians = {
+        name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in results.items()
+    }
     print(f"\n{'arm':>16} {'wall s':>8} {'tuning s':>9} {'complete':>9} {'pruned':>7} {'best':>7}")
     for name, m in medians.items():
-        print(f"{name:>16} {m['wall']:8.2f} {m['tuning']:9.2f} {m['complete']:9.0f} {m['pruned']:7.0f} {m['best']:7.4f}")
+        print(
+            f"{name:>16} {m['wall']:8.2f} {m['tuning']:9.2f} {m['complete']:9.0f} {m['pruned']:7.0f} {m['best']:7.4f}"
+        )
     sequential, population = medians["sequential"], medians[f"population {args.population}"]
     print(f"tuning speedup: {sequential['tuning'] / population['tuning']:.2f}x")
     print(f"wall speedup: {sequential['wall'] / population['wall']:.2f}x")

@@ -27,14 +27,33 @@ from tuner.recipe import Recipe
 
 EPOCH = 23
 DECAY = [[0, 1.0], [EPOCH, 0.3], [2 * EPOCH, 0.09], [3 * EPOCH, 0.027]]
-GOOD = Recipe(optimizer="adam", lr=3e-2, optimizer_params={"beta1": 0.9, "beta2": 0.999}, schedule="piecewise",
-              schedule_params={"points": DECAY, "interpolation": "constant"}, batch_size=64)
+GOOD = Recipe(
+    optimizer="adam",
+    lr=3e-2,
+    optimizer_params={"beta1": 0.9, "beta2": 0.999},
+    schedule="piecewise",
+    schedule_params={"points": DECAY, "interpolation": "constant"},
+    batch_size=64,
+)
 REGRESSIONS = {"lr x0.7": 0.7, "lr x0.5": 0.5}
 
 
 def train(recipe: Recipe, seeds: list[int]) -> list[float]:
-    jobs = [FitJob("digits-mlp", {"hidden": [16]}, ".", recipe.to_dict(), {"epochs": 4}, "accuracy", "maximize", "cpu",
-                   seed, True) for seed in seeds]
+    jobs = [
+        FitJob(
+            "digits-mlp",
+            {"hidden": [16]},
+            ".",
+            recipe.to_dict(),
+            {"epochs": 4},
+            "accuracy",
+            "maximize",
+            "cpu",
+            seed,
+            True,
+        )
+        for seed in seeds
+    ]
     return [fit_job(job).value for job in jobs]
 
 
@@ -59,7 +78,10 @@ def main() -> None:
     started = time.perf_counter()
     good = train(GOOD, pool)
     assert train(GOOD, pool[:n]) == good[:n], "same seed, same machine must give bit-identical values"
-    bad = {name: train(Recipe.from_dict({**GOOD.to_dict(), "lr": GOOD.lr * factor}), pool) for name, factor in REGRESSIONS.items()}
+    bad = {
+        name: train(Recipe.from_dict({**GOOD.to_dict(), "lr": GOOD.lr * factor}), pool)
+        for name, factor in REGRESSIONS.items()
+    }
     seconds = time.perf_counter() - started
     scenarios: dict[str, list[dict[str, bool]]] = {}
     for run in range(args.runs):
@@ -67,11 +89,17 @@ def main() -> None:
         locked = good[lock_slice]
         scenarios.setdefault("unchanged, fresh seeds (pass wanted)", []).append(rules(locked, good[fresh_slice], False))
         for name, values in bad.items():
-            scenarios.setdefault(f"{name}, fresh seeds (fail wanted)", []).append(rules(locked, values[fresh_slice], False))
-            scenarios.setdefault(f"{name}, locked seeds (fail wanted)", []).append(rules(locked, values[lock_slice], True))
+            scenarios.setdefault(f"{name}, fresh seeds (fail wanted)", []).append(
+                rules(locked, values[fresh_slice], False)
+            )
+            scenarios.setdefault(f"{name}, locked seeds (fail wanted)", []).append(
+                rules(locked, values[lock_slice], True)
+            )
     print(f"{args.runs} runs x {n} seeds; {len(pool) * (1 + len(REGRESSIONS)) + n} fits in {seconds:.0f} s")
-    print(f"unchanged accuracy {statistics.fmean(good):.4f} ± {statistics.stdev(good):.4f}; "
-          + "; ".join(f"{name} {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}" for name, v in bad.items()))
+    print(
+        f"unchanged accuracy {statistics.fmean(good):.4f} ± {statistics.stdev(good):.4f}; "
+        + "; ".join(f"{name} {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}" for name, v in bad.items())
+    )
     names = list(next(iter(scenarios.values()))[0])
     print(f"{'scenario':42s}" + "".join(f"{name:>20s}" for name in names) + "   (share of runs that PASS)")
     for scenario, outcomes in scenarios.items():

@@ -1,4 +1,5 @@
-"""What a trial's writes and the finished-trial count cost on SQLite: Optuna's API against tuner.study.storage.sql, one run.
+"""What a trial's writes and the finished-trial count cost on SQLite: Optuna's API against tuner.study.storage.sql,
+one run.
 
 Per trial of a study on a file SQLite storage (WAL, as the engine opens it): the end-of-trial writes (``--values``
 intermediate values and 3 user attrs) made with ``trial.report``/``trial.set_user_attr``, one transaction each,
@@ -54,9 +55,9 @@ def main() -> None:
         for number in range(2 * args.trials):
             trial = study.ask()
             if number % 2:
-                times["api writes"].append(timed(lambda: by_api(trial)))
+                times["api writes"].append(timed(lambda trial=trial: by_api(trial)))
             else:
-                times["write_trial"].append(timed(lambda: write_trial(trial, attrs, values)))
+                times["write_trial"].append(timed(lambda trial=trial: write_trial(trial, attrs, values)))
             study.tell(trial, 1.0 if number % 3 else None, state=None if number % 3 else TrialState.PRUNED)
             times["get_trials count"].append(timed(lambda: len(study.get_trials(deepcopy=False, states=FINISHED))))
             times["count_trials"].append(timed(lambda: count_trials(study, FINISHED)))
@@ -64,8 +65,10 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     print(f"{args.trials} trials each way; {args.values} intermediate values + {len(attrs)} user attrs per trial")
     print(f"{'per trial':<22}{'Optuna API ms':>14}{'study_sql ms':>14}{'ratio':>8}")
-    for what, api, ours in (("end-of-trial writes", "api writes", "write_trial"),
-                            ("finished count", "get_trials count", "count_trials")):
+    for what, api, ours in (
+        ("end-of-trial writes", "api writes", "write_trial"),
+        ("finished count", "get_trials count", "count_trials"),
+    ):
         print(f"{what:<22}{median[api]:>14.2f}{median[ours]:>14.2f}{median[api] / median[ours]:>7.1f}x")
 
 

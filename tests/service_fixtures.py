@@ -8,6 +8,7 @@ a temporary directory that user can read. When no PostgreSQL binaries are instal
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -35,8 +36,10 @@ def pg_bin_dir() -> str:
     for directory in PG_BIN_DIRS:
         if all(os.access(os.path.join(directory, tool), os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
             return directory
-    raise RuntimeError(f"PostgreSQL is not installed (no initdb/pg_ctl/postgres in {PG_BIN_DIRS}); "
-                       "install it: apt-get install -y postgresql")
+    raise RuntimeError(
+        f"PostgreSQL is not installed (no initdb/pg_ctl/postgres in {PG_BIN_DIRS}); "
+        "install it: apt-get install -y postgresql"
+    )
 
 
 class PostgresServer:
@@ -62,7 +65,9 @@ class PostgresServer:
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.root, **kwargs)
         if result.returncode != 0:
             log = self.log.read_text()[-3000:] if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{log}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{log}"
+            )
         return result
 
     def start(self) -> None:
@@ -84,15 +89,15 @@ class PostgresServer:
         """Create database ``name``; returns its SQLAlchemy URL."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.stop()
-        except RuntimeError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -103,12 +108,24 @@ class MlflowServer:
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = artifacts.parent / f"mlflow-{self.port}.log"
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend_uri,
-                   "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-                   "--workers", "1"]
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self.wait_ready()
 
     def wait_ready(self, seconds: float = 180) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -78,7 +78,7 @@ def _under_type_checking(tree: ast.AST) -> set[int]:
     return skipped
 
 
-@lru_cache(maxsize=None)
+@cache
 def imports_of(module: str) -> tuple[tuple[str, tuple[str, ...], int], ...]:
     """(imported module, names taken from it, line) for every import of ``module`` at run time, lazy ones included."""
     path = MODULES[module]
@@ -94,7 +94,9 @@ def imports_of(module: str) -> tuple[tuple[str, tuple[str, ...], int], ...]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.append((base, tuple(alias.name for alias in node.names), node.lineno))
     return tuple(found)
 
@@ -116,12 +118,20 @@ def test_imports_point_down_the_layers(module: str) -> None:
             target_layer, target_unit = _unit(target)
             assert target_unit == unit or target_layer < layer, (
                 f"{module}:{line} imports {target} ({target_unit}, layer {target_layer}) from {unit} (layer {layer}): "
-                f"imports must point down LAYERS")
+                f"imports must point down LAYERS"
+            )
 
 
 def test_no_import_cycle_among_tuner_modules() -> None:
-    graph = {module: {t for imported, names, _ in imports_of(module) for t in _tuner_targets(imported, names)
-                      if t in MODULES and t != module} for module in MODULES}
+    graph = {
+        module: {
+            t
+            for imported, names, _ in imports_of(module)
+            for t in _tuner_targets(imported, names)
+            if t in MODULES and t != module
+        }
+        for module in MODULES
+    }
     # a package's __init__ is loaded before its submodules: an edge from a submodule to its own package is no cycle
     graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
     visiting, done, cycles = set(), set(), []
@@ -130,7 +140,7 @@ def test_no_import_cycle_among_tuner_modules() -> None:
         visiting.add(node)
         for nxt in sorted(graph[node]):
             if nxt in visiting:
-                cycles.append(trail[trail.index(nxt):] + [nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
             elif nxt not in done:
                 visit(nxt, trail + [nxt])
         visiting.discard(node)
@@ -152,7 +162,8 @@ def test_no_private_name_is_imported_across_modules(module: str) -> None:
         for name in private:
             owner = imported if name in names else imported[: imported.index(name)].rstrip(".")
             assert module == owner or module.startswith(owner + "."), (
-                f"{module}:{line} imports private {name!r} from {imported}: only {owner}'s own modules may")
+                f"{module}:{line} imports private {name!r} from {imported}: only {owner}'s own modules may"
+            )
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -162,7 +173,8 @@ def test_heavy_dependencies_live_in_their_homes(module: str) -> None:
         homes = HOMES.get(top)
         if homes is not None:
             assert any(module == h or module.startswith(h + ".") for h in homes), (
-                f"{module}:{line} imports {top}; its homes are {homes}")
+                f"{module}:{line} imports {top}; its homes are {homes}"
+            )
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -176,22 +188,29 @@ def test_private_attributes_of_other_libraries_stay_in_one_file(path: Path) -> N
             owner = node.value
             assert isinstance(owner, ast.Name) and owner.id in ("self", "cls"), (
                 f"{relative}:{node.lineno}: {ast.unparse(node)} reaches into a private name; "
-                f"it belongs in {' or '.join(PRIVATE_NAME_HOMES)}")
+                f"it belongs in {' or '.join(PRIVATE_NAME_HOMES)}"
+            )
 
 
 def test_every_package_declares_its_public_names() -> None:
     for path in sorted(PACKAGE.rglob("__init__.py")):
         tree = ast.parse(path.read_text())
-        declared = any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
-                       or isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "__all__"
-                       for node in tree.body)
+        declared = any(
+            isinstance(node, ast.Assign)
+            and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+            or isinstance(node, ast.AnnAssign)
+            and getattr(node.target, "id", None) == "__all__"
+            for node in tree.body
+        )
         assert declared, f"{path.relative_to(PACKAGE.parent)} declares no __all__"
 
 
 def test_help_and_import_tuner_load_neither_torch_nor_optuna_nor_mlflow() -> None:
-    code = ("import sys\nfrom typer.testing import CliRunner\nimport tuner\nfrom tuner.cli import app\n"
-            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
-            "print(sorted(m for m in ('torch', 'optuna', 'mlflow', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nimport tuner\nfrom tuner.cli import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'mlflow', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -201,3 +220,12 @@ def test_the_public_api_resolves_every_name() -> None:
 
     missing = [name for name in tuner.__all__ if getattr(tuner, name, None) is None]
     assert not missing, f"tuner.__all__ names that do not resolve: {missing}"
+
+
+def test_ruff_finds_nothing() -> None:
+    """ruff (pyproject.toml: line length 120, import order, pyflakes, bugbear) passes on the whole tree."""
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (it comes with the test extras: scripts/setup.sh test)")
+    result = subprocess.run([str(ruff), "check", "--no-cache", str(PACKAGE.parent)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -31,54 +31,151 @@ cos, exp, pi = math.cos, math.exp, math.pi
 # (id, name, params, total_steps, {step: closed-form value})
 PINNED = [
     ("constant", "constant", {}, 100, {0: 1.0, 50: 1.0, 99: 1.0}),
-    ("step", "step", {"gamma": 0.5, "step_size": 10}, 100,
-     {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25, 99: 0.5 ** 9}),
+    ("step", "step", {"gamma": 0.5, "step_size": 10}, 100, {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25, 99: 0.5**9}),
     ("step-fraction", "step", {"gamma": 0.1, "step_size": 0.25}, 100, {0: 1.0, 24: 1.0, 25: 0.1, 50: 0.01, 99: 1e-3}),
-    ("multistep", "multistep", {"milestones": [30, 0.8], "gamma": 0.1}, 100,
-     {0: 1.0, 29: 1.0, 30: 0.1, 79: 0.1, 80: 0.01, 99: 0.01}),
-    ("exponential", "exponential", {"gamma": 0.5, "decay_steps": 10}, 100,
-     {0: 1.0, 5: 0.5 ** 0.5, 10: 0.5, 99: 0.5 ** 9.9}),
+    (
+        "multistep",
+        "multistep",
+        {"milestones": [30, 0.8], "gamma": 0.1},
+        100,
+        {0: 1.0, 29: 1.0, 30: 0.1, 79: 0.1, 80: 0.01, 99: 0.01},
+    ),
+    (
+        "exponential",
+        "exponential",
+        {"gamma": 0.5, "decay_steps": 10},
+        100,
+        {0: 1.0, 5: 0.5**0.5, 10: 0.5, 99: 0.5**9.9},
+    ),
     ("exponential-run", "exponential", {"gamma": 0.01}, 101, {0: 1.0, 50: 0.1, 100: 0.01}),
-    ("exponential-staircase", "exponential", {"gamma": 0.5, "decay_steps": 10, "staircase": True}, 100,
-     {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25}),
+    (
+        "exponential-staircase",
+        "exponential",
+        {"gamma": 0.5, "decay_steps": 10, "staircase": True},
+        100,
+        {0: 1.0, 9: 1.0, 10: 0.5, 19: 0.5, 20: 0.25},
+    ),
     ("natural_exp", "natural_exp", {"decay_rate": 2.0, "decay_steps": 10}, 100, {0: 1.0, 10: exp(-2), 15: exp(-3)}),
-    ("natural_exp-staircase", "natural_exp", {"decay_rate": 2.0, "decay_steps": 10, "staircase": True}, 100,
-     {9: 1.0, 15: exp(-2), 20: exp(-4)}),
-    ("inverse_time", "inverse_time", {"decay_rate": 1.0, "decay_steps": 10}, 100, {0: 1.0, 10: 0.5, 20: 1 / 3, 5: 1 / 1.5}),
-    ("inverse_time-staircase", "inverse_time", {"decay_rate": 1.0, "decay_steps": 10, "staircase": True}, 100,
-     {9: 1.0, 15: 0.5, 20: 1 / 3}),
-    ("polynomial", "polynomial", {"power": 2.0, "end_factor": 0.1}, 101,
-     {0: 1.0, 50: 0.9 * 0.25 + 0.1, 100: 0.1}),
-    ("polynomial-cycle", "polynomial", {"power": 2.0, "end_factor": 0.1, "decay_steps": 10, "cycle": True}, 100,
-     {0: 1.0, 5: 0.9 * 0.25 + 0.1, 10: 0.1, 11: 0.9 * (1 - 11 / 20) ** 2 + 0.1, 20: 0.1, 21: 0.9 * (1 - 21 / 30) ** 2 + 0.1}),
+    (
+        "natural_exp-staircase",
+        "natural_exp",
+        {"decay_rate": 2.0, "decay_steps": 10, "staircase": True},
+        100,
+        {9: 1.0, 15: exp(-2), 20: exp(-4)},
+    ),
+    (
+        "inverse_time",
+        "inverse_time",
+        {"decay_rate": 1.0, "decay_steps": 10},
+        100,
+        {0: 1.0, 10: 0.5, 20: 1 / 3, 5: 1 / 1.5},
+    ),
+    (
+        "inverse_time-staircase",
+        "inverse_time",
+        {"decay_rate": 1.0, "decay_steps": 10, "staircase": True},
+        100,
+        {9: 1.0, 15: 0.5, 20: 1 / 3},
+    ),
+    ("polynomial", "polynomial", {"power": 2.0, "end_factor": 0.1}, 101, {0: 1.0, 50: 0.9 * 0.25 + 0.1, 100: 0.1}),
+    (
+        "polynomial-cycle",
+        "polynomial",
+        {"power": 2.0, "end_factor": 0.1, "decay_steps": 10, "cycle": True},
+        100,
+        {
+            0: 1.0,
+            5: 0.9 * 0.25 + 0.1,
+            10: 0.1,
+            11: 0.9 * (1 - 11 / 20) ** 2 + 0.1,
+            20: 0.1,
+            21: 0.9 * (1 - 21 / 30) ** 2 + 0.1,
+        },
+    ),
     ("polynomial-hold", "polynomial", {"decay_steps": 10}, 100, {0: 1.0, 5: 0.5, 10: 0.0, 99: 0.0}),
     ("linear", "linear", {}, 101, {0: 1.0, 50: 0.5, 100: 0.0}),
-    ("linear-up", "linear", {"start_factor": 0.5, "end_factor": 1.0, "total_iters": 10}, 100,
-     {0: 0.5, 5: 0.75, 10: 1.0, 99: 1.0}),
+    (
+        "linear-up",
+        "linear",
+        {"start_factor": 0.5, "end_factor": 1.0, "total_iters": 10},
+        100,
+        {0: 0.5, 5: 0.75, 10: 1.0, 99: 1.0},
+    ),
     ("cosine", "cosine", {"min_factor": 0.1}, 101, {0: 1.0, 50: 0.55, 100: 0.1}),
-    ("cosine_restarts", "cosine_restarts", {"T_0": 10, "T_mult": 2, "min_factor": 0.1, "decay": 0.5}, 100,
-     {0: 1.0, 5: 0.55, 10: 0.5, 20: 0.3, 30: 0.25, 50: 0.1 + 0.15 * (1 + cos(pi * 20 / 40)) / 2, 70: 0.125}),
-    ("cosine_restarts-fraction", "cosine_restarts", {"T_0": 0.25}, 100,
-     {0: 1.0, 24: (1 + cos(pi * 24 / 25)) / 2, 25: 1.0, 75: 1.0, 99: (1 + cos(pi * 24 / 25)) / 2}),
+    (
+        "cosine_restarts",
+        "cosine_restarts",
+        {"T_0": 10, "T_mult": 2, "min_factor": 0.1, "decay": 0.5},
+        100,
+        {0: 1.0, 5: 0.55, 10: 0.5, 20: 0.3, 30: 0.25, 50: 0.1 + 0.15 * (1 + cos(pi * 20 / 40)) / 2, 70: 0.125},
+    ),
+    (
+        "cosine_restarts-fraction",
+        "cosine_restarts",
+        {"T_0": 0.25},
+        100,
+        {0: 1.0, 24: (1 + cos(pi * 24 / 25)) / 2, 25: 1.0, 75: 1.0, 99: (1 + cos(pi * 24 / 25)) / 2},
+    ),
     ("linear_cosine", "linear_cosine", {}, 101, {0: 1.001, 50: 0.5 * 0.5 + 0.001, 100: 0.001}),
-    ("linear_cosine-periods", "linear_cosine", {"alpha": 0.1, "beta": 0.0, "num_periods": 1.0, "decay_steps": 100}, 200,
-     {0: 1.1, 25: 0.85 * 0.5, 50: 0.0, 100: 0.1, 150: 0.1}),
-    ("noisy_linear_cosine-no-noise", "noisy_linear_cosine", {"initial_variance": 0.0}, 101,
-     {0: 1.001, 50: 0.5 * 0.5 + 0.001, 100: 0.001}),
+    (
+        "linear_cosine-periods",
+        "linear_cosine",
+        {"alpha": 0.1, "beta": 0.0, "num_periods": 1.0, "decay_steps": 100},
+        200,
+        {0: 1.1, 25: 0.85 * 0.5, 50: 0.0, 100: 0.1, 150: 0.1},
+    ),
+    (
+        "noisy_linear_cosine-no-noise",
+        "noisy_linear_cosine",
+        {"initial_variance": 0.0},
+        101,
+        {0: 1.001, 50: 0.5 * 0.5 + 0.001, 100: 0.001},
+    ),
     ("one_cycle", "one_cycle", {}, 100, {0: 0.04, 29: 1.0, 99: 0.04 / 1e4}),
-    ("one_cycle-linear", "one_cycle", {"anneal": "linear", "pct_start": 0.5, "div_factor": 10.0, "final_div_factor": 1.0},
-     100, {0: 0.1, 49: 1.0, 24: 0.1 + 0.9 * 24 / 49, 74: 0.55, 99: 0.1}),
+    (
+        "one_cycle-linear",
+        "one_cycle",
+        {"anneal": "linear", "pct_start": 0.5, "div_factor": 10.0, "final_div_factor": 1.0},
+        100,
+        {0: 0.1, 49: 1.0, 24: 0.1 + 0.9 * 24 / 49, 74: 0.55, 99: 0.1},
+    ),
     ("one_cycle-three-phase", "one_cycle", {"three_phase": True}, 100, {0: 0.04, 29: 1.0, 58: 0.04, 99: 4e-6}),
     ("cyclic", "cyclic", {"base_factor": 0.1, "step_size_up": 10}, 100, {0: 0.1, 5: 0.55, 10: 1.0, 20: 0.1, 30: 1.0}),
-    ("cyclic-triangular2", "cyclic", {"base_factor": 0.1, "step_size_up": 10, "mode": "triangular2"}, 100,
-     {10: 1.0, 30: 0.55, 50: 0.325}),
-    ("cyclic-exp_range", "cyclic", {"base_factor": 0.1, "step_size_up": 10, "mode": "exp_range", "gamma": 0.9}, 100,
-     {0: 0.1, 10: 0.1 + 0.9 * 0.9 ** 10, 30: 0.1 + 0.9 * 0.9 ** 30}),
-    ("cyclic-asymmetric", "cyclic", {"base_factor": 0.0, "step_size_up": 10, "step_size_down": 30}, 100,
-     {10: 1.0, 25: 0.5, 40: 0.0, 50: 1.0}),
-    ("piecewise", "piecewise", {"points": [[0.5, 0.1], [75, 0.01]]}, 100, {0: 1.0, 49: 1.0, 50: 0.1, 75: 0.01, 99: 0.01}),
-    ("piecewise-linear", "piecewise", {"points": [[0, 0.5], [10, 1.0], [20, 0.0]], "interpolation": "linear"}, 100,
-     {0: 0.5, 5: 0.75, 10: 1.0, 15: 0.5, 20: 0.0, 99: 0.0}),
+    (
+        "cyclic-triangular2",
+        "cyclic",
+        {"base_factor": 0.1, "step_size_up": 10, "mode": "triangular2"},
+        100,
+        {10: 1.0, 30: 0.55, 50: 0.325},
+    ),
+    (
+        "cyclic-exp_range",
+        "cyclic",
+        {"base_factor": 0.1, "step_size_up": 10, "mode": "exp_range", "gamma": 0.9},
+        100,
+        {0: 0.1, 10: 0.1 + 0.9 * 0.9**10, 30: 0.1 + 0.9 * 0.9**30},
+    ),
+    (
+        "cyclic-asymmetric",
+        "cyclic",
+        {"base_factor": 0.0, "step_size_up": 10, "step_size_down": 30},
+        100,
+        {10: 1.0, 25: 0.5, 40: 0.0, 50: 1.0},
+    ),
+    (
+        "piecewise",
+        "piecewise",
+        {"points": [[0.5, 0.1], [75, 0.01]]},
+        100,
+        {0: 1.0, 49: 1.0, 50: 0.1, 75: 0.01, 99: 0.01},
+    ),
+    (
+        "piecewise-linear",
+        "piecewise",
+        {"points": [[0, 0.5], [10, 1.0], [20, 0.0]], "interpolation": "linear"},
+        100,
+        {0: 0.5, 5: 0.75, 10: 1.0, 15: 0.5, 20: 0.0, 99: 0.0},
+    ),
     ("plateau", "plateau", {}, 100, {0: 1.0, 99: 1.0}),
 ]
 
@@ -87,8 +184,9 @@ def test_every_schedule_is_pinned():
     assert {case[1] for case in PINNED} == set(SCHEDULES)
 
 
-@pytest.mark.parametrize(("name", "params", "total", "expected"), [case[1:] for case in PINNED],
-                         ids=[case[0] for case in PINNED])
+@pytest.mark.parametrize(
+    ("name", "params", "total", "expected"), [case[1:] for case in PINNED], ids=[case[0] for case in PINNED]
+)
 def test_pinned_values(name, params, total, expected):
     schedule = build_schedule(name, total, params)
     assert {step: schedule(step) for step in expected} == pytest.approx(expected, rel=1e-12, abs=1e-15)
@@ -105,8 +203,9 @@ def test_defaults_are_finite_and_non_negative(name, total):
     assert all(math.isfinite(v) and v >= 0 for v in values)
 
 
-SPACE_CASES = [(name, key, value) for name, spec in SCHEDULES.items()
-               for key, dim in spec.space.items() for value in dim.grid(3)]
+SPACE_CASES = [
+    (name, key, value) for name, spec in SCHEDULES.items() for key, dim in spec.space.items() for value in dim.grid(3)
+]
 
 
 @pytest.mark.parametrize("total", (10, 1000))
@@ -147,35 +246,84 @@ S = torch.optim.lr_scheduler
 TORCH_CASES = [
     ("StepLR", "step", {"gamma": 0.7, "step_size": 37}, lambda o: S.StepLR(o, step_size=37, gamma=0.7)),
     ("StepLR-fraction", "step", {"gamma": 0.5, "step_size": 0.1}, lambda o: S.StepLR(o, step_size=100, gamma=0.5)),
-    ("MultiStepLR", "multistep", {"milestones": [100, 0.5, 777], "gamma": 0.3},
-     lambda o: S.MultiStepLR(o, milestones=[100, 500, 777], gamma=0.3)),
+    (
+        "MultiStepLR",
+        "multistep",
+        {"milestones": [100, 0.5, 777], "gamma": 0.3},
+        lambda o: S.MultiStepLR(o, milestones=[100, 500, 777], gamma=0.3),
+    ),
     ("ExponentialLR", "exponential", {"gamma": 0.995, "decay_steps": 1}, lambda o: S.ExponentialLR(o, gamma=0.995)),
     ("CosineAnnealingLR", "cosine", {"min_factor": 0.05}, lambda o: S.CosineAnnealingLR(o, T_max=999, eta_min=0.05)),
-    ("CosineAnnealingWarmRestarts", "cosine_restarts", {"T_0": 50, "T_mult": 2, "min_factor": 0.01},
-     lambda o: S.CosineAnnealingWarmRestarts(o, T_0=50, T_mult=2, eta_min=0.01)),
-    ("CosineAnnealingWarmRestarts-mult1", "cosine_restarts", {"T_0": 0.15, "T_mult": 1},
-     lambda o: S.CosineAnnealingWarmRestarts(o, T_0=150, T_mult=1)),
+    (
+        "CosineAnnealingWarmRestarts",
+        "cosine_restarts",
+        {"T_0": 50, "T_mult": 2, "min_factor": 0.01},
+        lambda o: S.CosineAnnealingWarmRestarts(o, T_0=50, T_mult=2, eta_min=0.01),
+    ),
+    (
+        "CosineAnnealingWarmRestarts-mult1",
+        "cosine_restarts",
+        {"T_0": 0.15, "T_mult": 1},
+        lambda o: S.CosineAnnealingWarmRestarts(o, T_0=150, T_mult=1),
+    ),
     ("PolynomialLR", "polynomial", {"power": 2.0}, lambda o: S.PolynomialLR(o, total_iters=999, power=2.0)),
-    ("PolynomialLR-short", "polynomial", {"power": 0.9, "decay_steps": 300},
-     lambda o: S.PolynomialLR(o, total_iters=300, power=0.9)),
-    ("LinearLR", "linear", {"start_factor": 1.0, "end_factor": 0.0},
-     lambda o: S.LinearLR(o, start_factor=1.0, end_factor=0.0, total_iters=999)),
-    ("LinearLR-warmup-like", "linear", {"start_factor": 1 / 3, "end_factor": 1.0, "total_iters": 250},
-     lambda o: S.LinearLR(o, start_factor=1 / 3, end_factor=1.0, total_iters=250)),
+    (
+        "PolynomialLR-short",
+        "polynomial",
+        {"power": 0.9, "decay_steps": 300},
+        lambda o: S.PolynomialLR(o, total_iters=300, power=0.9),
+    ),
+    (
+        "LinearLR",
+        "linear",
+        {"start_factor": 1.0, "end_factor": 0.0},
+        lambda o: S.LinearLR(o, start_factor=1.0, end_factor=0.0, total_iters=999),
+    ),
+    (
+        "LinearLR-warmup-like",
+        "linear",
+        {"start_factor": 1 / 3, "end_factor": 1.0, "total_iters": 250},
+        lambda o: S.LinearLR(o, start_factor=1 / 3, end_factor=1.0, total_iters=250),
+    ),
     ("OneCycleLR", "one_cycle", {}, lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=1000, cycle_momentum=False)),
-    ("OneCycleLR-linear-3phase", "one_cycle",
-     {"pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0, "anneal": "linear", "three_phase": True},
-     lambda o: S.OneCycleLR(o, max_lr=1.0, total_steps=1000, pct_start=0.25, div_factor=10.0, final_div_factor=100.0,
-                            anneal_strategy="linear", three_phase=True, cycle_momentum=False)),
-    ("CyclicLR-triangular", "cyclic", {"base_factor": 0.1, "step_size_up": 70},
-     lambda o: S.CyclicLR(o, base_lr=0.1, max_lr=1.0, step_size_up=70, cycle_momentum=False)),
-    ("CyclicLR-triangular2", "cyclic", {"base_factor": 0.01, "step_size_up": 50, "step_size_down": 150,
-                                        "mode": "triangular2"},
-     lambda o: S.CyclicLR(o, base_lr=0.01, max_lr=1.0, step_size_up=50, step_size_down=150, mode="triangular2",
-                          cycle_momentum=False)),
-    ("CyclicLR-exp_range", "cyclic", {"base_factor": 0.2, "step_size_up": 0.05, "mode": "exp_range", "gamma": 0.998},
-     lambda o: S.CyclicLR(o, base_lr=0.2, max_lr=1.0, step_size_up=50, mode="exp_range", gamma=0.998,
-                          cycle_momentum=False)),
+    (
+        "OneCycleLR-linear-3phase",
+        "one_cycle",
+        {"pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0, "anneal": "linear", "three_phase": True},
+        lambda o: S.OneCycleLR(
+            o,
+            max_lr=1.0,
+            total_steps=1000,
+            pct_start=0.25,
+            div_factor=10.0,
+            final_div_factor=100.0,
+            anneal_strategy="linear",
+            three_phase=True,
+            cycle_momentum=False,
+        ),
+    ),
+    (
+        "CyclicLR-triangular",
+        "cyclic",
+        {"base_factor": 0.1, "step_size_up": 70},
+        lambda o: S.CyclicLR(o, base_lr=0.1, max_lr=1.0, step_size_up=70, cycle_momentum=False),
+    ),
+    (
+        "CyclicLR-triangular2",
+        "cyclic",
+        {"base_factor": 0.01, "step_size_up": 50, "step_size_down": 150, "mode": "triangular2"},
+        lambda o: S.CyclicLR(
+            o, base_lr=0.01, max_lr=1.0, step_size_up=50, step_size_down=150, mode="triangular2", cycle_momentum=False
+        ),
+    ),
+    (
+        "CyclicLR-exp_range",
+        "cyclic",
+        {"base_factor": 0.2, "step_size_up": 0.05, "mode": "exp_range", "gamma": 0.998},
+        lambda o: S.CyclicLR(
+            o, base_lr=0.2, max_lr=1.0, step_size_up=50, mode="exp_range", gamma=0.998, cycle_momentum=False
+        ),
+    ),
 ]
 
 
@@ -183,8 +331,9 @@ def _optimizer() -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.zeros(1, dtype=torch.float64, requires_grad=True)], lr=1.0)
 
 
-@pytest.mark.parametrize(("name", "params", "factory"), [case[1:] for case in TORCH_CASES],
-                         ids=[case[0] for case in TORCH_CASES])
+@pytest.mark.parametrize(
+    ("name", "params", "factory"), [case[1:] for case in TORCH_CASES], ids=[case[0] for case in TORCH_CASES]
+)
 def test_agrees_with_torch(name, params, factory):
     optimizer = _optimizer()
     scheduler = factory(optimizer)
@@ -220,8 +369,9 @@ PLATEAU_CASES = [
 def test_plateau_agrees_with_torch(params, losses):
     optimizer = _optimizer()
     torch_params = {key: value for key, value in params.items() if key != "min_factor"}
-    scheduler = S.ReduceLROnPlateau(optimizer, mode="min", threshold_mode="rel", min_lr=params["min_factor"],
-                                    **torch_params)
+    scheduler = S.ReduceLROnPlateau(
+        optimizer, mode="min", threshold_mode="rel", min_lr=params["min_factor"], **torch_params
+    )
     ours = build_schedule("plateau", TORCH_STEPS, params)
     reductions = 0
     for step, loss in enumerate(losses(TORCH_STEPS)):
@@ -303,16 +453,19 @@ def test_warmup_keeps_plateau_report():
 
 
 def test_join_runs_each_piece_on_its_own_clock():
-    schedule = join([lambda t: 1.0, lambda t: 0.5 ** t, lambda t: float(t)], [5, 8])
+    schedule = join([lambda t: 1.0, lambda t: 0.5**t, lambda t: float(t)], [5, 8])
     assert [schedule(t) for t in range(11)] == [1.0] * 5 + [1.0, 0.5, 0.25] + [0.0, 1.0, 2.0]
 
 
-@pytest.mark.parametrize(("schedules", "boundaries", "match"), [
-    ([abs, abs], [], "one boundary fewer"),
-    ([abs, abs], [0], r"boundaries\[0\].*0"),
-    ([abs, abs, abs], [5, 5], r"boundaries\[1\].*5"),
-    ([abs, abs], [2.5], r"boundaries\[0\].*2.5"),
-])
+@pytest.mark.parametrize(
+    ("schedules", "boundaries", "match"),
+    [
+        ([abs, abs], [], "one boundary fewer"),
+        ([abs, abs], [0], r"boundaries\[0\].*0"),
+        ([abs, abs, abs], [5, 5], r"boundaries\[1\].*5"),
+        ([abs, abs], [2.5], r"boundaries\[0\].*2.5"),
+    ],
+)
 def test_join_rejects_bad_boundaries(schedules, boundaries, match):
     with pytest.raises(ValueError, match=match):
         join(schedules, boundaries)
@@ -394,7 +547,9 @@ def test_invalid_params_raise_naming_param_and_value(name, params, param, value)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_unknown_param_names_the_key_and_the_valid_ones(name):
-    with pytest.raises(ValueError, match=r"'lr_max'.*valid parameters: " + (", ".join(SCHEDULES[name].defaults) or "none")):
+    with pytest.raises(
+        ValueError, match=r"'lr_max'.*valid parameters: " + (", ".join(SCHEDULES[name].defaults) or "none")
+    ):
         build_schedule(name, 100, {"lr_max": 1})
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_STUDY, write_study
-from tuner.study.prepare import prepare
+from tests.helpers import write_study
 from tuner.errors import TunerError
 from tuner.spec import load_study
+from tuner.study.prepare import prepare
 
 
 def test_five_line_study_gets_working_defaults(tmp_path: Path) -> None:
@@ -24,8 +24,9 @@ def test_five_line_study_gets_working_defaults(tmp_path: Path) -> None:
     assert prepared.spec.budget.n_trials == 20
 
 
-@pytest.mark.parametrize("path", sorted(p for p in Path("studies").glob("*.yaml") if not p.name.endswith(".lock.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in Path("studies").glob("*.yaml") if not p.name.endswith(".lock.yaml")), ids=lambda p: p.name
+)
 def test_shipped_studies_are_valid(path: Path) -> None:
     prepare(path)
 
@@ -34,7 +35,9 @@ def test_schema_command_prints_json_schema(cli) -> None:
     result = cli("schema")
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
-    assert {"name", "task", "budget", "space", "sampler", "pruner", "storage", "tracking_uri"} <= set(schema["properties"])
+    assert {"name", "task", "budget", "space", "sampler", "pruner", "storage", "tracking_uri"} <= set(
+        schema["properties"]
+    )
 
 
 BAD_STUDIES = [
@@ -42,13 +45,20 @@ BAD_STUDIES = [
     ({"budgett": {}}, ["budgett", "unknown key"]),
     ({"budget": {"epochs": "many"}}, ["budget.epochs", "'many'"]),
     ({"budget": {"epochs": 2, "steps": 10}}, ["epochs", "steps"]),
-    ({"space": {"optimizers": ["adam"], "schedules": ["constant"], "weight_decay": {"low": 0.1, "high": 0.01}}},
-     ["space.weight_decay", "low", "high"]),
-    ({"space": {"optimizers": {"adam": {"lr": {"low": 1.0, "high": 0.1}}}, "schedules": ["constant"]}},
-     ["space.optimizers.adam.lr", "low"]),
+    (
+        {"space": {"optimizers": ["adam"], "schedules": ["constant"], "weight_decay": {"low": 0.1, "high": 0.01}}},
+        ["space.weight_decay", "low", "high"],
+    ),
+    (
+        {"space": {"optimizers": {"adam": {"lr": {"low": 1.0, "high": 0.1}}}, "schedules": ["constant"]}},
+        ["space.optimizers.adam.lr", "low"],
+    ),
     ({"space": {"optimizers": ["adamm"], "schedules": ["constant"]}}, ["adamm", "valid optimizers", "adamw"]),
     ({"space": {"optimizers": ["adam"], "schedules": ["cosinee"]}}, ["cosinee", "valid schedules", "cosine_restarts"]),
-    ({"space": {"optimizers": {"adam": {"bogus": 1}}, "schedules": ["constant"]}}, ["space.optimizers.adam", "bogus", "beta2"]),
+    (
+        {"space": {"optimizers": {"adam": {"bogus": 1}}, "schedules": ["constant"]}},
+        ["space.optimizers.adam", "bogus", "beta2"],
+    ),
     ({"space": {"optimizers": [], "schedules": ["constant"]}}, ["space.optimizers", "at least one"]),
     ({"space": {"optimizers": ["adam"], "schedules": ["constant"], "batch_size": []}}, ["space.batch_size", "empty"]),
     ({"task": "no-such-task"}, ["no-such-task", "digits-mlp"]),
@@ -60,7 +70,9 @@ BAD_STUDIES = [
 ]
 
 
-@pytest.mark.parametrize("changes,words", BAD_STUDIES, ids=[str(list(c)[0]) + str(i) for i, (c, _) in enumerate(BAD_STUDIES)])
+@pytest.mark.parametrize(
+    "changes,words", BAD_STUDIES, ids=[str(list(c)[0]) + str(i) for i, (c, _) in enumerate(BAD_STUDIES)]
+)
 def test_bad_study_exits_2_naming_file_field_value_and_writes_nothing(workdir: Path, cli, changes, words) -> None:
     path = write_study(workdir, **changes)
     result = cli("run", path)
@@ -91,4 +103,3 @@ def test_load_study_reports_all_problems_at_once(tmp_path: Path) -> None:
     with pytest.raises(TunerError) as error:
         load_study(path)
     assert "budget.epochs" in str(error.value) and "budget.n_trials" in str(error.value)
-

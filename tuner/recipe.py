@@ -79,7 +79,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
         data = dict(data)
         switch = data.get("switch")
         if isinstance(switch, dict):

@@ -26,9 +26,10 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from tuner.errors import lookup
 from tuner.recipe import resolve_duration
@@ -86,8 +87,15 @@ def _number(name: str, value: Any) -> float:
     return value
 
 
-def _real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
-          low_open: bool = False, high_open: bool = False) -> float:
+def _real(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """``value`` as a float, or a ValueError naming the interval, the parameter and the value."""
     _number(name, value)
     if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
@@ -187,8 +195,9 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """
     pieces, bounds = tuple(schedules), tuple(boundaries)
     if len(pieces) != len(bounds) + 1:
-        raise ValueError(f"join needs one boundary fewer than schedules, got {len(pieces)} schedules "
-                         f"and boundaries={list(bounds)}")
+        raise ValueError(
+            f"join needs one boundary fewer than schedules, got {len(pieces)} schedules and boundaries={list(bounds)}"
+        )
     for index, bound in enumerate(bounds):
         _int(f"boundaries[{index}]", bound, bounds[index - 1] + 1 if index else 1)
     metric = any(isinstance(piece, MetricDriven) for piece in pieces)
@@ -208,9 +217,12 @@ WARMUPS: dict[str, WarmupSpec] = {
     spec.name: spec
     for spec in (
         WarmupSpec("linear", "m(t) = m0 * (t + 1) / (w + 1): a straight ramp from ~0", lambda u: u),
-        WarmupSpec("exponential", f"m(t) = m0 * {EXPONENTIAL_WARMUP_START:g}^(1 - (t + 1) / (w + 1)): "
-                   f"a geometric ramp from {EXPONENTIAL_WARMUP_START:g}",
-                   lambda u: EXPONENTIAL_WARMUP_START ** (1.0 - u)),
+        WarmupSpec(
+            "exponential",
+            f"m(t) = m0 * {EXPONENTIAL_WARMUP_START:g}^(1 - (t + 1) / (w + 1)): "
+            f"a geometric ramp from {EXPONENTIAL_WARMUP_START:g}",
+            lambda u: EXPONENTIAL_WARMUP_START ** (1.0 - u),
+        ),
     )
 }
 
@@ -341,7 +353,7 @@ def _cosine_restarts(total: int, *, T_0: Any, T_mult: int, min_factor: float, de
 
     def schedule(step: int) -> float:
         cycle, t_cur, length = _sgdr_position(step, period, mult)
-        return floor + (shrink ** cycle - floor) * (1.0 + math.cos(math.pi * t_cur / length)) / 2.0
+        return floor + (shrink**cycle - floor) * (1.0 + math.cos(math.pi * t_cur / length)) / 2.0
 
     return schedule
 
@@ -383,8 +395,17 @@ def _linear_cosine(total: int, *, alpha: float, beta: float, num_periods: float,
     return schedule
 
 
-def _noisy_linear_cosine(total: int, *, alpha: float, beta: float, num_periods: float, decay_steps: Any,
-                         initial_variance: float, variance_decay: float, seed: int) -> Schedule:
+def _noisy_linear_cosine(
+    total: int,
+    *,
+    alpha: float,
+    beta: float,
+    num_periods: float,
+    decay_steps: Any,
+    initial_variance: float,
+    variance_decay: float,
+    seed: int,
+) -> Schedule:
     """``linear_cosine`` with ``N(0, initial_variance / (1 + t)^variance_decay)`` noise added to the
     linear term (TF ``noisy_linear_cosine_decay``; Bello et al. 2017), clipped at 0. The noise is a
     function of ``(seed, t)``: the same seed gives the same values in any order."""
@@ -408,8 +429,9 @@ ONE_CYCLE_ANNEAL: dict[str, Callable[[float, float, float], float]] = {
 }
 
 
-def _one_cycle(total: int, *, pct_start: float, div_factor: float, final_div_factor: float,
-               anneal: str, three_phase: bool) -> Schedule:
+def _one_cycle(
+    total: int, *, pct_start: float, div_factor: float, final_div_factor: float, anneal: str, three_phase: bool
+) -> Schedule:
     """1cycle (Smith & Topin 2018, "Super-Convergence", arXiv:1708.07120), torch ``OneCycleLR`` as a
     multiplier of ``max_lr``: from ``1/div_factor`` up to 1 over ``pct_start`` of the steps, then down
     to ``1/(div_factor * final_div_factor)`` at the last step (``three_phase``: back to
@@ -437,26 +459,31 @@ def _one_cycle_phases(total: int, pct: float, initial: float, floor: float, thre
     """(end step, start value, end value) per phase, exactly as torch ``OneCycleLR``."""
     up = float(pct * total) - 1
     if up <= 0:
-        raise ValueError(f"pct_start * total_steps must be > 1 so that the rise lasts at least one step, "
-                         f"got pct_start={pct}, total_steps={total}")
+        raise ValueError(
+            f"pct_start * total_steps must be > 1 so that the rise lasts at least one step, "
+            f"got pct_start={pct}, total_steps={total}"
+        )
     if not three_phase:
         return ((up, initial, 1.0), (total - 1, 1.0, floor))
     down = float(2 * pct * total) - 2
     if down >= total - 1:
-        raise ValueError(f"three_phase needs 2 * pct_start * total_steps - 2 < total_steps - 1, "
-                         f"got pct_start={pct}, total_steps={total}")
+        raise ValueError(
+            f"three_phase needs 2 * pct_start * total_steps - 2 < total_steps - 1, "
+            f"got pct_start={pct}, total_steps={total}"
+        )
     return ((up, initial, 1.0), (down, 1.0, initial), (total - 1, initial, floor))
 
 
 CYCLIC_SCALES: dict[str, Callable[[int, int, float], float]] = {
     "triangular": lambda cycle, step, gamma: 1.0,
     "triangular2": lambda cycle, step, gamma: 1 / (2.0 ** (cycle - 1)),
-    "exp_range": lambda cycle, step, gamma: gamma ** step,
+    "exp_range": lambda cycle, step, gamma: gamma**step,
 }
 
 
-def _cyclic(total: int, *, base_factor: float, step_size_up: Any, step_size_down: Any, mode: str,
-            gamma: float) -> Schedule:
+def _cyclic(
+    total: int, *, base_factor: float, step_size_up: Any, step_size_down: Any, mode: str, gamma: float
+) -> Schedule:
     """Cyclical LR (Smith 2017, arXiv:1506.01186), torch ``CyclicLR`` with ``max_lr = 1``: a triangle
     from ``base_factor`` up to 1 in ``step_size_up`` steps and back in ``step_size_down``;
     ``triangular2`` halves the amplitude each cycle, ``exp_range`` scales it by ``gamma^t``."""
@@ -515,8 +542,10 @@ def _piecewise_points(pairs: Sequence[Any], total: int) -> tuple[list[int], list
         if index == 0 and step == 0:
             steps, values = [], []
         if steps and step <= steps[-1]:
-            raise ValueError(f"points steps must be strictly increasing, got points[{index}]={list(pair)!r} "
-                             f"at step {step} after step {steps[-1]} (total_steps={total})")
+            raise ValueError(
+                f"points steps must be strictly increasing, got points[{index}]={list(pair)!r} "
+                f"at step {step} after step {steps[-1]} (total_steps={total})"
+            )
         steps.append(step)
         values.append(value)
     return steps, values
@@ -568,72 +597,144 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     spec.name: spec
     for spec in (
         ScheduleSpec("constant", "m(t) = 1", _constant, {}, {}),
-        ScheduleSpec("step", "m(t) = gamma^floor(t / step_size)  [torch StepLR]", _step,
-                     {"gamma": 0.1, "step_size": 0.4},
-                     {"gamma": Float(0.1, 0.9), "step_size": Float(0.1, 0.5)}),
-        ScheduleSpec("multistep", "m(t) = gamma^(number of milestones <= t)  [torch MultiStepLR]", _multistep,
-                     {"milestones": (0.5, 0.75), "gamma": 0.1},
-                     {"gamma": Float(0.05, 0.5, log=True)}),
-        ScheduleSpec("exponential", f"m(t) = gamma^(t / decay_steps), floored if staircase; {_DECAY_STEPS_NOTE}",
-                     _exponential, {"gamma": 0.1, "decay_steps": None, "staircase": False},
-                     {"gamma": Float(1e-3, 0.5, log=True)}),
-        ScheduleSpec("natural_exp", f"m(t) = exp(-decay_rate * t / decay_steps), floored if staircase; "
-                     f"{_DECAY_STEPS_NOTE}", _natural_exp,
-                     {"decay_rate": 3.0, "decay_steps": None, "staircase": False},
-                     {"decay_rate": Float(0.5, 7.0)}),
-        ScheduleSpec("inverse_time", f"m(t) = 1 / (1 + decay_rate * t / decay_steps), floored if staircase; "
-                     f"{_DECAY_STEPS_NOTE}", _inverse_time,
-                     {"decay_rate": 9.0, "decay_steps": None, "staircase": False},
-                     {"decay_rate": Float(1.0, 100.0, log=True)}),
-        ScheduleSpec("polynomial", f"m(t) = (1 - end_factor) * (1 - t / decay_steps)^power + end_factor "
-                     f"[TF PolynomialDecay, cycle optional]; {_DECAY_STEPS_NOTE}", _polynomial,
-                     {"power": 1.0, "end_factor": 0.0, "decay_steps": None, "cycle": False},
-                     {"power": Float(0.5, 3.0), "end_factor": Float(0.0, 0.1)}),
-        ScheduleSpec("linear", "m(t) = start_factor + (end_factor - start_factor) * min(t, total_iters) / total_iters "
-                     "[torch LinearLR]; total_iters null = the whole run", _linear,
-                     {"start_factor": 1.0, "end_factor": 0.0, "total_iters": None},
-                     {"end_factor": Float(0.0, 0.1)}),
-        ScheduleSpec("cosine", "m(t) = min_factor + (1 - min_factor) * (1 + cos(pi t / (T - 1))) / 2 "
-                     "[torch CosineAnnealingLR]", _cosine, {"min_factor": 0.0}, {"min_factor": Float(0.0, 0.1)}),
-        ScheduleSpec("cosine_restarts", "SGDR: cycle i of T_0 * T_mult^i steps, "
-                     "m = min_factor + (decay^i - min_factor) * (1 + cos(pi t_cur / T_i)) / 2 "
-                     "[torch CosineAnnealingWarmRestarts]", _cosine_restarts,
-                     {"T_0": 0.25, "T_mult": 1, "min_factor": 0.0, "decay": 1.0},
-                     {"T_0": Float(0.05, 0.5), "T_mult": Int(1, 3), "min_factor": Float(0.0, 0.1),
-                      "decay": Float(0.5, 1.0)}),
-        ScheduleSpec("linear_cosine", "m(t) = (alpha + (D - t) / D) * (1 + cos(2 pi num_periods t / D)) / 2 + beta, "
-                     f"D = decay_steps [TF linear_cosine_decay]; {_DECAY_STEPS_NOTE}", _linear_cosine,
-                     {"alpha": 0.0, "beta": 0.001, "num_periods": 0.5, "decay_steps": None},
-                     {"alpha": Float(0.0, 0.1), "beta": Float(0.0, 0.01), "num_periods": Float(0.5, 4.0)}),
-        ScheduleSpec("noisy_linear_cosine", "linear_cosine with N(0, initial_variance / (1 + t)^variance_decay) "
-                     "added to the linear term, seeded, clipped at 0 [TF noisy_linear_cosine_decay]",
-                     _noisy_linear_cosine,
-                     {"alpha": 0.0, "beta": 0.001, "num_periods": 0.5, "decay_steps": None,
-                      "initial_variance": 0.1, "variance_decay": 0.55, "seed": 0},
-                     {"num_periods": Float(0.5, 4.0), "initial_variance": Float(0.01, 1.0, log=True),
-                      "variance_decay": Float(0.3, 1.0)}),
-        ScheduleSpec("one_cycle", "1cycle: 1/div_factor -> 1 over pct_start of the run, then -> "
-                     "1/(div_factor * final_div_factor) at the last step [torch OneCycleLR]", _one_cycle,
-                     {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal": "cos",
-                      "three_phase": False},
-                     {"pct_start": Float(0.15, 0.45), "div_factor": Float(5.0, 100.0, log=True),
-                      "final_div_factor": Float(1e2, 1e5, log=True), "anneal": Choice(("cos", "linear")),
-                      "three_phase": Choice((False, True))}),
-        ScheduleSpec("cyclic", "cyclical LR: triangles between base_factor and 1 (step_size_up, step_size_down), "
-                     "amplitude x scale(mode) [torch CyclicLR]", _cyclic,
-                     {"base_factor": 0.1, "step_size_up": 0.1, "step_size_down": None, "mode": "triangular",
-                      "gamma": 1.0},
-                     {"base_factor": Float(0.01, 0.5, log=True), "step_size_up": Float(0.05, 0.25),
-                      "mode": Choice(("triangular", "triangular2"))}),
-        ScheduleSpec("piecewise", "hand-set points [[step, m], ...] (1 at step 0 unless given), held (constant) "
-                     "or interpolated (linear); steps may be fractions", _piecewise,
-                     {"points": ((0.5, 0.1), (0.75, 0.01)), "interpolation": "constant"},
-                     {"interpolation": Choice(("constant", "linear"))}),
-        ScheduleSpec("plateau", "m *= factor (>= min_factor) after more than patience reports without a "
-                     "relative improvement > threshold; report(val_loss) [torch ReduceLROnPlateau]", _plateau,
-                     {"factor": 0.1, "patience": 10, "cooldown": 0, "min_factor": 0.0, "threshold": 1e-4},
-                     {"factor": Float(0.1, 0.7), "patience": Int(1, 10), "cooldown": Int(0, 3)},
-                     metric_driven=True),
+        ScheduleSpec(
+            "step",
+            "m(t) = gamma^floor(t / step_size)  [torch StepLR]",
+            _step,
+            {"gamma": 0.1, "step_size": 0.4},
+            {"gamma": Float(0.1, 0.9), "step_size": Float(0.1, 0.5)},
+        ),
+        ScheduleSpec(
+            "multistep",
+            "m(t) = gamma^(number of milestones <= t)  [torch MultiStepLR]",
+            _multistep,
+            {"milestones": (0.5, 0.75), "gamma": 0.1},
+            {"gamma": Float(0.05, 0.5, log=True)},
+        ),
+        ScheduleSpec(
+            "exponential",
+            f"m(t) = gamma^(t / decay_steps), floored if staircase; {_DECAY_STEPS_NOTE}",
+            _exponential,
+            {"gamma": 0.1, "decay_steps": None, "staircase": False},
+            {"gamma": Float(1e-3, 0.5, log=True)},
+        ),
+        ScheduleSpec(
+            "natural_exp",
+            f"m(t) = exp(-decay_rate * t / decay_steps), floored if staircase; {_DECAY_STEPS_NOTE}",
+            _natural_exp,
+            {"decay_rate": 3.0, "decay_steps": None, "staircase": False},
+            {"decay_rate": Float(0.5, 7.0)},
+        ),
+        ScheduleSpec(
+            "inverse_time",
+            f"m(t) = 1 / (1 + decay_rate * t / decay_steps), floored if staircase; {_DECAY_STEPS_NOTE}",
+            _inverse_time,
+            {"decay_rate": 9.0, "decay_steps": None, "staircase": False},
+            {"decay_rate": Float(1.0, 100.0, log=True)},
+        ),
+        ScheduleSpec(
+            "polynomial",
+            f"m(t) = (1 - end_factor) * (1 - t / decay_steps)^power + end_factor "
+            f"[TF PolynomialDecay, cycle optional]; {_DECAY_STEPS_NOTE}",
+            _polynomial,
+            {"power": 1.0, "end_factor": 0.0, "decay_steps": None, "cycle": False},
+            {"power": Float(0.5, 3.0), "end_factor": Float(0.0, 0.1)},
+        ),
+        ScheduleSpec(
+            "linear",
+            "m(t) = start_factor + (end_factor - start_factor) * min(t, total_iters) / total_iters "
+            "[torch LinearLR]; total_iters null = the whole run",
+            _linear,
+            {"start_factor": 1.0, "end_factor": 0.0, "total_iters": None},
+            {"end_factor": Float(0.0, 0.1)},
+        ),
+        ScheduleSpec(
+            "cosine",
+            "m(t) = min_factor + (1 - min_factor) * (1 + cos(pi t / (T - 1))) / 2 [torch CosineAnnealingLR]",
+            _cosine,
+            {"min_factor": 0.0},
+            {"min_factor": Float(0.0, 0.1)},
+        ),
+        ScheduleSpec(
+            "cosine_restarts",
+            "SGDR: cycle i of T_0 * T_mult^i steps, "
+            "m = min_factor + (decay^i - min_factor) * (1 + cos(pi t_cur / T_i)) / 2 "
+            "[torch CosineAnnealingWarmRestarts]",
+            _cosine_restarts,
+            {"T_0": 0.25, "T_mult": 1, "min_factor": 0.0, "decay": 1.0},
+            {"T_0": Float(0.05, 0.5), "T_mult": Int(1, 3), "min_factor": Float(0.0, 0.1), "decay": Float(0.5, 1.0)},
+        ),
+        ScheduleSpec(
+            "linear_cosine",
+            "m(t) = (alpha + (D - t) / D) * (1 + cos(2 pi num_periods t / D)) / 2 + beta, "
+            f"D = decay_steps [TF linear_cosine_decay]; {_DECAY_STEPS_NOTE}",
+            _linear_cosine,
+            {"alpha": 0.0, "beta": 0.001, "num_periods": 0.5, "decay_steps": None},
+            {"alpha": Float(0.0, 0.1), "beta": Float(0.0, 0.01), "num_periods": Float(0.5, 4.0)},
+        ),
+        ScheduleSpec(
+            "noisy_linear_cosine",
+            "linear_cosine with N(0, initial_variance / (1 + t)^variance_decay) "
+            "added to the linear term, seeded, clipped at 0 [TF noisy_linear_cosine_decay]",
+            _noisy_linear_cosine,
+            {
+                "alpha": 0.0,
+                "beta": 0.001,
+                "num_periods": 0.5,
+                "decay_steps": None,
+                "initial_variance": 0.1,
+                "variance_decay": 0.55,
+                "seed": 0,
+            },
+            {
+                "num_periods": Float(0.5, 4.0),
+                "initial_variance": Float(0.01, 1.0, log=True),
+                "variance_decay": Float(0.3, 1.0),
+            },
+        ),
+        ScheduleSpec(
+            "one_cycle",
+            "1cycle: 1/div_factor -> 1 over pct_start of the run, then -> "
+            "1/(div_factor * final_div_factor) at the last step [torch OneCycleLR]",
+            _one_cycle,
+            {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal": "cos", "three_phase": False},
+            {
+                "pct_start": Float(0.15, 0.45),
+                "div_factor": Float(5.0, 100.0, log=True),
+                "final_div_factor": Float(1e2, 1e5, log=True),
+                "anneal": Choice(("cos", "linear")),
+                "three_phase": Choice((False, True)),
+            },
+        ),
+        ScheduleSpec(
+            "cyclic",
+            "cyclical LR: triangles between base_factor and 1 (step_size_up, step_size_down), "
+            "amplitude x scale(mode) [torch CyclicLR]",
+            _cyclic,
+            {"base_factor": 0.1, "step_size_up": 0.1, "step_size_down": None, "mode": "triangular", "gamma": 1.0},
+            {
+                "base_factor": Float(0.01, 0.5, log=True),
+                "step_size_up": Float(0.05, 0.25),
+                "mode": Choice(("triangular", "triangular2")),
+            },
+        ),
+        ScheduleSpec(
+            "piecewise",
+            "hand-set points [[step, m], ...] (1 at step 0 unless given), held (constant) "
+            "or interpolated (linear); steps may be fractions",
+            _piecewise,
+            {"points": ((0.5, 0.1), (0.75, 0.01)), "interpolation": "constant"},
+            {"interpolation": Choice(("constant", "linear"))},
+        ),
+        ScheduleSpec(
+            "plateau",
+            "m *= factor (>= min_factor) after more than patience reports without a "
+            "relative improvement > threshold; report(val_loss) [torch ReduceLROnPlateau]",
+            _plateau,
+            {"factor": 0.1, "patience": 10, "cooldown": 0, "min_factor": 0.0, "threshold": 1e-4},
+            {"factor": Float(0.1, 0.7), "patience": Int(1, 10), "cooldown": Int(0, 3)},
+            metric_driven=True,
+        ),
     )
 }
 
@@ -645,13 +746,20 @@ def schedule_params(name: str, params: Optional[Mapping[str, Any]] = None) -> di
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
         valid = ", ".join(spec.defaults) or "none"
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for schedule {name!r}; "
-                         f"valid parameters: {valid}")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for schedule {name!r}; valid parameters: {valid}"
+        )
     return {**spec.defaults, **given}
 
 
-def build_schedule(name: str, total_steps: int, params: Optional[Mapping[str, Any]] = None, *,
-                   warmup_steps: float = 0, warmup_kind: str = "linear") -> Schedule:
+def build_schedule(
+    name: str,
+    total_steps: int,
+    params: Optional[Mapping[str, Any]] = None,
+    *,
+    warmup_steps: float = 0,
+    warmup_kind: str = "linear",
+) -> Schedule:
     """Build schedule ``name`` for a run of ``total_steps`` optimizer steps.
 
     ``params`` are merged over the spec's defaults. ``warmup_steps`` (int steps or a fraction of
@@ -666,6 +774,7 @@ def build_schedule(name: str, total_steps: int, params: Optional[Mapping[str, An
     lookup(WARMUPS, "warmup kind", warmup_kind)
     warm = resolve_duration(_number("warmup_steps", warmup_steps), total, "warmup_steps")
     if warm >= total:
-        raise ValueError(f"warmup_steps must be < total_steps, got warmup_steps={warmup_steps!r} "
-                         f"({warm} steps), total_steps={total}")
+        raise ValueError(
+            f"warmup_steps must be < total_steps, got warmup_steps={warmup_steps!r} ({warm} steps), total_steps={total}"
+        )
     return warmup(warmup_kind, warm, spec.build(total - warm, **merged))

@@ -44,12 +44,19 @@ class TaskRef(Strict):
 class Budget(Strict):
     """How long each trial trains and how many trials the study runs."""
 
-    epochs: Optional[int] = Field(None, gt=0, description="passes over the training set (default 10 unless steps is set)")
+    epochs: Optional[int] = Field(
+        None, gt=0, description="passes over the training set (default 10 unless steps is set)"
+    )
     steps: Optional[int] = Field(None, gt=0, description="optimizer steps per trial (instead of epochs)")
     eval_every: Optional[int] = Field(
-        None, gt=0, description="evaluate every this many epochs (epoch budget) or steps (step budget); default: 1 epoch / steps//10"
+        None,
+        gt=0,
+        description="evaluate every this many epochs (epoch budget) or steps (step budget); "
+        "default: 1 epoch / steps//10",
     )
-    patience: Optional[int] = Field(None, gt=0, description="stop a trial after this many evaluations without improvement")
+    patience: Optional[int] = Field(
+        None, gt=0, description="stop a trial after this many evaluations without improvement"
+    )
     n_trials: int = Field(20, gt=0, description="target number of finished (complete or pruned) trials in the study")
     timeout: Optional[float] = Field(None, gt=0, description="stop starting new trials after this many seconds")
     divergence_factor: float = Field(
@@ -58,7 +65,7 @@ class Budget(Strict):
     population: Optional[int] = Field(None, gt=0, description="train this many trials at once in one vectorized pass")
 
     @model_validator(mode="after")
-    def _one_length(self) -> "Budget":
+    def _one_length(self) -> Budget:
         if self.epochs is not None and self.steps is not None:
             raise ValueError(f"set either epochs or steps, not both (got epochs={self.epochs}, steps={self.steps})")
         return self
@@ -72,7 +79,8 @@ class NamedOptions(Strict):
 
 
 class SwitchSpace(Strict):
-    """Start with the sampled optimizer and switch to one of ``to`` part-way (Adam first for speed, then SGD to fine-tune).
+    """Start with the sampled optimizer and switch to one of ``to`` part-way (Adam first for speed, then SGD to
+    fine-tune).
     ``at_fraction`` is the fraction of training at which to switch and ``lr`` the second optimizer's peak LR (default:
     that optimizer's catalog range); with ``optional: true`` "no switch" is one of the choices."""
 
@@ -83,22 +91,33 @@ class SwitchSpace(Strict):
 
 
 class SpaceSpec(Strict):
-    """What is searched. ``optimizers``/``schedules`` are a list of names or a mapping from name to overrides of that entry's
-    default ranges (``{lr: {low: 1e-4, high: 1e-2}, beta2: {low: 0.99, high: 0.9999}}``); a range is ``{low, high, log}``,
+    """What is searched. ``optimizers``/``schedules`` are a list of names or a mapping from name to overrides of that
+    entry's default ranges (``{lr: {low: 1e-4, high: 1e-2}, beta2: {low: 0.99, high: 0.9999}}``); a range is
+    ``{low, high, log}``,
     a list of choices, or a single fixed value."""
 
-    optimizers: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(default_factory=lambda: ["adam", "sgd", "momentum"])
-    schedules: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(default_factory=lambda: ["constant", "cosine"])
-    batch_size: RangeValue = Field(None, description="batch size choices; null = the task's default (full batch if it has none)")
+    optimizers: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(
+        default_factory=lambda: ["adam", "sgd", "momentum"]
+    )
+    schedules: Union[list[str], dict[str, dict[str, RangeValue]]] = Field(
+        default_factory=lambda: ["constant", "cosine"]
+    )
+    batch_size: RangeValue = Field(
+        None, description="batch size choices; null = the task's default (full batch if it has none)"
+    )
     weight_decay: RangeValue = Field(0.0, description="weight decay: a value or a range")
     weight_decay_mode: RangeValue = Field("coupled", description="'coupled' (L2), 'decoupled', or a list of both")
     clip_norm: RangeValue = Field(None, description="gradient norm clipping: null, a value or a range")
     clip_value: RangeValue = Field(None, description="gradient value clipping: null, a value or a range")
-    warmup: RangeValue = Field(0, description="warmup in steps (int) or as a fraction (< 1) of training: a value or a range")
+    warmup: RangeValue = Field(
+        0, description="warmup in steps (int) or as a fraction (< 1) of training: a value or a range"
+    )
     warmup_kind: RangeValue = Field("linear", description="'linear' or 'exponential'")
     switch: Optional[SwitchSpace] = Field(None, description="switch optimizer part-way through training (searched)")
     lr: Optional[Literal["auto"]] = Field(
-        None, description="'auto': an LR range test per optimizer sets its LR search range (also per optimizer: adam: {lr: auto})"
+        None,
+        description="'auto': an LR range test per optimizer sets its LR search range "
+        "(also per optimizer: adam: {lr: auto})",
     )
 
     @field_validator("optimizers", "schedules")
@@ -115,19 +134,26 @@ class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="study name (letters, digits, _ . -)")
     task: TaskRef
     metric: Optional[str] = Field(None, description="metric to optimize; default: the task's")
-    direction: Optional[Literal["maximize", "minimize"]] = Field(None, description="default: the task's direction for the metric")
+    direction: Optional[Literal["maximize", "minimize"]] = Field(
+        None, description="default: the task's direction for the metric"
+    )
     budget: Budget = Field(default_factory=Budget)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
-    sampler: NamedOptions = Field(default_factory=lambda: NamedOptions(name="tpe"),
-                                  description="tpe, random, grid, gp, cmaes or qmc; a name or {name, options}")
-    pruner: NamedOptions = Field(default_factory=lambda: NamedOptions(name="median"),
-                                 description="median, asha, hyperband or none; a name or {name, options}")
+    sampler: NamedOptions = Field(
+        default_factory=lambda: NamedOptions(name="tpe"),
+        description="tpe, random, grid, gp, cmaes or qmc; a name or {name, options}",
+    )
+    pruner: NamedOptions = Field(
+        default_factory=lambda: NamedOptions(name="median"),
+        description="median, asha, hyperband or none; a name or {name, options}",
+    )
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-identical reruns on CPU)")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1' ...")
     storage: Optional[str] = Field(None, description=f"Optuna storage URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
     tracking_uri: Optional[str] = Field(
-        None, description=f"MLflow tracking URI; default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}; 'none' disables"
+        None,
+        description=f"MLflow tracking URI; default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}; 'none' disables",
     )
 
     @field_validator("task", mode="before")
@@ -164,7 +190,7 @@ def absolute_sqlite(url: str) -> str:
     per-URI store cache) sees the same file."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + os.path.abspath(url[len(prefix):])
+        return prefix + os.path.abspath(url[len(prefix) :])
     return url
 
 

@@ -29,10 +29,11 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import yaml
 
@@ -80,17 +81,31 @@ class Tracker(Protocol):
 
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]: ...
 
-    def start_trial(self, parent_run_id: Optional[str], study_name: str, number: int, recipe: Recipe,
-                    tags: dict[str, str], on_started: Optional[Callable[[Optional[str]], None]] = None) -> TrialRun: ...
+    def start_trial(
+        self,
+        parent_run_id: Optional[str],
+        study_name: str,
+        number: int,
+        recipe: Recipe,
+        tags: dict[str, str],
+        on_started: Optional[Callable[[Optional[str]], None]] = None,
+    ) -> TrialRun: ...
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None: ...
 
     def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]: ...
 
-    def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None: ...
+    def end_study(
+        self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]
+    ) -> None: ...
 
-    def log_to_study(self, parent_run_id: Optional[str], params: Optional[dict[str, Any]] = None,
-                     tags: Optional[dict[str, str]] = None, files: tuple[str, ...] = ()) -> None: ...
+    def log_to_study(
+        self,
+        parent_run_id: Optional[str],
+        params: Optional[dict[str, Any]] = None,
+        tags: Optional[dict[str, str]] = None,
+        files: tuple[str, ...] = (),
+    ) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -145,7 +160,9 @@ class MlflowTracker:
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
         """Create the study's experiment and parent run; returns the parent run id."""
         experiment_id = self._experiment_id(study_name)
-        run = self.client.create_run(experiment_id, run_name=study_name, tags={"tuner.role": "study", "tuner.study": study_name})
+        run = self.client.create_run(
+            experiment_id, run_name=study_name, tags={"tuner.role": "study", "tuner.study": study_name}
+        )
         self.client.log_text(run.info.run_id, yaml.safe_dump(spec, sort_keys=False), "study.yaml")
         return run.info.run_id
 
@@ -157,14 +174,29 @@ class MlflowTracker:
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
-        metrics = [Metric(f"study.{key}", float(value), now, 0) for key, value in summary.items() if isinstance(value, (int, float))]
+        metrics = [
+            Metric(f"study.{key}", float(value), now, 0)
+            for key, value in summary.items()
+            if isinstance(value, (int, float))
+        ]
         tags = [RunTag(f"tuner.summary.{key}", str(value)) for key, value in summary.items()]
         self._safe("log study summary", self.client.log_batch, parent_run_id, metrics=metrics, tags=tags)
         if best is not None:
-            self._safe("log best recipe", self.client.log_text, parent_run_id, yaml.safe_dump(best, sort_keys=False), "best_recipe.yaml")
+            self._safe(
+                "log best recipe",
+                self.client.log_text,
+                parent_run_id,
+                yaml.safe_dump(best, sort_keys=False),
+                "best_recipe.yaml",
+            )
 
-    def log_to_study(self, parent_run_id: Optional[str], params: Optional[dict[str, Any]] = None,
-                     tags: Optional[dict[str, str]] = None, files: tuple[str, ...] = ()) -> None:
+    def log_to_study(
+        self,
+        parent_run_id: Optional[str],
+        params: Optional[dict[str, Any]] = None,
+        tags: Optional[dict[str, str]] = None,
+        files: tuple[str, ...] = (),
+    ) -> None:
         """Add params, tags and files (artifacts) to the study's parent run (LR ranges of ``lr: auto``, the report)."""
         if parent_run_id is None:
             return
@@ -198,20 +230,39 @@ class MlflowTracker:
             return experiment.experiment_id
 
     # -- trials --------------------------------------------------------------------------------
-    def start_trial(self, parent_run_id: Optional[str], study_name: str, number: int, recipe: Recipe,
-                    tags: dict[str, str], on_started: Optional[Callable[[Optional[str]], None]] = None) -> TrialRun:
+    def start_trial(
+        self,
+        parent_run_id: Optional[str],
+        study_name: str,
+        number: int,
+        recipe: Recipe,
+        tags: dict[str, str],
+        on_started: Optional[Callable[[Optional[str]], None]] = None,
+    ) -> TrialRun:
         """Queue the creation of the trial's child run, with the recipe as flat params and as ``recipe.yaml``; returns
         at once. ``on_started(run_id)`` is called on the tracking thread when the run exists (None: it failed)."""
         run = TrialRun(run_id=None)
 
         def create() -> None:
-            run.run_id = self._safe("create trial run", self._create_trial_run, parent_run_id, study_name, number, recipe,
-                                    tags, errors=run.errors)
+            run.run_id = self._safe(
+                "create trial run",
+                self._create_trial_run,
+                parent_run_id,
+                study_name,
+                number,
+                recipe,
+                tags,
+                errors=run.errors,
+            )
             if on_started is not None:
                 try:
                     on_started(run.run_id)
                 except Exception as error:  # the trial goes on; only the link from trial to run is missing
-                    warnings.warn(f"could not record MLflow run id {run.run_id}: {type(error).__name__}: {error}", RuntimeWarning)
+                    warnings.warn(
+                        f"could not record MLflow run id {run.run_id}: {type(error).__name__}: {error}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
 
         run.created = self._queue.submit(create)
         return run
@@ -225,7 +276,9 @@ class MlflowTracker:
         run = self.client.create_run(self._trial_experiment_id(study_name), run_name=f"trial-{number}", tags=all_tags)
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in recipe.flat().items()]
         self.client.log_batch(run.info.run_id, params=params)
-        _log_text(run.info.artifact_uri, self.tracking_uri, yaml.safe_dump(recipe.to_dict(), sort_keys=False), "recipe.yaml")
+        _log_text(
+            run.info.artifact_uri, self.tracking_uri, yaml.safe_dump(recipe.to_dict(), sort_keys=False), "recipe.yaml"
+        )
         return run.info.run_id
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
@@ -249,16 +302,32 @@ class MlflowTracker:
         metrics += [Metric("lr", lr, now, step) for step, lr in simplify_curve(outcome.lr_curve, LR_CURVE_TOLERANCE)]
         if outcome.value is not None:
             metrics.append(Metric("objective", float(outcome.value), now, 0))
-        tags = [RunTag("tuner.state", outcome.state), RunTag("tuner.reason", outcome.reason[:5000]),
-                RunTag("tuner.duration_s", f"{outcome.seconds:.3f}")]
+        tags = [
+            RunTag("tuner.state", outcome.state),
+            RunTag("tuner.reason", outcome.reason[:5000]),
+            RunTag("tuner.duration_s", f"{outcome.seconds:.3f}"),
+        ]
         for start in range(0, max(len(metrics), 1), 1000):  # MLflow caps a batch at 1000 metrics
-            self._safe("log trial metrics", self.client.log_batch, run.run_id, metrics=metrics[start:start + 1000],
-                       tags=tags if start == 0 else [], errors=run.errors)
-        self._safe("end trial run", self.client.set_terminated, run.run_id, _RUN_STATUS.get(outcome.state, "KILLED"),
-                   errors=run.errors)
+            self._safe(
+                "log trial metrics",
+                self.client.log_batch,
+                run.run_id,
+                metrics=metrics[start : start + 1000],
+                tags=tags if start == 0 else [],
+                errors=run.errors,
+            )
+        self._safe(
+            "end trial run",
+            self.client.set_terminated,
+            run.run_id,
+            _RUN_STATUS.get(outcome.state, "KILLED"),
+            errors=run.errors,
+        )
 
     # -- resilience ------------------------------------------------------------------------------
-    def _safe(self, what: str, call: Callable[..., Any], *args: Any, errors: Optional[list[str]] = None, **kwargs: Any) -> Any:
+    def _safe(
+        self, what: str, call: Callable[..., Any], *args: Any, errors: Optional[list[str]] = None, **kwargs: Any
+    ) -> Any:
         for attempt in range(self.retries + 1):
             try:
                 return call(*args, **kwargs)
@@ -321,7 +390,9 @@ def simplify_curve(points: list[tuple[int, float]], tolerance: float) -> list[tu
         if last - first < 2:
             continue
         inside = slice(first + 1, last)
-        line = values[first] + (values[last] - values[first]) * (steps[inside] - steps[first]) / (steps[last] - steps[first])
+        line = values[first] + (values[last] - values[first]) * (steps[inside] - steps[first]) / (
+            steps[last] - steps[first]
+        )
         errors = np.abs(values[inside] - line)
         worst = int(np.argmax(errors))
         if errors[worst] > limit:

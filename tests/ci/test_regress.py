@@ -9,20 +9,25 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from tests.helpers import write_study
+from tests.helpers import ROOT, write_study
 from tuner.ci.lock import build_lock
-from tuner.recipe import Recipe
 from tuner.ci.lockfile import LockBudget, dump_lock, read_lock, write_atomically
 from tuner.ci.rule import judge
 from tuner.ci.runner import derive_seeds, regress
+from tuner.recipe import Recipe
 from tuner.spec import TaskRef
 
-from tests.helpers import ROOT
 EPOCH = 23  # optimizer steps per epoch of digits-mlp: 1437 training images / batch 64
 DECAY = [[0, 1.0], [EPOCH, 0.3], [2 * EPOCH, 0.09], [3 * EPOCH, 0.027]]  # x0.3 per epoch
 SHIFTED = [[0, 0.3], [EPOCH, 0.09], [2 * EPOCH, 0.027], [3 * EPOCH, 0.0081]]  # the same, one epoch early
-GOOD = Recipe(optimizer="adam", lr=3e-2, optimizer_params={"beta1": 0.9, "beta2": 0.999}, schedule="piecewise",
-              schedule_params={"points": DECAY, "interpolation": "constant"}, batch_size=64)
+GOOD = Recipe(
+    optimizer="adam",
+    lr=3e-2,
+    optimizer_params={"beta1": 0.9, "beta2": 0.999},
+    schedule="piecewise",
+    schedule_params={"points": DECAY, "interpolation": "constant"},
+    batch_size=64,
+)
 TASK = TaskRef(name="digits-mlp", options={"hidden": [16]})
 
 
@@ -30,8 +35,17 @@ TASK = TaskRef(name="digits-mlp", options={"hidden": [16]})
 def good_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """GOOD locked over 4 seeds at 4 epochs (accuracy ~0.945 ± 0.006 here)."""
     path = tmp_path_factory.mktemp("locks") / "good.lock.yaml"
-    lock = build_lock("good", TASK, [GOOD], LockBudget(epochs=4), metric="accuracy", direction="maximize",
-                      lock_path=path, seeds=4, device="cpu")
+    lock = build_lock(
+        "good",
+        TASK,
+        [GOOD],
+        LockBudget(epochs=4),
+        metric="accuracy",
+        direction="maximize",
+        lock_path=path,
+        seeds=4,
+        device="cpu",
+    )
     write_atomically(path, dump_lock(lock))
     return path
 
@@ -48,16 +62,35 @@ def _junit_cases(path: Path) -> list[ET.Element]:
 
 
 def test_lock_a_tuned_study_and_regress_it_unchanged(workdir: Path, cli) -> None:
-    study = write_study(workdir, task={"name": "digits-mlp", "options": {"hidden": [16]}}, budget={"epochs": 2, "n_trials": 4})
+    study = write_study(
+        workdir, task={"name": "digits-mlp", "options": {"hidden": [16]}}, budget={"epochs": 2, "n_trials": 4}
+    )
     assert cli("run", study, "--tracking-uri", "none").exit_code == 0
     result = cli("lock", "tiny", "--top-k", "2", "--seeds", "3")
     assert result.exit_code == 0, result.output
     path = workdir / "studies" / "tiny.lock.yaml"
     data = yaml.safe_load(path.read_text())
-    assert list(data) == ["lock_version", "study", "created", "task", "metric", "direction", "budget", "deterministic",
-                          "device", "rule", "environment", "recipes"]
+    assert list(data) == [
+        "lock_version",
+        "study",
+        "created",
+        "task",
+        "metric",
+        "direction",
+        "budget",
+        "deterministic",
+        "device",
+        "rule",
+        "environment",
+        "recipes",
+    ]
     assert data["task"] == {"name": "digits-mlp", "options": {"hidden": [16]}}
-    assert (data["metric"], data["direction"], data["budget"]["epochs"], data["deterministic"]) == ("accuracy", "maximize", 2, True)
+    assert (data["metric"], data["direction"], data["budget"]["epochs"], data["deterministic"]) == (
+        "accuracy",
+        "maximize",
+        2,
+        True,
+    )
     assert {"tuner", "torch", "optuna", "platform", "device"} <= set(data["environment"])
     best = yaml.safe_load(cli("best", "tiny").stdout)
     first, second = data["recipes"]
@@ -69,7 +102,9 @@ def test_lock_a_tuned_study_and_regress_it_unchanged(workdir: Path, cli) -> None
     assert result.exit_code == 0, result.output
     assert "PASS" in result.stdout and "REGRESSED" not in result.stdout
     cases = _junit_cases(workdir / "out.xml")
-    assert [c.get("name") for c in cases] == [f"{path}#1", f"{path}#2"] and not any(c.find("failure") is not None for c in cases)
+    assert [c.get("name") for c in cases] == [f"{path}#1", f"{path}#2"] and not any(
+        c.find("failure") is not None for c in cases
+    )
     assert "all locked recipes pass" in (workdir / "out.md").read_text()
 
 
@@ -125,8 +160,18 @@ def test_user_task_path_is_stored_relative_to_the_lock(workdir: Path) -> None:
     shutil.copy(ROOT / "tests" / "fixtures" / "user_task.py", tasks / "user_task.py")
     path = workdir / "locks" / "blobs.lock.yaml"
     recipe = Recipe(optimizer="sgd", lr=0.1, batch_size=32)
-    lock = build_lock("blobs", TaskRef(name="user_task.py:make_task", options={"hidden": 8}), [recipe], LockBudget(epochs=2),
-                      metric="accuracy", direction="maximize", lock_path=path, spec_dir=str(tasks), seeds=2, device="cpu")
+    lock = build_lock(
+        "blobs",
+        TaskRef(name="user_task.py:make_task", options={"hidden": 8}),
+        [recipe],
+        LockBudget(epochs=2),
+        metric="accuracy",
+        direction="maximize",
+        lock_path=path,
+        spec_dir=str(tasks),
+        seeds=2,
+        device="cpu",
+    )
     write_atomically(path, dump_lock(lock))
     assert read_lock(path).task.name == "../models/user_task.py:make_task"
     elsewhere = workdir / "elsewhere"
@@ -181,7 +226,9 @@ def test_bad_lock_exits_2_naming_file_and_field(good_lock: Path, tmp_path: Path,
 
 
 def test_lock_of_unknown_study_exits_2_and_writes_nothing(workdir: Path, cli) -> None:
-    assert cli("run", write_study(workdir, budget={"epochs": 1, "n_trials": 1}), "--tracking-uri", "none").exit_code == 0
+    assert (
+        cli("run", write_study(workdir, budget={"epochs": 1, "n_trials": 1}), "--tracking-uri", "none").exit_code == 0
+    )
     result = cli("lock", "nope", "-o", workdir / "nope.lock.yaml")
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
     assert not (workdir / "nope.lock.yaml").exists()
@@ -193,6 +240,7 @@ def test_committed_smoke_lock_is_valid() -> None:
 
 
 # -- the pass rule on pinned numbers ----------------------------------------------------------------------------
+
 
 def test_rule_paired_identical_values_pass_by_threshold() -> None:
     verdict = judge([0.9, 0.8, 0.85], [0.9, 0.8, 0.85], "maximize", tolerance=0.01, paired=True)

@@ -54,22 +54,27 @@ def test_table_shows_name_description_lr_range_and_hyperparameters(name: str) ->
         assert f"search {format_dimension(dim.describe())}" in flat
 
 
-@pytest.mark.parametrize("dimension, text", [
-    (Float(1e-5, 0.1, log=True), "[1e-05, 0.1] log"),
-    (Float(-1.0, -0.5), "[-1, -0.5]"),
-    (Int(5, 100, log=True), "int [5, 100] log"),
-    (Beta(0.9, 0.999), "β in [0.9, 0.999] log(1-β)"),
-    (Choice((False, True)), "{False, True}"),
-    (Fixed(3), "= 3"),
-])
+@pytest.mark.parametrize(
+    "dimension, text",
+    [
+        (Float(1e-5, 0.1, log=True), "[1e-05, 0.1] log"),
+        (Float(-1.0, -0.5), "[-1, -0.5]"),
+        (Int(5, 100, log=True), "int [5, 100] log"),
+        (Beta(0.9, 0.999), "β in [0.9, 0.999] log(1-β)"),
+        (Choice((False, True)), "{False, True}"),
+        (Fixed(3), "= 3"),
+    ],
+)
 def test_format_dimension(dimension, text: str) -> None:
     assert format_dimension(dimension.describe()) == text
 
 
 def test_command_does_not_import_torch() -> None:
-    code = ("import sys, typer\nfrom typer.testing import CliRunner\nfrom tuner.cli.optimizers import optimizers\n"
-            "app = typer.Typer(); app.command('optimizers')(optimizers); app.command('noop')(lambda: None)\n"
-            "r = CliRunner().invoke(app, ['optimizers', '--json'])\nassert r.exit_code == 0, r.output\n"
-            "print('torch' in sys.modules, 'schedulefree' in sys.modules)")
+    code = (
+        "import sys, typer\nfrom typer.testing import CliRunner\nfrom tuner.cli.optimizers import optimizers\n"
+        "app = typer.Typer(); app.command('optimizers')(optimizers); app.command('noop')(lambda: None)\n"
+        "r = CliRunner().invoke(app, ['optimizers', '--json'])\nassert r.exit_code == 0, r.output\n"
+        "print('torch' in sys.modules, 'schedulefree' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

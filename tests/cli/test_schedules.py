@@ -54,14 +54,38 @@ def test_json_listing():
 VALUES_CASES = [
     (["cosine", "--steps", "11"], "cosine", 11, {}, 0, "linear"),
     (["cosine", "--steps", "11", "--set", "min_factor=1e-1"], "cosine", 11, {"min_factor": 0.1}, 0, "linear"),
-    (["multistep", "--steps", "12", "--set", "milestones=[3, 0.5]", "--set", "gamma=0.5"], "multistep", 12,
-     {"milestones": [3, 0.5], "gamma": 0.5}, 0, "linear"),
-    (["exponential", "--steps", "20", "--set", "staircase=true", "--set", "decay_steps=4"], "exponential", 20,
-     {"staircase": True, "decay_steps": 4}, 0, "linear"),
-    (["one_cycle", "--steps", "30", "--warmup", "0.2", "--warmup-kind", "exponential"], "one_cycle", 30, {}, 0.2,
-     "exponential"),
-    (["piecewise", "--steps", "10", "--set", "points=[[2, 0.5], [0.6, 0.1]]", "--warmup", "3"], "piecewise", 10,
-     {"points": [[2, 0.5], [0.6, 0.1]]}, 3, "linear"),
+    (
+        ["multistep", "--steps", "12", "--set", "milestones=[3, 0.5]", "--set", "gamma=0.5"],
+        "multistep",
+        12,
+        {"milestones": [3, 0.5], "gamma": 0.5},
+        0,
+        "linear",
+    ),
+    (
+        ["exponential", "--steps", "20", "--set", "staircase=true", "--set", "decay_steps=4"],
+        "exponential",
+        20,
+        {"staircase": True, "decay_steps": 4},
+        0,
+        "linear",
+    ),
+    (
+        ["one_cycle", "--steps", "30", "--warmup", "0.2", "--warmup-kind", "exponential"],
+        "one_cycle",
+        30,
+        {},
+        0.2,
+        "exponential",
+    ),
+    (
+        ["piecewise", "--steps", "10", "--set", "points=[[2, 0.5], [0.6, 0.1]]", "--warmup", "3"],
+        "piecewise",
+        10,
+        {"points": [[2, 0.5], [0.6, 0.1]]},
+        3,
+        "linear",
+    ),
     (["linear", "--steps", "10", "--set", "total_iters=null"], "linear", 10, {"total_iters": None}, 0, "linear"),
 ]
 
@@ -113,6 +137,8 @@ def test_plot_writes_a_png(tmp_path, names):
 
 
 def test_cli_module_is_cheap_to_import():
-    code = ("import sys, tuner.cli.schedules; heavy = {'torch', 'matplotlib', 'optuna', 'mlflow'} & set(sys.modules); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, tuner.cli.schedules; heavy = {'torch', 'matplotlib', 'optuna', 'mlflow'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,15 +12,14 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-
-from tests.helpers import RTOL, RecordingTask
 import torch
 
+from tests.helpers import RTOL, RecordingTask
 from tuner.optim.batched import BATCHED, population_key
-from tuner.train.population import fit_population
 from tuner.recipe import Recipe
 from tuner.tasks import load_task
 from tuner.train import TrainBudget, fit
+from tuner.train.population import fit_population
 
 BUDGET = TrainBudget(steps=50, eval_every=10)  # > 2 epochs at batch 64: reshuffles included
 
@@ -43,7 +42,11 @@ CASES: dict[str, tuple[str, float, list[dict[str, Any]]]] = {
     "nesterov": ("nesterov", 0.02, [{"momentum": 0.9}, {"momentum": 0.8}]),
     "adagrad": ("adagrad", 0.05, [{"initial_accumulator_value": 0.1, "lr_decay": 0.01}, {}]),
     "rmsprop": ("rmsprop", 1e-3, [{"alpha": 0.95}, {"alpha": 0.99, "eps": 1e-6}]),
-    "rmsprop_momentum_centered": ("rmsprop", 1e-3, [{"centered": True, "momentum": 0.5}, {"centered": True, "momentum": 0.9}]),
+    "rmsprop_momentum_centered": (
+        "rmsprop",
+        1e-3,
+        [{"centered": True, "momentum": 0.5}, {"centered": True, "momentum": 0.9}],
+    ),
     "adadelta": ("adadelta", 1.0, [{"rho": 0.9}, {"rho": 0.95, "eps": 1e-5}]),
     "adam": ("adam", 1e-3, [{"beta1": 0.85}, {"beta2": 0.99}]),
     "adam_amsgrad": ("adam", 1e-3, [{"amsgrad": True}, {"amsgrad": True, "beta1": 0.8}]),
@@ -99,13 +102,26 @@ def test_member_equals_training_alone(task, case: str) -> None:
         assert [lr for _, lr in result.lr_curve] == pytest.approx([lr for _, lr in expected.lr_curve], rel=1e-12), label
 
 
-MIXED: dict[str, list[Recipe]] = {  # catalog entries that share one population, each with its own branch of torch's code
-    "sgd": [Recipe("sgd", 0.05), Recipe("momentum", 0.02, {"momentum": 0.8, "dampening": 0.2}),
-            Recipe("nesterov", 0.02, {"momentum": 0.9}, clip_norm=0.5), Recipe("momentum", 0.05, {"momentum": 0.0, "dampening": 0.5})],
-    "adam": [Recipe("adam", 1e-3, weight_decay=1e-2, weight_decay_mode="decoupled"),
-             Recipe("adamw", 2e-3, weight_decay=1e-2), Recipe("adamw", 1e-3, weight_decay=1e-3, weight_decay_mode="coupled")],
-    "rmsprop": [Recipe("rmsprop", 1e-3), Recipe("rmsprop", 1e-3, {"centered": True}),
-                Recipe("rmsprop", 5e-4, {"momentum": 0.9}), Recipe("rmsprop", 5e-4, {"momentum": 0.5, "centered": True})],
+MIXED: dict[
+    str, list[Recipe]
+] = {  # catalog entries that share one population, each with its own branch of torch's code
+    "sgd": [
+        Recipe("sgd", 0.05),
+        Recipe("momentum", 0.02, {"momentum": 0.8, "dampening": 0.2}),
+        Recipe("nesterov", 0.02, {"momentum": 0.9}, clip_norm=0.5),
+        Recipe("momentum", 0.05, {"momentum": 0.0, "dampening": 0.5}),
+    ],
+    "adam": [
+        Recipe("adam", 1e-3, weight_decay=1e-2, weight_decay_mode="decoupled"),
+        Recipe("adamw", 2e-3, weight_decay=1e-2),
+        Recipe("adamw", 1e-3, weight_decay=1e-3, weight_decay_mode="coupled"),
+    ],
+    "rmsprop": [
+        Recipe("rmsprop", 1e-3),
+        Recipe("rmsprop", 1e-3, {"centered": True}),
+        Recipe("rmsprop", 5e-4, {"momentum": 0.9}),
+        Recipe("rmsprop", 5e-4, {"momentum": 0.5, "centered": True}),
+    ],
 }
 
 
@@ -128,8 +144,10 @@ def test_mixed_catalog_entries_share_one_population_exactly(task, group: str) ->
 
 def test_every_update_rule_shares_one_stack_exactly_and_members_leave_across_blocks(task) -> None:
     """One stack per batch size: each rule updates its own block of rows; a member leaving shifts the blocks."""
-    recipes = [replace(Recipe(name, lr, dict(params[0])), batch_size=64, schedule="cosine")
-               for name, lr, params in CASES.values()]
+    recipes = [
+        replace(Recipe(name, lr, dict(params[0])), batch_size=64, schedule="cosine")
+        for name, lr, params in CASES.values()
+    ]
     recipes = recipes[1::2] + recipes[::2]  # interleaved: the population orders them into blocks itself
     seeds = [40 + i for i in range(len(recipes))]
     leaving = {1: 20, 6: 10, len(recipes) - 1: 30}  # member -> the step whose evaluation stops it
@@ -155,8 +173,10 @@ def test_members_sharing_all_but_the_lr_equal_training_alone(task, case: str) ->
     (Seeds matter here as everywhere: a ReLU input within an ulp of 0 may flip between two summation orders and
     jump a member by 1e-4; these seeds, like the ones above, meet none.)"""
     name, lr, params = CASES[case]
-    recipes = [Recipe(name, lr * factor, dict(params[0]), batch_size=64, schedule="cosine", weight_decay=1e-3)
-               for factor in (0.5, 1.0, 2.0)]
+    recipes = [
+        Recipe(name, lr * factor, dict(params[0]), batch_size=64, schedule="cosine", weight_decay=1e-3)
+        for factor in (0.5, 1.0, 2.0)
+    ]
     _final_params_equal_training_alone(task, recipes, [21, 22, 23])
 
 

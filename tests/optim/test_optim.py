@@ -6,8 +6,9 @@ import math
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -120,8 +121,23 @@ class MidpointTrial:
 
 def test_the_catalog_holds_exactly_the_documented_optimizers() -> None:
     assert set(OPTIMIZERS) == {
-        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
-        "adafactor", "muon", "schedulefree_adamw", "schedulefree_sgd", "lbfgs", "sparse_adam",
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adadelta",
+        "adam",
+        "adamw",
+        "nadam",
+        "radam",
+        "adamax",
+        "adafactor",
+        "muon",
+        "schedulefree_adamw",
+        "schedulefree_sgd",
+        "lbfgs",
+        "sparse_adam",
     }
 
 
@@ -220,52 +236,144 @@ B = {"beta1": 0.85, "beta2": 0.995, "eps": 1e-7}
 # name -> (optimizer_params, recipe changes, the same optimizer built by hand from (model, lr))
 REFERENCES: dict[str, tuple[dict, dict, Callable[[TinyNet, float], list]]] = {
     "sgd": ({}, COUPLED, lambda m, lr: [O.SGD(m.parameters(), lr=lr, weight_decay=0.01)]),
-    "momentum": ({"momentum": 0.8, "dampening": 0.1}, COUPLED,
-                 lambda m, lr: [O.SGD(m.parameters(), lr=lr, momentum=0.8, dampening=0.1, weight_decay=0.01)]),
-    "nesterov": ({"momentum": 0.7}, COUPLED,
-                 lambda m, lr: [O.SGD(m.parameters(), lr=lr, momentum=0.7, nesterov=True, weight_decay=0.01)]),
-    "adagrad": ({"lr_decay": 0.01, "initial_accumulator_value": 0.1, "eps": 1e-8}, COUPLED,
-                lambda m, lr: [O.Adagrad(m.parameters(), lr=lr, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8,
-                                         weight_decay=0.01)]),
-    "rmsprop": ({"alpha": 0.9, "eps": 1e-6, "momentum": 0.5, "centered": True}, COUPLED,
-                lambda m, lr: [O.RMSprop(m.parameters(), lr=lr, alpha=0.9, eps=1e-6, momentum=0.5, centered=True,
-                                         weight_decay=0.01)]),
-    "adadelta": ({"rho": 0.8, "eps": 1e-5}, COUPLED,
-                 lambda m, lr: [O.Adadelta(m.parameters(), lr=lr, rho=0.8, eps=1e-5, weight_decay=0.01)]),
-    "adam": ({**B, "amsgrad": True}, DECOUPLED,
-             lambda m, lr: [O.Adam(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, amsgrad=True, weight_decay=0.01,
-                                   decoupled_weight_decay=True)]),
-    "adamw": (B, DECOUPLED,
-              lambda m, lr: [O.AdamW(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01)]),
-    "nadam": ({**B, "momentum_decay": 0.002}, COUPLED,
-              lambda m, lr: [O.NAdam(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, momentum_decay=0.002,
-                                     weight_decay=0.01)]),
-    "radam": (B, DECOUPLED,
-              lambda m, lr: [O.RAdam(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01,
-                                     decoupled_weight_decay=True)]),
-    "adamax": (B, COUPLED,
-               lambda m, lr: [O.Adamax(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01)]),
-    "adafactor": ({"beta2_decay": -0.6, "eps1": 1e-20, "eps2": 1e-2, "d": 2.0}, DECOUPLED,
-                  lambda m, lr: [O.Adafactor(m.parameters(), lr=lr, beta2_decay=-0.6, eps=(1e-20, 1e-2), d=2.0,
-                                             weight_decay=0.01)]),
-    "muon": ({"momentum": 0.9, "nesterov": False, "ns_steps": 4, "eps": 1e-6, "adjust_lr_fn": "original",
-              "adamw_lr_ratio": 0.5, "adamw_beta1": 0.8, "adamw_eps": 1e-6}, DECOUPLED,
-             lambda m, lr: [O.Muon(_muon_parts(m)[0], lr=lr, momentum=0.9, nesterov=False, ns_steps=4, eps=1e-6,
-                                   adjust_lr_fn="original", weight_decay=0.01),
-                            O.AdamW(_muon_parts(m)[1], lr=lr * 0.5, betas=(0.8, 0.999), eps=1e-6, weight_decay=0.01)]),
-    "schedulefree_adamw": ({**B, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0}, DECOUPLED,
-                           lambda m, lr: _trained_schedule_free(_schedulefree("AdamWScheduleFree"), m, lr,
-                                                                betas=(0.85, 0.995), eps=1e-7, warmup_steps=3, r=0.5,
-                                                                weight_lr_power=1.0, weight_decay=0.01)),
-    "schedulefree_sgd": ({"momentum": 0.8, "warmup_steps": 2}, COUPLED,
-                         lambda m, lr: _trained_schedule_free(_schedulefree("SGDScheduleFree"), m, lr, momentum=0.8,
-                                                              warmup_steps=2, weight_decay=0.01)),
-    "lbfgs": ({"max_iter": 5, "history_size": 7, "line_search_fn": None}, {},
-              lambda m, lr: [O.LBFGS(m.parameters(), lr=lr, max_iter=5, history_size=7, line_search_fn=None)]),
-    "sparse_adam": ({**B, "adam_lr_ratio": 2.0, "adam_amsgrad": True}, {},
-                    lambda m, lr: [O.SparseAdam(_sparse_parts(m)[0], lr=lr, betas=(0.85, 0.995), eps=1e-7),
-                                   O.Adam(_sparse_parts(m)[1], lr=lr * 2.0, betas=(0.85, 0.995), eps=1e-7,
-                                          amsgrad=True)]),
+    "momentum": (
+        {"momentum": 0.8, "dampening": 0.1},
+        COUPLED,
+        lambda m, lr: [O.SGD(m.parameters(), lr=lr, momentum=0.8, dampening=0.1, weight_decay=0.01)],
+    ),
+    "nesterov": (
+        {"momentum": 0.7},
+        COUPLED,
+        lambda m, lr: [O.SGD(m.parameters(), lr=lr, momentum=0.7, nesterov=True, weight_decay=0.01)],
+    ),
+    "adagrad": (
+        {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "eps": 1e-8},
+        COUPLED,
+        lambda m, lr: [
+            O.Adagrad(m.parameters(), lr=lr, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8, weight_decay=0.01)
+        ],
+    ),
+    "rmsprop": (
+        {"alpha": 0.9, "eps": 1e-6, "momentum": 0.5, "centered": True},
+        COUPLED,
+        lambda m, lr: [
+            O.RMSprop(m.parameters(), lr=lr, alpha=0.9, eps=1e-6, momentum=0.5, centered=True, weight_decay=0.01)
+        ],
+    ),
+    "adadelta": (
+        {"rho": 0.8, "eps": 1e-5},
+        COUPLED,
+        lambda m, lr: [O.Adadelta(m.parameters(), lr=lr, rho=0.8, eps=1e-5, weight_decay=0.01)],
+    ),
+    "adam": (
+        {**B, "amsgrad": True},
+        DECOUPLED,
+        lambda m, lr: [
+            O.Adam(
+                m.parameters(),
+                lr=lr,
+                betas=(0.85, 0.995),
+                eps=1e-7,
+                amsgrad=True,
+                weight_decay=0.01,
+                decoupled_weight_decay=True,
+            )
+        ],
+    ),
+    "adamw": (
+        B,
+        DECOUPLED,
+        lambda m, lr: [O.AdamW(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01)],
+    ),
+    "nadam": (
+        {**B, "momentum_decay": 0.002},
+        COUPLED,
+        lambda m, lr: [
+            O.NAdam(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, momentum_decay=0.002, weight_decay=0.01)
+        ],
+    ),
+    "radam": (
+        B,
+        DECOUPLED,
+        lambda m, lr: [
+            O.RAdam(
+                m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01, decoupled_weight_decay=True
+            )
+        ],
+    ),
+    "adamax": (
+        B,
+        COUPLED,
+        lambda m, lr: [O.Adamax(m.parameters(), lr=lr, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.01)],
+    ),
+    "adafactor": (
+        {"beta2_decay": -0.6, "eps1": 1e-20, "eps2": 1e-2, "d": 2.0},
+        DECOUPLED,
+        lambda m, lr: [
+            O.Adafactor(m.parameters(), lr=lr, beta2_decay=-0.6, eps=(1e-20, 1e-2), d=2.0, weight_decay=0.01)
+        ],
+    ),
+    "muon": (
+        {
+            "momentum": 0.9,
+            "nesterov": False,
+            "ns_steps": 4,
+            "eps": 1e-6,
+            "adjust_lr_fn": "original",
+            "adamw_lr_ratio": 0.5,
+            "adamw_beta1": 0.8,
+            "adamw_eps": 1e-6,
+        },
+        DECOUPLED,
+        lambda m, lr: [
+            O.Muon(
+                _muon_parts(m)[0],
+                lr=lr,
+                momentum=0.9,
+                nesterov=False,
+                ns_steps=4,
+                eps=1e-6,
+                adjust_lr_fn="original",
+                weight_decay=0.01,
+            ),
+            O.AdamW(_muon_parts(m)[1], lr=lr * 0.5, betas=(0.8, 0.999), eps=1e-6, weight_decay=0.01),
+        ],
+    ),
+    "schedulefree_adamw": (
+        {**B, "warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
+        DECOUPLED,
+        lambda m, lr: _trained_schedule_free(
+            _schedulefree("AdamWScheduleFree"),
+            m,
+            lr,
+            betas=(0.85, 0.995),
+            eps=1e-7,
+            warmup_steps=3,
+            r=0.5,
+            weight_lr_power=1.0,
+            weight_decay=0.01,
+        ),
+    ),
+    "schedulefree_sgd": (
+        {"momentum": 0.8, "warmup_steps": 2},
+        COUPLED,
+        lambda m, lr: _trained_schedule_free(
+            _schedulefree("SGDScheduleFree"), m, lr, momentum=0.8, warmup_steps=2, weight_decay=0.01
+        ),
+    ),
+    "lbfgs": (
+        {"max_iter": 5, "history_size": 7, "line_search_fn": None},
+        {},
+        lambda m, lr: [O.LBFGS(m.parameters(), lr=lr, max_iter=5, history_size=7, line_search_fn=None)],
+    ),
+    "sparse_adam": (
+        {**B, "adam_lr_ratio": 2.0, "adam_amsgrad": True},
+        {},
+        lambda m, lr: [
+            O.SparseAdam(_sparse_parts(m)[0], lr=lr, betas=(0.85, 0.995), eps=1e-7),
+            O.Adam(_sparse_parts(m)[1], lr=lr * 2.0, betas=(0.85, 0.995), eps=1e-7, amsgrad=True),
+        ],
+    ),
 }
 
 
@@ -337,10 +445,16 @@ def test_sgd_step_is_lr_times_multiplier_times_gradient() -> None:
         torch.testing.assert_close(p.detach(), old - 0.1 * p.grad, rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("at_fraction, total_steps, switch_step", [(0.3, 10, 3), (0.55, 10, 6), (0.5, 7, 4), (0.01, 20, 0)])
-def test_switch_happens_at_the_rounded_step_with_its_own_lr(at_fraction: float, total_steps: int, switch_step: int) -> None:
+@pytest.mark.parametrize(
+    "at_fraction, total_steps, switch_step", [(0.3, 10, 3), (0.55, 10, 6), (0.5, 7, 4), (0.01, 20, 0)]
+)
+def test_switch_happens_at_the_rounded_step_with_its_own_lr(
+    at_fraction: float, total_steps: int, switch_step: int
+) -> None:
     model = make_model("adam")
-    recipe = recipe_for("adam", lr=1e-3, switch=Switch("momentum", at_fraction, lr=0.05, optimizer_params={"momentum": 0.5}))
+    recipe = recipe_for(
+        "adam", lr=1e-3, switch=Switch("momentum", at_fraction, lr=0.05, optimizer_params={"momentum": 0.5})
+    )
     optimizer = build(model, recipe, total_steps=total_steps)
     first, second = optimizer.torch_optimizers
     assert optimizer.switch_step == switch_step
@@ -489,7 +603,9 @@ def test_clip_by_value_then_norm() -> None:
 def test_clip_handles_sparse_gradients_like_their_dense_form() -> None:
     sparse, dense = _gradients(sparse=True, scale=10.0), _gradients(sparse=False, scale=10.0)
     assert sparse.emb.weight.grad.is_sparse
-    assert clip_gradients(sparse.parameters(), 0.2, 0.05) == pytest.approx(clip_gradients(dense.parameters(), 0.2, 0.05))
+    assert clip_gradients(sparse.parameters(), 0.2, 0.05) == pytest.approx(
+        clip_gradients(dense.parameters(), 0.2, 0.05)
+    )
     for a, b in zip(sparse.parameters(), dense.parameters()):
         torch.testing.assert_close(_dense(a.grad), b.grad, rtol=1e-6, atol=1e-9)
 
@@ -501,7 +617,9 @@ def test_no_clipping_leaves_gradients_alone() -> None:
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), raw))
 
 
-@pytest.mark.parametrize("clip_norm, clip_value, match", [(0.0, None, "clip_norm=0.0"), (None, -1.0, "clip_value=-1.0")])
+@pytest.mark.parametrize(
+    "clip_norm, clip_value, match", [(0.0, None, "clip_norm=0.0"), (None, -1.0, "clip_value=-1.0")]
+)
 def test_clip_refuses_non_positive_limits(clip_norm: float | None, clip_value: float | None, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)):
         clip_gradients(_gradients().parameters(), clip_norm, clip_value)
@@ -551,8 +669,10 @@ def test_unknown_optimizer_lists_the_valid_ones(where: str) -> None:
     assert all(name in str(raised.value) for name in OPTIMIZERS)
 
 
-@pytest.mark.parametrize("name, key", [("adam", "momentum"), ("sgd", "momentum"), ("muon", "adamw_momentum"),
-                                       ("sparse_adam", "adamw_lr_ratio")])
+@pytest.mark.parametrize(
+    "name, key",
+    [("adam", "momentum"), ("sgd", "momentum"), ("muon", "adamw_momentum"), ("sparse_adam", "adamw_lr_ratio")],
+)
 def test_unknown_param_key_names_key_and_valid_ones(name: str, key: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"unknown parameter {key!r} for optimizer {name!r}")) as raised:
         build(make_model(name), recipe_for(name, optimizer_params={key: 0.5}))
@@ -560,14 +680,33 @@ def test_unknown_param_key_names_key_and_valid_ones(name: str, key: str) -> None
 
 
 INVALID = [
-    ("adam", "beta1", 1.0), ("adam", "beta2", -0.1), ("adamw", "beta2", 1.5), ("adam", "eps", 0.0), ("nadam", "eps", -1e-8),
-    ("momentum", "momentum", 1.0), ("nesterov", "momentum", -0.5), ("momentum", "dampening", 2.0),
-    ("rmsprop", "alpha", 1.0), ("rmsprop", "centered", "yes"), ("adadelta", "rho", 1.1), ("adagrad", "lr_decay", -1.0),
-    ("adagrad", "initial_accumulator_value", -0.1), ("nadam", "momentum_decay", -0.1), ("adafactor", "beta2_decay", 0.5),
-    ("adafactor", "eps1", 0.0), ("adafactor", "d", 0.0), ("muon", "ns_steps", 0), ("muon", "nesterov", 1),
-    ("muon", "adjust_lr_fn", "rms"), ("muon", "adamw_beta1", 1.0), ("muon", "adamw_lr_ratio", 0.0),
-    ("schedulefree_adamw", "warmup_steps", -1), ("lbfgs", "history_size", 2.5), ("lbfgs", "line_search_fn", "armijo"),
-    ("sparse_adam", "adam_lr_ratio", -1.0), ("adam", "beta1", "0.9"),
+    ("adam", "beta1", 1.0),
+    ("adam", "beta2", -0.1),
+    ("adamw", "beta2", 1.5),
+    ("adam", "eps", 0.0),
+    ("nadam", "eps", -1e-8),
+    ("momentum", "momentum", 1.0),
+    ("nesterov", "momentum", -0.5),
+    ("momentum", "dampening", 2.0),
+    ("rmsprop", "alpha", 1.0),
+    ("rmsprop", "centered", "yes"),
+    ("adadelta", "rho", 1.1),
+    ("adagrad", "lr_decay", -1.0),
+    ("adagrad", "initial_accumulator_value", -0.1),
+    ("nadam", "momentum_decay", -0.1),
+    ("adafactor", "beta2_decay", 0.5),
+    ("adafactor", "eps1", 0.0),
+    ("adafactor", "d", 0.0),
+    ("muon", "ns_steps", 0),
+    ("muon", "nesterov", 1),
+    ("muon", "adjust_lr_fn", "rms"),
+    ("muon", "adamw_beta1", 1.0),
+    ("muon", "adamw_lr_ratio", 0.0),
+    ("schedulefree_adamw", "warmup_steps", -1),
+    ("lbfgs", "history_size", 2.5),
+    ("lbfgs", "line_search_fn", "armijo"),
+    ("sparse_adam", "adam_lr_ratio", -1.0),
+    ("adam", "beta1", "0.9"),
 ]
 
 
@@ -582,11 +721,15 @@ def test_invalid_switch_hyperparameter_is_refused() -> None:
         build(make_model("sgd"), recipe_for("sgd", switch=Switch("adam", 0.5, lr=0.1, optimizer_params={"beta1": 1.0})))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: Recipe(optimizer="adam", lr=-1e-3),
-    lambda: Recipe(optimizer="adam", lr=0.0),
-    lambda: Switch("sgd", 0.5, lr=-0.1),
-], ids=["negative-lr", "zero-lr", "negative-switch-lr"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Recipe(optimizer="adam", lr=-1e-3),
+        lambda: Recipe(optimizer="adam", lr=0.0),
+        lambda: Switch("sgd", 0.5, lr=-0.1),
+    ],
+    ids=["negative-lr", "zero-lr", "negative-switch-lr"],
+)
 def test_non_positive_lr_is_refused_with_its_value(make: Callable[[], Any]) -> None:
     with pytest.raises(ValueError, match=r"lr must be > 0, got lr=-?0?\.?\d"):
         make()

@@ -13,8 +13,11 @@ from tuner.schedules import build_schedule
 
 
 def test_lightning_export_builds_the_recipe(workdir: Path, cli) -> None:
-    path = write_study(workdir, budget={"epochs": 1, "n_trials": 2},
-                       space={"optimizers": ["adam"], "schedules": ["cosine"], "batch_size": 64, "clip_norm": 1.0})
+    path = write_study(
+        workdir,
+        budget={"epochs": 1, "n_trials": 2},
+        space={"optimizers": ["adam"], "schedules": ["cosine"], "batch_size": 64, "clip_norm": 1.0},
+    )
     assert cli("run", path).exit_code == 0
     result = cli("export", "tiny", "--format", "lightning")
     assert result.exit_code == 0, result.output

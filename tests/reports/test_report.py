@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,14 +25,25 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tuner.cli import app
 
     directory = tmp_path_factory.mktemp("report")
-    path = write_study(directory, budget={"epochs": 1, "n_trials": 6}, sampler={"name": "random"},
-                       space={"optimizers": {"adam": {}, "sgd": {"lr": {"low": 5.0, "high": 100.0}}},
-                              "schedules": ["constant", "cosine"], "batch_size": 64},
-                       storage=f"sqlite:///{directory / 'tuner.db'}", tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
+    path = write_study(
+        directory,
+        budget={"epochs": 1, "n_trials": 6},
+        sampler={"name": "random"},
+        space={
+            "optimizers": {"adam": {}, "sgd": {"lr": {"low": 5.0, "high": 100.0}}},
+            "schedules": ["constant", "cosine"],
+            "batch_size": 64,
+        },
+        storage=f"sqlite:///{directory / 'tuner.db'}",
+        tracking_uri=f"sqlite:///{directory / 'mlflow.db'}",
+    )
     runner = CliRunner()
     assert runner.invoke(app, ["run", str(path)], catch_exceptions=False).exit_code == 0
-    result = runner.invoke(app, ["report", "tiny", "-o", str(directory / "report.html"), "--storage",
-                                 f"sqlite:///{directory / 'tuner.db'}"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        ["report", "tiny", "-o", str(directory / "report.html"), "--storage", f"sqlite:///{directory / 'tuner.db'}"],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert "logged to MLflow run" in result.stdout
     return directory
@@ -45,8 +56,14 @@ def test_report_is_self_contained_and_explains_the_study(study_dir: Path) -> Non
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'tuner.db'}")
     assert page.count("<script type='text/javascript'>") == 1 and "<script src" not in page  # plotly.js inline, once
     assert len(page) > 3_000_000
-    for div in ("optimization-history", "parallel-coordinates", "parameter-importances", "best-value-per-optimizer-family",
-                "lr-curves-of-the-top-trials", "learning-curves-of-the-top-trials"):
+    for div in (
+        "optimization-history",
+        "parallel-coordinates",
+        "parameter-importances",
+        "best-value-per-optimizer-family",
+        "lr-curves-of-the-top-trials",
+        "learning-curves-of-the-top-trials",
+    ):
         assert f'id="plot-{div}"' in page, div
     states = [t.state.name for t in study.trials]
     assert "PRUNED" in states and "COMPLETE" in states
@@ -65,19 +82,32 @@ def test_report_is_logged_on_the_parent_run(study_dir: Path) -> None:
     assert "report.html" in names
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--virtual-time-budget=15000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--virtual-time-budget=15000",
+]
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
-                    reason="needs Debian's chromium (.ci/run installs it; under CI a missing chromium fails the test)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("CI"),
+    reason="needs Debian's chromium (.ci/run installs it; under CI a missing chromium fails the test)",
+)
 def test_report_renders_in_headless_chromium_without_errors(study_dir: Path) -> None:
     url = (study_dir / "report.html").as_uri()
     profile = study_dir / "chromium-profile"
 
     def chromium(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
-                              capture_output=True, text=True, timeout=180)
+        return subprocess.run(
+            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
 
     logged = chromium("--enable-logging=stderr", "--v=0", "--dump-dom")
     console = [line for line in logged.stderr.splitlines() if ":CONSOLE" in line]

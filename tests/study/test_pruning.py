@@ -11,15 +11,24 @@ from tuner.study.pruning import Pruning
 from tuner.study.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
-              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 
-def _study(tmp_path: Path, name: str = "s", pruner: optuna.pruners.BasePruner | None = None, seed: int = 0) -> optuna.Study:
+def _study(
+    tmp_path: Path, name: str = "s", pruner: optuna.pruners.BasePruner | None = None, seed: int = 0
+) -> optuna.Study:
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=3)
-    return optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler,
-                               pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3))
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=3),
+    )
 
 
 def _decide(study: optuna.Study, pruning: Pruning, trials, step: int, values: list[float]) -> list[bool]:

@@ -86,8 +86,11 @@ def test_unknown_study_exits_2_listing_studies(workdir: Path, cli) -> None:
 
 
 def test_divergence_prunes_with_a_reason_and_never_a_nan(workdir: Path, cli) -> None:
-    path = write_study(workdir, budget={"epochs": 2, "n_trials": 1},
-                       space={"optimizers": {"sgd": {"lr": 1.0e4}}, "schedules": ["constant"], "batch_size": [64]})
+    path = write_study(
+        workdir,
+        budget={"epochs": 2, "n_trials": 1},
+        space={"optimizers": {"sgd": {"lr": 1.0e4}}, "schedules": ["constant"], "batch_size": [64]},
+    )
     assert cli("run", path).exit_code == 0
     (trial,) = _study(workdir).trials
     assert trial.state == optuna.trial.TrialState.PRUNED
@@ -111,9 +114,15 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
     # runs until interrupted; ASHA reads the trial's reports from the study, so they are written at once (see below)
     path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 200, "n_trials": 3}, pruner="asha")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(path), "--tracking-uri", "none"],
-                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_default_sigint)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "run", str(path), "--tracking-uri", "none"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not _has_running_trial(workdir):
@@ -130,7 +139,14 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
     assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
 
     short = write_study(workdir, "short.yaml", budget={"epochs": 1, "n_trials": 1})  # same study name: resumes it
-    resumed = subprocess.run([sys.executable, "-m", "tuner", "run", str(short), "--tracking-uri", "none"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuner", "run", str(short), "--tracking-uri", "none"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     states = [t.state for t in _study(workdir).trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
@@ -143,7 +159,8 @@ def _default_sigint() -> None:
 
 
 def _has_running_trial(workdir: Path) -> bool:
-    """Whether a trial is training. Read the study database read-only (creating Optuna's schema here would race the process under test)."""
+    """Whether a trial is training. Read the study database read-only (creating Optuna's schema here would race the
+    process under test)."""
     import sqlite3
 
     db = workdir / "tuner.db"
@@ -155,19 +172,32 @@ def _has_running_trial(workdir: Path) -> bool:
             # moments -- loading data, first imports -- is handled the same way, but the process sometimes ends by
             # SIGINT after its exit(130): a shell reports 130 either way, Popen -2. Seen with and without this
             # session's changes; CPython's "unhandled KeyboardInterrupt" flag survives a handled one.)
-            return connection.execute(
-                "SELECT count(*) FROM trials JOIN trial_intermediate_values USING (trial_id) WHERE state = 'RUNNING'"
-            ).fetchone()[0] > 0
+            return (
+                connection.execute(
+                    "SELECT count(*) FROM trials JOIN trial_intermediate_values USING (trial_id) "
+                    "WHERE state = 'RUNNING'"
+                ).fetchone()[0]
+                > 0
+            )
     except sqlite3.Error:
         return False
 
 
-@pytest.mark.parametrize("space", [
-    {"optimizers": {"adam": {}}, "schedules": {"cosine": {}}, "warmup": 0.1, "clip_norm": 1.0, "batch_size": [64]},
-    {"optimizers": {"nesterov": {}}, "schedules": {"one_cycle": {}}, "weight_decay": 1e-4, "batch_size": [64]},
-    {"optimizers": {"adamw": {}}, "schedules": {"cosine_restarts": {}}, "weight_decay": 1e-3,
-     "weight_decay_mode": "decoupled", "batch_size": [32]},
-], ids=["adam-cosine-warmup", "nesterov-onecycle", "adamw-restarts"])
+@pytest.mark.parametrize(
+    "space",
+    [
+        {"optimizers": {"adam": {}}, "schedules": {"cosine": {}}, "warmup": 0.1, "clip_norm": 1.0, "batch_size": [64]},
+        {"optimizers": {"nesterov": {}}, "schedules": {"one_cycle": {}}, "weight_decay": 1e-4, "batch_size": [64]},
+        {
+            "optimizers": {"adamw": {}},
+            "schedules": {"cosine_restarts": {}},
+            "weight_decay": 1e-3,
+            "weight_decay_mode": "decoupled",
+            "batch_size": [32],
+        },
+    ],
+    ids=["adam-cosine-warmup", "nesterov-onecycle", "adamw-restarts"],
+)
 def test_exported_python_reproduces_the_training_lr_sequence(workdir: Path, cli, space) -> None:
     import torch
 

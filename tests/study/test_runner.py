@@ -16,9 +16,13 @@ from tuner.study.tables import PRUNERS, SAMPLERS
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_runs_a_conditional_study(workdir: Path, sampler: str) -> None:
-    path = write_study(workdir, sampler=sampler, budget={"steps": 20, "eval_every": 10, "n_trials": 4},
-                       space={"optimizers": ["adam", "sgd"], "schedules": ["constant", "step"], "batch_size": [64]},
-                       tracking_uri="none")
+    path = write_study(
+        workdir,
+        sampler=sampler,
+        budget={"steps": 20, "eval_every": 10, "n_trials": 4},
+        space={"optimizers": ["adam", "sgd"], "schedules": ["constant", "step"], "batch_size": [64]},
+        tracking_uri="none",
+    )
     study = run_study(prepare(path), RunOptions(n_trials=4))
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) >= 4 and all(t.state != optuna.trial.TrialState.FAIL for t in finished)
@@ -29,8 +33,13 @@ def test_every_sampler_runs_a_conditional_study(workdir: Path, sampler: str) -> 
 
 @pytest.mark.parametrize("pruner", sorted(PRUNERS))
 def test_every_pruner_runs(workdir: Path, pruner: str) -> None:
-    path = write_study(workdir, pruner=pruner, budget={"steps": 40, "eval_every": 5, "n_trials": 6},
-                       space={"optimizers": ["sgd"], "schedules": ["constant"], "batch_size": [64]}, tracking_uri="none")
+    path = write_study(
+        workdir,
+        pruner=pruner,
+        budget={"steps": 40, "eval_every": 5, "n_trials": 6},
+        space={"optimizers": ["sgd"], "schedules": ["constant"], "batch_size": [64]},
+        tracking_uri="none",
+    )
     study = run_study(prepare(path), RunOptions(n_trials=6))
     states = {t.state for t in study.trials}
     assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}

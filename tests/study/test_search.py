@@ -7,9 +7,9 @@ import math
 import optuna
 import pytest
 
-from tuner.study.search import resolve_space
 from tuner.space import Beta
 from tuner.spec import SpaceSpec
+from tuner.study.search import resolve_space
 
 
 def _space(**kwargs):
@@ -49,8 +49,9 @@ def test_betas_are_sampled_on_a_log_one_minus_scale() -> None:
 
 
 def test_fixed_values_and_overrides() -> None:
-    space = _space(optimizers={"sgd": {"lr": 0.05}}, schedules={"step": {"gamma": 0.5}}, weight_decay=1e-4,
-                   clip_norm=[1.0, 5.0])
+    space = _space(
+        optimizers={"sgd": {"lr": 0.05}}, schedules={"step": {"gamma": 0.5}}, weight_decay=1e-4, clip_norm=[1.0, 5.0]
+    )
     trial = optuna.trial.FixedTrial({"clip_norm": 5.0, "step.step_size": 0.3})
     recipe = space.sample(trial)
     assert recipe.lr == 0.05 and recipe.schedule_params["gamma"] == 0.5
@@ -65,8 +66,11 @@ def test_grid_lists_every_parameter() -> None:
 
 
 def test_switch_is_searched_with_its_own_lr_and_fraction() -> None:
-    space = _space(optimizers=["adam"], schedules=["constant"],
-                   switch={"to": ["sgd", "momentum"], "at_fraction": {"low": 0.4, "high": 0.6}})
+    space = _space(
+        optimizers=["adam"],
+        schedules=["constant"],
+        switch={"to": ["sgd", "momentum"], "at_fraction": {"low": 0.4, "high": 0.6}},
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     seen = set()
     for _ in range(40):
@@ -88,4 +92,8 @@ def test_switch_targets_are_checked() -> None:
     with pytest.raises(TunerError, match="sgdd"):
         _space(optimizers=["adam"], schedules=["constant"], switch={"to": ["sgdd"]})
     with pytest.raises(TunerError, match="at_fraction"):
-        _space(optimizers=["adam"], schedules=["constant"], switch={"to": ["sgd"], "at_fraction": {"low": 0.5, "high": 1.5}})
+        _space(
+            optimizers=["adam"],
+            schedules=["constant"],
+            switch={"to": ["sgd"], "at_fraction": {"low": 0.5, "high": 1.5}},
+        )

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import TINY_STUDY, mlflow_runs
+from tests.helpers import ROOT, TINY_STUDY, mlflow_runs
 from tests.service_fixtures import MlflowServer, free_port
 
-from tests.helpers import ROOT
 N_TRIALS = 14
 TEAM_ENV = {"TUNER_HEARTBEAT_INTERVAL": "1", "TUNER_GRACE_PERIOD": "4", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -36,8 +35,9 @@ def mlflow_server(tmp_path_factory):
 def _tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, **TEAM_ENV}
     env.pop("TUNER_STORAGE", None)
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args], cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def _storage(url: str):
@@ -53,7 +53,9 @@ def _wait_for(condition, seconds: float, what: str, processes=()):
         if value:
             return value
         for process in processes:
-            assert process.poll() in (None, 0), f"a worker exited early with {process.returncode} while waiting for {what}"
+            assert process.poll() in (None, 0), (
+                f"a worker exited early with {process.returncode} while waiting for {what}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -69,8 +71,11 @@ def _trials(url: str, name: str):
 
 def _running_trial_of(url: str, name: str, pid: int):
     for trial in _trials(url, name):
-        if trial.state.name == "RUNNING" and trial.user_attrs.get("worker", "").endswith(f":{pid}") \
-                and trial.user_attrs.get("mlflow_run_id"):
+        if (
+            trial.state.name == "RUNNING"
+            and trial.user_attrs.get("worker", "").endswith(f":{pid}")
+            and trial.user_attrs.get("mlflow_run_id")
+        ):
             return trial
     return None
 
@@ -79,11 +84,19 @@ def _running_trial_of(url: str, name: str, pid: int):
 def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow_server, tmp_path):
     url = postgres.create_database("team_fault")
     study_file = tmp_path / "team.yaml"
-    study_file.write_text(yaml.safe_dump({
-        # trials of ~1 s (a 6-epoch trial took 30 ms: the victim could finish all its trials between two polls)
-        **TINY_STUDY, "name": "team", "budget": {"epochs": 120, "n_trials": N_TRIALS}, "sampler": "random",
-        "storage": url, "tracking_uri": mlflow_server.uri,
-    }))
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                # trials of ~1 s (a 6-epoch trial took 30 ms: the victim could finish all its trials between two polls)
+                **TINY_STUDY,
+                "name": "team",
+                "budget": {"epochs": 120, "n_trials": N_TRIALS},
+                "sampler": "random",
+                "storage": url,
+                "tracking_uri": mlflow_server.uri,
+            }
+        )
+    )
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     runner = _tuner("run", str(study_file), cwd=tmp_path, log=logs[0])
     _wait_for(lambda: _trials(url, "team"), 120, "the study to be created", [runner])
@@ -91,12 +104,18 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
     processes = [runner, *workers]
     victim = workers[0]
     try:
-        lost = _wait_for(lambda: _running_trial_of(url, "team", victim.pid), 120, "a running trial of the victim", processes)
+        lost = _wait_for(
+            lambda: _running_trial_of(url, "team", victim.pid), 120, "a running trial of the victim", processes
+        )
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         done_at_kill = sum(t.state.name == "COMPLETE" for t in _trials(url, "team"))
-        _wait_for(lambda: sum(t.state.name == "COMPLETE" for t in _trials(url, "team")) > done_at_kill, 120,
-                  "a trial to complete after the kill", [runner, workers[1]])
+        _wait_for(
+            lambda: sum(t.state.name == "COMPLETE" for t in _trials(url, "team")) > done_at_kill,
+            120,
+            "a trial to complete after the kill",
+            [runner, workers[1]],
+        )
         postgres.restart()
         codes = [process.wait(timeout=300) for process in (runner, workers[1])]
     finally:
@@ -107,7 +126,9 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
     assert codes == [0, 0], outputs
 
     trials = _trials(url, "team")
-    by_state = {state: [t for t in trials if t.state.name == state] for state in ("COMPLETE", "FAIL", "RUNNING", "WAITING")}
+    by_state = {
+        state: [t for t in trials if t.state.name == state] for state in ("COMPLETE", "FAIL", "RUNNING", "WAITING")
+    }
     assert len(by_state["COMPLETE"]) >= N_TRIALS, outputs
     assert not by_state["RUNNING"] and not by_state["WAITING"], outputs
     lost = next(t for t in trials if t.number == lost.number)
@@ -117,7 +138,9 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
     assert len(retries) == 1, "the lost trial is retried exactly once"
     retry = retries[0]
     assert retry.state.name == "COMPLETE" and retry.params == lost.params
-    assert retry.user_attrs["recipe"] == lost.user_attrs["recipe"] and retry.user_attrs["seed"] == lost.user_attrs["seed"]
+    assert (
+        retry.user_attrs["recipe"] == lost.user_attrs["recipe"] and retry.user_attrs["seed"] == lost.user_attrs["seed"]
+    )
     assert not retry.user_attrs["worker"].endswith(f":{victim.pid}")
     recipes = [json.dumps([t.user_attrs["recipe"], t.user_attrs["seed"]], sort_keys=True) for t in by_state["COMPLETE"]]
     assert len(set(recipes)) == len(recipes), "no completed trial is duplicated"
@@ -160,6 +183,7 @@ def _check_dashboard(url: str, name: str, n_trials: int, tmp_path: Path) -> None
     dashboard = _tuner("dashboard", "--storage", url, "--port", str(port), cwd=tmp_path, log=log)
     base = f"http://127.0.0.1:{port}"
     try:
+
         def studies():
             try:
                 return _get_json(f"{base}/api/studies")
@@ -181,6 +205,7 @@ def _check_dashboard(url: str, name: str, n_trials: int, tmp_path: Path) -> None
 
 # -- fault handling in isolation (SQLite, seconds) -------------------------------------------------------------
 
+
 def test_a_trial_whose_heartbeat_stops_fails_as_worker_lost_and_is_retried_once_with_its_recipe(tmp_path, monkeypatch):
     import optuna
 
@@ -189,10 +214,15 @@ def test_a_trial_whose_heartbeat_stops_fails_as_worker_lost_and_is_retried_once_
     monkeypatch.setenv("TUNER_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("TUNER_GRACE_PERIOD", "2")
     closed = []
-    storage = open_storage(f"sqlite:///{tmp_path / 'lost.db'}", on_lost=lambda run_id, reason: closed.append((run_id, reason)))
+    storage = open_storage(
+        f"sqlite:///{tmp_path / 'lost.db'}", on_lost=lambda run_id, reason: closed.append((run_id, reason))
+    )
     study = optuna.create_study(study_name="lost", storage=storage, direction="maximize")
     trial = study.ask()
-    params = {"lr": trial.suggest_float("lr", 1e-4, 1.0, log=True), "opt": trial.suggest_categorical("opt", ["adam", "sgd"])}
+    params = {
+        "lr": trial.suggest_float("lr", 1e-4, 1.0, log=True),
+        "opt": trial.suggest_categorical("opt", ["adam", "sgd"]),
+    }
     for key, value in {"seed": 1234, "recipe": {"lr": params["lr"]}, "mlflow_run_id": "run-abc"}.items():
         trial.set_user_attr(key, value)
     storage.record_heartbeat(trial._trial_id)  # ... and then the worker is gone: no more heartbeats
@@ -240,12 +270,13 @@ def test_an_unreachable_mlflow_server_does_not_fail_trials_and_the_gap_is_record
 
 # -- bad input ------------------------------------------------------------------------------------------------
 
+
 def test_an_unreachable_storage_exits_2_naming_the_url_with_the_password_masked(cli):
     url = f"postgresql://team:s3cret@127.0.0.1:{free_port()}/optuna"
     for args in (["worker", "team", "--storage", url], ["dashboard", "--storage", url]):
         result = cli(*args)
         assert result.exit_code == 2
-        assert f"cannot open storage postgresql://team:***@127.0.0.1" in result.output and "s3cret" not in result.output
+        assert "cannot open storage postgresql://team:***@127.0.0.1" in result.output and "s3cret" not in result.output
         assert "Traceback" not in result.output
 
 
@@ -259,7 +290,9 @@ def test_a_study_not_in_the_storage_exits_2_listing_the_studies(postgres, cli):
     assert "no study named 'beta'" in result.output and "studies: alpha" in result.output
 
 
-@pytest.mark.parametrize("gpus, message", [("99", "GPU 99 does not exist"), ("0,x", "'x' is not a GPU index"), (",", "expected a comma")])
+@pytest.mark.parametrize(
+    "gpus, message", [("99", "GPU 99 does not exist"), ("0,x", "'x' is not a GPU index"), (",", "expected a comma")]
+)
 def test_a_gpu_that_does_not_exist_exits_2(cli, gpus, message):
     result = cli("worker", "team", "--storage", "sqlite:///unused.db", "--gpus", gpus)
     assert result.exit_code == 2 and message in result.output
@@ -272,7 +305,18 @@ def test_gpu_workers_are_pinned_one_per_gpu():
     with pytest.raises(Exception, match="listed twice"):
         parse_gpus("1,1", available=2)
     command = gpu_worker_command(WorkerOptions("team", "postgresql://h/db", n_trials=8))
-    assert command[1:] == ["-m", "tuner", "worker", "team", "--storage", "postgresql://h/db", "--n-trials", "8", "--device", "cuda"]
+    assert command[1:] == [
+        "-m",
+        "tuner",
+        "worker",
+        "team",
+        "--storage",
+        "postgresql://h/db",
+        "--n-trials",
+        "8",
+        "--device",
+        "cuda",
+    ]
 
 
 # -- docker-compose parity --------------------------------------------------------------------------------------

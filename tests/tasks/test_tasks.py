@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 
 from tests.helpers import FIXTURES, ROOT
-
 from tuner.errors import TunerError, UnknownNameError
-from tuner.tasks import BUILTIN_TASKS, SimpleTask, TaskData, check_task, load_task
-from tuner.tasks import charlm, cifar
+from tuner.tasks import BUILTIN_TASKS, SimpleTask, TaskData, charlm, check_task, cifar, load_task
 
 CIFAR_IMAGES_PER_BATCH = 20
 #: Metrics that are not means over examples (the chunk-average test skips them): exp of a mean.
@@ -291,10 +288,10 @@ def test_quadratic_full_batch_option() -> None:
 
 
 def test_charlm_vocabulary_is_fixed_printable_ascii() -> None:
-    assert charlm.VOCAB == "\n" + "".join(sorted(set(string.printable) - set("\t\n\r\x0b\x0c")))
+    assert "\n" + "".join(sorted(set(string.printable) - set("\t\n\r\x0b\x0c"))) == charlm.VOCAB
     assert charlm.encode("A a\n~").tolist() == [34, 1, 66, 0, 95]  # pinned: a saved model stays decodable
     assert len(charlm.VOCAB) == len(set(charlm.VOCAB)) == 96
-    assert charlm.normalize("“naïve” — ok…\t") == "\"na?ve\" - ok...    "
+    assert charlm.normalize("“naïve” — ok…\t") == '"na?ve" - ok...    '
 
 
 @pytest.mark.parametrize("source", sorted(charlm.TEXT_SOURCES))
@@ -506,8 +503,10 @@ def tiny_data() -> TaskData:
     "kwargs, message",
     [
         ({"direction": "up"}, r"direction of 'loss' must be 'maximize' or 'minimize', got 'up'"),
-        ({"metric": "accuracy", "directions": {"accuracy": "minimize"}, "direction": "maximize"},
-         r"direction='maximize' disagrees with directions\['accuracy'\]='minimize'"),
+        (
+            {"metric": "accuracy", "directions": {"accuracy": "minimize"}, "direction": "maximize"},
+            r"direction='maximize' disagrees with directions\['accuracy'\]='minimize'",
+        ),
         ({"loss_fn": "mse"}, r"loss_fn must be callable, got loss_fn='mse'"),
         ({"default_batch_size": 0}, r"default_batch_size must be >= 1 or None, got default_batch_size=0"),
     ],
@@ -539,6 +538,12 @@ def test_task_data_checks_example_counts() -> None:
 def test_import_is_cheap() -> None:
     code = "import sys, tuner.tasks; print(sorted({'torch', 'numpy', 'sklearn'} & set(sys.modules)))"
     root = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=root, env={**os.environ, "PYTHONPATH": root})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""LR range test: the suggestion rule on known curves (spike, noise, no decrease), a real sweep, `tuner lr-find`, `lr: auto`."""
+"""LR range test: the suggestion rule on known curves (spike, noise, no decrease), a real sweep, `tuner lr-find`,
+`lr: auto`."""
 
 from __future__ import annotations
 
@@ -46,12 +47,15 @@ def test_noise_moves_the_suggestion_by_less_than_2x(seed: int) -> None:
     assert 0.5 < ratio < 2.0
 
 
-@pytest.mark.parametrize("losses, note", [
-    ([2.0 + 0.1 * i for i in range(40)], "barely fell"),           # rises from the start: LR range too high
-    ([2.3] * 100, "barely fell"),                                   # flat: the model does not respond
-    ([float("nan")] * 5, "not finite at the first step"),           # diverged at once
-    ([2.3, float("inf")], "barely fell"),                           # one finite point
-])
+@pytest.mark.parametrize(
+    "losses, note",
+    [
+        ([2.0 + 0.1 * i for i in range(40)], "barely fell"),  # rises from the start: LR range too high
+        ([2.3] * 100, "barely fell"),  # flat: the model does not respond
+        ([float("nan")] * 5, "not finite at the first step"),  # diverged at once
+        ([2.3, float("inf")], "barely fell"),  # one finite point
+    ],
+)
 def test_never_empty(losses: list[float], note: str) -> None:
     result = suggest(LRS, losses)
     assert math.isfinite(result.lr) and result.lr > 0
@@ -61,7 +65,7 @@ def test_never_empty(losses: list[float], note: str) -> None:
 
 def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:
     assert not diverged([2.3, 90.0, 2.2, 2.2, 2.1, 2.1], min_steps=10, factor=4)  # early spike
-    assert not diverged([2.0] * 20 + [50.0, 2.0], min_steps=10, factor=4)         # one spike: median ignores it
+    assert not diverged([2.0] * 20 + [50.0, 2.0], min_steps=10, factor=4)  # one spike: median ignores it
     assert diverged([2.0] * 20 + [50.0] * 3, min_steps=10, factor=4)
     assert diverged([2.0, float("nan")], min_steps=10, factor=4)
 
@@ -91,11 +95,14 @@ def test_cli_lr_find_prints_json_and_plot(workdir: Path, cli) -> None:
     assert (workdir / "lr.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--plot", "lr.txt"], "--plot: lr.txt"),
-    (["--optimizer", "nope"], "unknown optimizer 'nope'"),
-    (["--lr-start", "1", "--lr-end", "0.1"], "lr_start=1.0, lr_end=0.1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--plot", "lr.txt"], "--plot: lr.txt"),
+        (["--optimizer", "nope"], "unknown optimizer 'nope'"),
+        (["--lr-start", "1", "--lr-end", "0.1"], "lr_start=1.0, lr_end=0.1"),
+    ],
+)
 def test_cli_lr_find_bad_input_exits_2(workdir: Path, cli, args: list[str], message: str) -> None:
     result = cli("lr-find", write_study(workdir), *args)
     assert result.exit_code == 2 and message in result.stderr
@@ -103,8 +110,11 @@ def test_cli_lr_find_bad_input_exits_2(workdir: Path, cli, args: list[str], mess
 
 
 def test_lr_auto_sets_recorded_ranges_and_resume_keeps_them(workdir: Path, cli) -> None:
-    path = write_study(workdir, budget={"epochs": 1, "n_trials": 3},
-                       space={"optimizers": {"adam": {"lr": "auto"}, "sgd": {}}, "schedules": ["constant"], "batch_size": 64})
+    path = write_study(
+        workdir,
+        budget={"epochs": 1, "n_trials": 3},
+        space={"optimizers": {"adam": {"lr": "auto"}, "sgd": {}}, "schedules": ["constant"], "batch_size": 64},
+    )
     result = cli("run", path)
     assert result.exit_code == 0, result.output
     assert "lr: auto  adam" in result.stdout and "lr: auto  sgd" not in result.stdout
@@ -117,7 +127,9 @@ def test_lr_auto_sets_recorded_ranges_and_resume_keeps_them(workdir: Path, cli) 
             assert (dist.low, dist.high) == pytest.approx((ranges["adam"]["low"], ranges["adam"]["high"]))
         else:
             assert trial.distributions["sgd.lr"].low == 1e-3  # the catalog's range: sgd is not auto
-    (parent,) = [r for r in mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tiny") if r.data.tags.get("tuner.role") == "study"]
+    (parent,) = [
+        r for r in mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tiny") if r.data.tags.get("tuner.role") == "study"
+    ]
     assert float(parent.data.params["lr_auto.adam.low"]) == pytest.approx(ranges["adam"]["low"])
     assert "adam=[" in parent.data.tags["tuner.lr_auto"]
 

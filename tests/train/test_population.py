@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import tuner.train.population as population
-from tests.helpers import mlflow_runs, write_study
-from tests.helpers import RTOL, RecordingTask
-from tuner.train.population import PopulationFallbackWarning, fit_population, population_cap, vmap_blocker
+from tests.helpers import RTOL, RecordingTask, mlflow_runs, write_study
 from tuner.recipe import Recipe
 from tuner.tasks import SimpleTask, load_task
 from tuner.train import TrainBudget, fit
+from tuner.train.population import PopulationFallbackWarning, fit_population, population_cap, vmap_blocker
 
 BUDGET = TrainBudget(steps=30, eval_every=10)
 
@@ -53,7 +52,12 @@ def test_stopped_and_diverged_members_leave_without_touching_the_others(task) ->
 
 
 def test_stacks_keep_order_mix_rules_and_unbatched_optimizers_fall_back_with_one_warning(task) -> None:
-    recipes = [Recipe("adam", 1e-3), Recipe("sgd", 0.05), Recipe("adafactor", 1e-2), Recipe("adam", 3e-3, batch_size=32)]
+    recipes = [
+        Recipe("adam", 1e-3),
+        Recipe("sgd", 0.05),
+        Recipe("adafactor", 1e-2),
+        Recipe("adam", 3e-3, batch_size=32),
+    ]
     with pytest.warns(PopulationFallbackWarning, match="adafactor") as record:
         results = fit_population(task, recipes, BUDGET, seeds=[5, 6, 7, 8], device="cpu")
     assert len([w for w in record if issubclass(w.category, PopulationFallbackWarning)]) == 1
@@ -77,10 +81,19 @@ def _batchnorm_task() -> SimpleTask:
     digits = load_task("digits-mlp", {})
 
     def model():
-        return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        return torch.nn.Sequential(
+            torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+        )
 
-    return SimpleTask(name="digits-bn", model_fn=model, data_fn=digits.load_data, loss_fn=digits.loss,
-                      metrics_fn=digits.metrics_fn, metric="accuracy", direction="maximize")
+    return SimpleTask(
+        name="digits-bn",
+        model_fn=model,
+        data_fn=digits.load_data,
+        loss_fn=digits.loss,
+        metrics_fn=digits.metrics_fn,
+        metric="accuracy",
+        direction="maximize",
+    )
 
 
 def test_batchnorm_falls_back_to_sequential_training() -> None:
@@ -112,8 +125,11 @@ def _members_equal_training_alone(task, recipes: list[Recipe], seeds: list[int])
             assert error <= RTOL, f"{recipe.optimizer}: {name} differs by {error:.2e} (relative)"
 
 
-MIXED_RECIPES = [Recipe("adam", 3e-3, weight_decay=1e-2, clip_norm=1.0), Recipe("adamw", 1e-2, schedule="cosine"),
-                 Recipe("adam", 1e-3, {"beta1": 0.8}, warmup=5)]
+MIXED_RECIPES = [
+    Recipe("adam", 3e-3, weight_decay=1e-2, clip_norm=1.0),
+    Recipe("adamw", 1e-2, schedule="cosine"),
+    Recipe("adam", 1e-3, {"beta1": 0.8}, warmup=5),
+]
 
 
 @pytest.fixture
@@ -137,10 +153,19 @@ def test_layers_the_stacked_path_does_not_know_go_through_vmap() -> None:
     digits = load_task("digits-mlp", {})
 
     def model():
-        return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        return torch.nn.Sequential(
+            torch.nn.Linear(64, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+        )
 
-    layer_norm = SimpleTask(name="digits-ln", model_fn=model, data_fn=digits.load_data, loss_fn=digits.loss_fn,
-                            metrics_fn=digits.metrics_fn, metric="accuracy", direction="maximize")
+    layer_norm = SimpleTask(
+        name="digits-ln",
+        model_fn=model,
+        data_fn=digits.load_data,
+        loss_fn=digits.loss_fn,
+        metrics_fn=digits.metrics_fn,
+        metric="accuracy",
+        direction="maximize",
+    )
     assert population.StackedNet.of(model()) is None
     _members_equal_training_alone(layer_norm, MIXED_RECIPES[:2], [5, 6])
 
@@ -158,8 +183,15 @@ def test_a_user_loss_is_differentiated_by_autograd_on_the_stacked_path(no_vmap) 
     def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict:
         return {"accuracy": (outputs.argmax(1) == targets).float().mean()}
 
-    user = SimpleTask(name="digits-smooth", model_fn=digits.model_fn, data_fn=digits.load_data, loss_fn=smoothed,
-                      metrics_fn=metrics, metric="accuracy", direction="maximize")
+    user = SimpleTask(
+        name="digits-smooth",
+        model_fn=digits.model_fn,
+        data_fn=digits.load_data,
+        loss_fn=smoothed,
+        metrics_fn=metrics,
+        metric="accuracy",
+        direction="maximize",
+    )
     assert user.population_loss is None and user.population_metrics is None
     _members_equal_training_alone(user, MIXED_RECIPES[:2], [9, 10])
 
@@ -190,9 +222,11 @@ def test_bad_arguments_name_the_counts(task) -> None:
 
 @pytest.mark.filterwarnings("ignore::tuner.train.population.PopulationFallbackWarning")  # adafactor trains sequentially
 def test_run_with_population_makes_ordinary_trials(workdir: Path, cli) -> None:
-    path = write_study(workdir, budget={"epochs": 2, "n_trials": 6, "population": 4},
-                       space={"optimizers": ["adam", "sgd", "adafactor"], "schedules": ["constant", "plateau"],
-                              "batch_size": [64]})
+    path = write_study(
+        workdir,
+        budget={"epochs": 2, "n_trials": 6, "population": 4},
+        space={"optimizers": ["adam", "sgd", "adafactor"], "schedules": ["constant", "plateau"], "batch_size": [64]},
+    )
     result = cli("run", path)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}")
@@ -203,7 +237,9 @@ def test_run_with_population_makes_ordinary_trials(workdir: Path, cli) -> None:
         assert {"recipe", "seed", "reason", "duration_s", "total_steps", "population"} <= set(trial.user_attrs)
         assert trial.intermediate_values, trial.number
     assert max(t.user_attrs["population"] for t in study.trials) >= 2
-    runs = [r for r in mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tiny") if r.data.tags.get("tuner.role") == "trial"]
+    runs = [
+        r for r in mlflow_runs(f"sqlite:///{workdir / 'mlflow.db'}", "tiny") if r.data.tags.get("tuner.role") == "trial"
+    ]
     assert len(runs) == 6
     assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics and "lr" in r.data.metrics for r in runs)
 
@@ -213,8 +249,12 @@ def test_run_with_population_makes_ordinary_trials(workdir: Path, cli) -> None:
 
 
 def test_a_first_population_prunes_among_peers_and_pruned_members_keep_their_last_value(workdir: Path, cli) -> None:
-    path = write_study(workdir, budget={"epochs": 3, "n_trials": 8, "population": 8}, pruner="median",
-                       space={"optimizers": ["adam", "sgd"], "schedules": ["constant"], "batch_size": [64]})
+    path = write_study(
+        workdir,
+        budget={"epochs": 3, "n_trials": 8, "population": 8},
+        pruner="median",
+        space={"optimizers": ["adam", "sgd"], "schedules": ["constant"], "batch_size": [64]},
+    )
     result = cli("run", path)
     assert result.exit_code == 0, result.output
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").trials

@@ -3,7 +3,7 @@ module under autograd; unknown models are refused; the stacked losses and metric
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,30 +12,57 @@ from torch import nn
 from torch.func import stack_module_state
 
 import tuner.train.stacked as stacked
-from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.tasks import SimpleTask
 from tuner.tasks.base import classification_metrics, cross_entropy, stacked_cross_entropy
+from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 
 MEMBERS, BATCH = 3, 5
 
 
 def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 8, bias=False), nn.GELU(approximate="tanh")),
-                         nn.Identity(), nn.Linear(8, 7), nn.SiLU(), nn.Dropout(0.0), nn.Linear(7, 5), nn.Sigmoid(),
-                         nn.Linear(5, 4), nn.LeakyReLU(0.1), nn.GELU(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Linear(6, 8),
+        nn.Tanh(),
+        nn.Sequential(nn.Linear(8, 8, bias=False), nn.GELU(approximate="tanh")),
+        nn.Identity(),
+        nn.Linear(8, 7),
+        nn.SiLU(),
+        nn.Dropout(0.0),
+        nn.Linear(7, 5),
+        nn.Sigmoid(),
+        nn.Linear(5, 4),
+        nn.LeakyReLU(0.1),
+        nn.GELU(),
+        nn.Linear(4, 3),
+    )
 
 
 def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 6, 3, padding="same", groups=2, bias=False), nn.Tanh(), nn.MaxPool2d(3, stride=1),
-                         nn.Conv2d(6, 4, 2, stride=2, dilation=1, padding="valid"), nn.ReLU(), nn.AvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding="same", groups=2, bias=False),
+        nn.Tanh(),
+        nn.MaxPool2d(3, stride=1),
+        nn.Conv2d(6, 4, 2, stride=2, dilation=1, padding="valid"),
+        nn.ReLU(),
+        nn.AvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def _pools() -> nn.Module:
-    return nn.Sequential(nn.MaxPool2d(2, stride=2, padding=1), nn.Conv2d(2, 3, 3, dilation=2, padding=2), nn.ReLU(),
-                         nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(1), nn.Linear(3, 2))
+    return nn.Sequential(
+        nn.MaxPool2d(2, stride=2, padding=1),
+        nn.Conv2d(2, 3, 3, dilation=2, padding=2),
+        nn.ReLU(),
+        nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(3, 2),
+    )
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -105,18 +132,22 @@ def _hooked() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("model", [
-    nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)),
-    nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)),
-    nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)),
-    nn.Sequential(nn.Linear(2, 2), _Custom()),
-    _SequentialWithForward(nn.Linear(2, 2)),
-    nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect", padding=1)),
-    nn.Sequential(nn.Conv2d(1, 1, 2, padding="same")),  # asymmetric padding
-    nn.Sequential(nn.MaxPool2d(2, return_indices=True)),
-    nn.Sequential(nn.Flatten(0)),
-    _hooked(),
-], ids=lambda m: type(m).__name__ + ":" + "/".join(type(c).__name__ for c in m.children()))
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)),
+        nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)),
+        nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)),
+        nn.Sequential(nn.Linear(2, 2), _Custom()),
+        _SequentialWithForward(nn.Linear(2, 2)),
+        nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect", padding=1)),
+        nn.Sequential(nn.Conv2d(1, 1, 2, padding="same")),  # asymmetric padding
+        nn.Sequential(nn.MaxPool2d(2, return_indices=True)),
+        nn.Sequential(nn.Flatten(0)),
+        _hooked(),
+    ],
+    ids=lambda m: type(m).__name__ + ":" + "/".join(type(c).__name__ for c in m.children()),
+)
 def test_unknown_layers_and_hooks_are_refused(model: nn.Module) -> None:
     assert StackedNet.of(model) is None
 
@@ -139,15 +170,25 @@ def _task(loss_fn: Callable, metrics_fn: Callable | None = None) -> SimpleTask:
     return SimpleTask(name="t", model_fn=lambda: None, data_fn=lambda: None, loss_fn=loss_fn, metrics_fn=metrics_fn)
 
 
-@pytest.mark.parametrize("loss_fn, outputs, targets", [
-    (cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.randint(0, 4, (MEMBERS, BATCH))),
-    (cross_entropy, torch.randn(MEMBERS, BATCH, 3, 4), torch.randint(0, 4, (MEMBERS, BATCH, 3))),
-    (F.cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.randint(0, 4, (MEMBERS, BATCH))),
-    (F.cross_entropy, torch.randn(MEMBERS, BATCH, 4, 3), torch.randint(0, 4, (MEMBERS, BATCH, 3))),  # classes on dim 1
-    (F.cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.softmax(torch.randn(MEMBERS, BATCH, 4), -1)),
-    (F.mse_loss, torch.randn(MEMBERS, BATCH, 2), torch.randn(MEMBERS, BATCH, 2)),
-], ids=["ce", "ce-sequence", "torch-ce", "torch-ce-2d", "torch-ce-probabilities", "mse"])
-def test_population_loss_hook_equals_each_member_loss(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+@pytest.mark.parametrize(
+    "loss_fn, outputs, targets",
+    [
+        (cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.randint(0, 4, (MEMBERS, BATCH))),
+        (cross_entropy, torch.randn(MEMBERS, BATCH, 3, 4), torch.randint(0, 4, (MEMBERS, BATCH, 3))),
+        (F.cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.randint(0, 4, (MEMBERS, BATCH))),
+        (
+            F.cross_entropy,
+            torch.randn(MEMBERS, BATCH, 4, 3),
+            torch.randint(0, 4, (MEMBERS, BATCH, 3)),
+        ),  # classes on dim 1
+        (F.cross_entropy, torch.randn(MEMBERS, BATCH, 4), torch.softmax(torch.randn(MEMBERS, BATCH, 4), -1)),
+        (F.mse_loss, torch.randn(MEMBERS, BATCH, 2), torch.randn(MEMBERS, BATCH, 2)),
+    ],
+    ids=["ce", "ce-sequence", "torch-ce", "torch-ce-2d", "torch-ce-probabilities", "mse"],
+)
+def test_population_loss_hook_equals_each_member_loss(
+    loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor
+) -> None:
     hook = _task(loss_fn).population_loss
     assert hook is not None
     expected = torch.stack([loss_fn(outputs[i], targets[i]) for i in range(MEMBERS)])

@@ -51,8 +51,13 @@ def test_patience_stops_early(digits) -> None:
 
 def test_on_eval_can_stop_the_run(digits) -> None:
     seen = []
-    result = fit(digits, Recipe(optimizer="adam", lr=1e-3), TrainBudget(epochs=5),
-                 on_eval=lambda e: seen.append(e.step) or len(seen) == 2, seed=0)
+    result = fit(
+        digits,
+        Recipe(optimizer="adam", lr=1e-3),
+        TrainBudget(epochs=5),
+        on_eval=lambda e: seen.append(e.step) or len(seen) == 2,
+        seed=0,
+    )
     assert result.status == "stopped" and len(result.evaluations) == 2
 
 
@@ -71,7 +76,10 @@ def test_full_batch_lbfgs_on_quadratic() -> None:
     task = load_task("quadratic", {"dim": 10, "n": 256})
     result = fit(task, Recipe(optimizer="lbfgs", lr=0.5, batch_size=None), TrainBudget(steps=20, eval_every=5), seed=0)
     assert result.status in ("completed", "early_stopped")
-    assert result.evaluations[-1].metrics["loss"] < result.evaluations[0].metrics["loss"] or result.evaluations[0].metrics["loss"] < 0.05
+    assert (
+        result.evaluations[-1].metrics["loss"] < result.evaluations[0].metrics["loss"]
+        or result.evaluations[0].metrics["loss"] < 0.05
+    )
 
 
 def test_plan_steps() -> None:

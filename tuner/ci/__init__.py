@@ -5,4 +5,14 @@ from tuner.ci.lockfile import LockFile, dump_lock, read_lock
 from tuner.ci.rule import Verdict, judge
 from tuner.ci.runner import CaseResult, regress
 
-__all__ = ["CaseResult", "LockFile", "Verdict", "build_lock", "dump_lock", "judge", "lock_study", "read_lock", "regress"]
+__all__ = [
+    "CaseResult",
+    "LockFile",
+    "Verdict",
+    "build_lock",
+    "dump_lock",
+    "judge",
+    "lock_study",
+    "read_lock",
+    "regress",
+]

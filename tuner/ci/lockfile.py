@@ -86,8 +86,10 @@ def read_lock(path: str | Path) -> LockFile:
     data = read_yaml_mapping(path, "lock file", "lock_version, task, recipes ...")
     version = data.get("lock_version")
     if version != LOCK_VERSION:
-        raise TunerError(f"{path}: lock_version: this tuner ({tuner_version()}) reads lock files of version {LOCK_VERSION}, "
-                         f"got {version!r}; re-create the lock with `tuner lock`")
+        raise TunerError(
+            f"{path}: lock_version: this tuner ({tuner_version()}) reads lock files of version {LOCK_VERSION}, "
+            f"got {version!r}; re-create the lock with `tuner lock`"
+        )
     try:
         lock = LockFile.model_validate(data)
     except ValidationError as error:
@@ -100,7 +102,9 @@ def read_lock(path: str | Path) -> LockFile:
 def _check_entry(path: Path, index: int, entry: LockedRecipe) -> None:
     where = f"{path}: recipes.{index}"
     if len(entry.values) != len(entry.seeds):
-        raise TunerError(f"{where}: values and seeds must have the same length, got {len(entry.values)} and {len(entry.seeds)}")
+        raise TunerError(
+            f"{where}: values and seeds must have the same length, got {len(entry.values)} and {len(entry.seeds)}"
+        )
     try:
         check_recipe(recipe_of(entry))
     except (TunerError, ValueError, TypeError) as error:
@@ -124,8 +128,10 @@ def check_recipe(recipe: Recipe) -> None:
 
 def dump_lock(lock: LockFile) -> str:
     """The lock as YAML: keys in a fixed order, floats written exactly (they read back bit-identical)."""
-    header = (f"# tuner lock file of study {lock.study!r}: re-run it with `tuner regress <this file>`.\n"
-              f"# Pass rule: see `tolerance` below and the README section 'CI regression of best configs'.\n")
+    header = (
+        f"# tuner lock file of study {lock.study!r}: re-run it with `tuner regress <this file>`.\n"
+        f"# Pass rule: see `tolerance` below and the README section 'CI regression of best configs'.\n"
+    )
     return header + yaml.safe_dump(lock.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=120)
 
 

@@ -30,8 +30,8 @@ scipy is imported inside the test.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT = 0.5
@@ -67,8 +67,14 @@ class Verdict:
     reason: str
 
 
-def judge(locked: Sequence[float], new: Sequence[float], direction: str, tolerance: float, alpha: float = DEFAULT_ALPHA,
-          paired: bool = False) -> Verdict:
+def judge(
+    locked: Sequence[float],
+    new: Sequence[float],
+    direction: str,
+    tolerance: float,
+    alpha: float = DEFAULT_ALPHA,
+    paired: bool = False,
+) -> Verdict:
     """Apply the pass rule (module docstring) to locked and new per-seed values."""
     sign = 1.0 if direction == "maximize" else -1.0
     good_locked, good_new = [sign * v for v in locked], [sign * v for v in new]
@@ -76,8 +82,10 @@ def judge(locked: Sequence[float], new: Sequence[float], direction: str, toleran
     test, p_value = _one_sided_p(good_locked, good_new, tolerance, paired)
     passed = not p_value < alpha
     relation = "within" if worse <= tolerance else "beyond"
-    reason = (f"worse by {worse:.4g} ({relation} tolerance {tolerance:.4g}); {test} p={p_value:.3g} "
-              f"{'>=' if passed else '<'} alpha={alpha:g}")
+    reason = (
+        f"worse by {worse:.4g} ({relation} tolerance {tolerance:.4g}); {test} p={p_value:.3g} "
+        f"{'>=' if passed else '<'} alpha={alpha:g}"
+    )
     return Verdict(passed, worse, tolerance, p_value, test, reason)
 
 

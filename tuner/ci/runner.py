@@ -12,10 +12,11 @@ import json
 import math
 import os
 import platform
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 from tuner.ci.lockfile import LockedRecipe, LockFile, read_lock, tuner_version
 from tuner.ci.rule import Verdict, judge
@@ -45,8 +46,13 @@ def environment(device: str) -> dict[str, Any]:
     for package in ("optuna", "scipy"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             env[package] = importlib.metadata.version(package)
-    env.update(python=platform.python_version(), platform=platform.platform(), machine=platform.machine(),
-               device=str(resolved), threads=torch.get_num_threads())
+    env.update(
+        python=platform.python_version(),
+        platform=platform.platform(),
+        machine=platform.machine(),
+        device=str(resolved),
+        threads=torch.get_num_threads(),
+    )
     if resolved.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(resolved)
     return env
@@ -94,8 +100,16 @@ def fit_job(job: FitJob) -> SeedResult:
     from tuner.train import TrainBudget, fit
 
     with _deterministic_restored():
-        result = fit(_task_for(job), Recipe.from_dict(job.recipe), TrainBudget(**job.budget), metric=job.metric,
-                     direction=job.direction, device=job.device, seed=job.seed, deterministic=job.deterministic)
+        result = fit(
+            _task_for(job),
+            Recipe.from_dict(job.recipe),
+            TrainBudget(**job.budget),
+            metric=job.metric,
+            direction=job.direction,
+            device=job.device,
+            seed=job.seed,
+            deterministic=job.deterministic,
+        )
     value = result.best.metrics[job.metric] if result.best is not None else None
     return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
 
@@ -105,7 +119,10 @@ def _deterministic_restored() -> Iterator[None]:
     """``fit(deterministic=True)`` switches torch's deterministic algorithms on process-wide; switch them back."""
     import torch
 
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
         yield
     finally:
@@ -121,8 +138,9 @@ def run_jobs(jobs: Sequence[FitJob], processes: int = 1) -> list[SeedResult]:
 
     workers = min(processes, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
         return list(pool.map(fit_job, jobs))
 
 
@@ -157,15 +175,29 @@ def plan_seeds(entry: LockedRecipe, count: Optional[int], study_seed_base: int =
     if count < len(entry.seeds):
         return list(entry.seeds[:count])
     fresh = [s for s in derive_seeds(study_seed_base + entry.rank, count * 2, start=10_000) if s not in entry.seeds]
-    return list(entry.seeds) + fresh[:count - len(entry.seeds)]
+    return list(entry.seeds) + fresh[: count - len(entry.seeds)]
 
 
-def jobs_for(lock: LockFile, lock_path: str | Path, entry: LockedRecipe, seeds: Sequence[int],
-             device: Optional[str] = None) -> list[FitJob]:
+def jobs_for(
+    lock: LockFile, lock_path: str | Path, entry: LockedRecipe, seeds: Sequence[int], device: Optional[str] = None
+) -> list[FitJob]:
     """One ``FitJob`` per seed for a locked recipe; relative task files are found next to the lock file."""
     base_dir = str(Path(lock_path).resolve().parent)
-    return [FitJob(lock.task.name, dict(lock.task.options), base_dir, dict(entry.recipe), lock.budget.model_dump(),
-                   lock.metric, lock.direction, device or lock.device, seed, lock.deterministic) for seed in seeds]
+    return [
+        FitJob(
+            lock.task.name,
+            dict(lock.task.options),
+            base_dir,
+            dict(entry.recipe),
+            lock.budget.model_dump(),
+            lock.metric,
+            lock.direction,
+            device or lock.device,
+            seed,
+            lock.deterministic,
+        )
+        for seed in seeds
+    ]
 
 
 def check_tasks(locks: Sequence[tuple[str, LockFile]]) -> None:
@@ -178,12 +210,15 @@ def check_tasks(locks: Sequence[tuple[str, LockFile]]) -> None:
         except TunerError as error:
             raise TunerError(f"{path}: task: {error}") from None
         if lock.metric not in task.directions:
-            raise TunerError(f"{path}: metric: unknown metric {lock.metric!r} for task {lock.task.name!r}; "
-                             f"valid metrics: {', '.join(sorted(task.directions))}")
+            raise TunerError(
+                f"{path}: metric: unknown metric {lock.metric!r} for task {lock.task.name!r}; "
+                f"valid metrics: {', '.join(sorted(task.directions))}"
+            )
 
 
-def regress(paths: Sequence[str | Path], *, seeds: Optional[int] = None, jobs: int = 1,
-            device: Optional[str] = None) -> list[CaseResult]:
+def regress(
+    paths: Sequence[str | Path], *, seeds: Optional[int] = None, jobs: int = 1, device: Optional[str] = None
+) -> list[CaseResult]:
     """Validate every lock, re-run every locked recipe on its seeds, and judge each one with the pass rule."""
     locks = [(str(path), read_lock(path)) for path in paths]
     check_tasks(locks)
@@ -196,10 +231,20 @@ def regress(paths: Sequence[str | Path], *, seeds: Optional[int] = None, jobs: i
     cases, offset = [], 0
     here = environment(device or "auto")
     for path, lock, entry, chosen, case_jobs in planned:
-        new = results[offset:offset + len(case_jobs)]
+        new = results[offset : offset + len(case_jobs)]
         offset += len(case_jobs)
-        cases.append(CaseResult(path, lock, entry, chosen, new, verdict_for(lock, entry, chosen, new),
-                                sum(r.seconds for r in new), environment_notes(lock.environment, here)))
+        cases.append(
+            CaseResult(
+                path,
+                lock,
+                entry,
+                chosen,
+                new,
+                verdict_for(lock, entry, chosen, new),
+                sum(r.seconds for r in new),
+                environment_notes(lock.environment, here),
+            )
+        )
     return cases
 
 
@@ -208,17 +253,32 @@ def verdict_for(lock: LockFile, entry: LockedRecipe, seeds: Sequence[int], new: 
     broken = [r for r in new if r.value is None or r.status == "diverged"]
     if broken:
         first = broken[0]
-        return Verdict(False, math.inf, entry.tolerance, 0.0, "diverged",
-                       f"seed {first.seed}: {first.reason or first.status or 'no evaluation'}")
-    return judge(entry.values, [r.value for r in new], lock.direction, entry.tolerance, lock.rule.alpha,
-                 paired=list(seeds) == list(entry.seeds))
+        return Verdict(
+            False,
+            math.inf,
+            entry.tolerance,
+            0.0,
+            "diverged",
+            f"seed {first.seed}: {first.reason or first.status or 'no evaluation'}",
+        )
+    return judge(
+        entry.values,
+        [r.value for r in new],
+        lock.direction,
+        entry.tolerance,
+        lock.rule.alpha,
+        paired=list(seeds) == list(entry.seeds),
+    )
 
 
 def environment_notes(locked: dict[str, Any], here: dict[str, Any]) -> list[str]:
     """'torch: locked 2.13.0, now 2.14.0' for each version, device or platform that differs."""
     keys = ("tuner", "torch", "device", "platform", "machine", "device_name")
-    return [f"{key}: locked {locked.get(key)}, now {here.get(key)}" for key in keys
-            if key in locked and locked.get(key) != here.get(key)]
+    return [
+        f"{key}: locked {locked.get(key)}, now {here.get(key)}"
+        for key in keys
+        if key in locked and locked.get(key) != here.get(key)
+    ]
 
 
 def created_now() -> str:

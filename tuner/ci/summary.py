@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from tuner.ci.rule import mean_std
 from tuner.ci.runner import CaseResult
@@ -21,12 +21,18 @@ def table_rows(cases: Sequence[CaseResult]) -> list[dict[str, str]]:
         values = [r.value for r in case.new if r.value is not None]
         new = f"{fmt(mean_std(values)[0])} ± {fmt(mean_std(values)[1])}" if values else "-"
         delta = mean_std(values)[0] - case.entry.mean if values else math.nan
-        rows.append({
-            "lock": case.name, "metric": f"{case.lock.metric} ({'max' if case.lock.direction == 'maximize' else 'min'})",
-            "locked": f"{fmt(case.entry.mean)} ± {fmt(case.entry.std)}", "new": new, "delta": _signed(delta),
-            "tolerance": fmt(case.verdict.tolerance), "p": fmt(case.verdict.p_value),
-            "verdict": "PASS" if case.verdict.passed else "REGRESSED",
-        })
+        rows.append(
+            {
+                "lock": case.name,
+                "metric": f"{case.lock.metric} ({'max' if case.lock.direction == 'maximize' else 'min'})",
+                "locked": f"{fmt(case.entry.mean)} ± {fmt(case.entry.std)}",
+                "new": new,
+                "delta": _signed(delta),
+                "tolerance": fmt(case.verdict.tolerance),
+                "p": fmt(case.verdict.p_value),
+                "verdict": "PASS" if case.verdict.passed else "REGRESSED",
+            }
+        )
     return rows
 
 
@@ -49,13 +55,21 @@ def markdown_summary(cases: Sequence[CaseResult]) -> str:
     lines.append("")
     for case in cases:
         recipe = case.entry.recipe
-        lines.append(f"- `{case.name}` ({recipe.get('optimizer')} lr={fmt(recipe.get('lr'))} schedule={recipe.get('schedule')}): "
-                     f"{case.verdict.reason}")
-        lines.append(f"  - seeds {case.seeds}: new {[fmt(r.value) for r in case.new]}, locked {[fmt(v) for v in case.entry.values]}")
+        lines.append(
+            f"- `{case.name}` ({recipe.get('optimizer')} lr={fmt(recipe.get('lr'))} "
+            f"schedule={recipe.get('schedule')}): "
+            f"{case.verdict.reason}"
+        )
+        lines.append(
+            f"  - seeds {case.seeds}: new {[fmt(r.value) for r in case.new]}, "
+            f"locked {[fmt(v) for v in case.entry.values]}"
+        )
         lines.extend(f"  - note: {note}" for note in case.notes)
     lines.append("")
-    lines.append("Rule: REGRESSED when a one-sided t-test (paired on the locked seeds) finds the new mean worse than the "
-                 "locked mean by more than the tolerance, `max(floor, min_effect × locked std)`, at p < alpha.")
+    lines.append(
+        "Rule: REGRESSED when a one-sided t-test (paired on the locked seeds) finds the new mean worse than the "
+        "locked mean by more than the tolerance, `max(floor, min_effect × locked std)`, at p < alpha."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -64,17 +78,34 @@ def junit_xml(cases: Sequence[CaseResult]) -> str:
     from xml.etree import ElementTree as ET
 
     failures = sum(not case.verdict.passed for case in cases)
-    suite = ET.Element("testsuite", name="tuner regress", tests=str(len(cases)), failures=str(failures), errors="0",
-                       skipped="0", time=f"{sum(c.seconds for c in cases):.3f}")
+    suite = ET.Element(
+        "testsuite",
+        name="tuner regress",
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        time=f"{sum(c.seconds for c in cases):.3f}",
+    )
     for case, row in zip(cases, table_rows(cases)):
-        testcase = ET.SubElement(suite, "testcase", classname=f"tuner.regress.{Path(case.lock_path).name}",
-                                 name=case.name, time=f"{case.seconds:.3f}")
-        detail = (f"{case.lock.metric}: locked {row['locked']}, new {row['new']}, delta {row['delta']}; {case.verdict.reason}\n"
-                  f"seeds {case.seeds}\nnew values {[r.value for r in case.new]}\nlocked values {case.entry.values}")
+        testcase = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"tuner.regress.{Path(case.lock_path).name}",
+            name=case.name,
+            time=f"{case.seconds:.3f}",
+        )
+        detail = (
+            f"{case.lock.metric}: locked {row['locked']}, new {row['new']}, delta {row['delta']}; "
+            f"{case.verdict.reason}\n"
+            f"seeds {case.seeds}\nnew values {[r.value for r in case.new]}\nlocked values {case.entry.values}"
+        )
         if case.verdict.passed:
             ET.SubElement(testcase, "system-out").text = detail
         else:
-            ET.SubElement(testcase, "failure", message=f"REGRESSED: {case.verdict.reason}", type="regression").text = detail
+            ET.SubElement(
+                testcase, "failure", message=f"REGRESSED: {case.verdict.reason}", type="regression"
+            ).text = detail
     root = ET.Element("testsuites", name="tuner regress", tests=str(len(cases)), failures=str(failures))
     root.append(suite)
     ET.indent(root)

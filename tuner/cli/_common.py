@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -14,12 +15,19 @@ from tuner.errors import TunerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 StudyArgument = Annotated[str, typer.Argument(help="study name")]
-StorageOption = Annotated[Optional[str], typer.Option(
-    "--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")]
-TrackingUriOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; "
-    "'none' disables)")]
-DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (default: the study's)")]
+StorageOption = Annotated[
+    Optional[str], typer.Option("--storage", help="Optuna storage URL (default: $TUNER_STORAGE or sqlite:///tuner.db)")
+]
+TrackingUriOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; 'none' disables)",
+    ),
+]
+DeviceOption = Annotated[
+    Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (default: the study's)")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 

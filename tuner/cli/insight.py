@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import DeviceOption, JsonOption, StorageOption, StudyArgument, TrackingUriOption, new_app, print_json, user_errors
+from tuner.cli._common import (
+    DeviceOption,
+    JsonOption,
+    StorageOption,
+    StudyArgument,
+    TrackingUriOption,
+    new_app,
+    print_json,
+    user_errors,
+)
 
 app = new_app()
 
@@ -18,8 +27,9 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 @user_errors
 def lr_find(
     study_file: Annotated[Path, typer.Argument(help="study file (YAML)")],
-    optimizer: Annotated[Optional[list[str]], typer.Option(
-        "--optimizer", help="optimizer to test (repeat; default: the study's)")] = None,
+    optimizer: Annotated[
+        Optional[list[str]], typer.Option("--optimizer", help="optimizer to test (repeat; default: the study's)")
+    ] = None,
     plot: Annotated[Optional[Path], typer.Option(help="write the loss-vs-LR curves here (.png, .svg or .pdf)")] = None,
     steps: Annotated[int, typer.Option(min=10, help="optimizer steps of the sweep")] = 100,
     lr_start: Annotated[float, typer.Option(help="first LR of the sweep")] = 1e-6,
@@ -27,7 +37,7 @@ def lr_find(
     device: DeviceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """LR range test: per optimizer, sweep the LR exponentially over a short run and print a suggested LR and a safe range."""
+    """LR range test: per optimizer, sweep the LR exponentially over a short run; print the suggested LR and range."""
     from tuner.errors import lookup
     from tuner.optim import OPTIMIZERS
     from tuner.reports.plots import plot_findings
@@ -43,14 +53,17 @@ def lr_find(
     for name in names:
         lookup(OPTIMIZERS, "optimizer", name)
     batch = sweep_batch_size(prepared.space)
-    findings = find_lrs(prepared.task, names, batch_size=batch, config=config, seed=prepared.spec.seed,
-                        device=prepared.device)
+    findings = find_lrs(
+        prepared.task, names, batch_size=batch, config=config, seed=prepared.spec.seed, device=prepared.device
+    )
     if plot is not None:
         plot_findings(findings, str(plot))
     rows = [finding.summary() for finding in findings.values()]
     if json_output:
         return print_json(rows)
-    typer.echo(f"LR range test on {prepared.spec.task.name} (batch {batch}, {steps} steps from {lr_start:g} to {lr_end:g}):")
+    typer.echo(
+        f"LR range test on {prepared.spec.task.name} (batch {batch}, {steps} steps from {lr_start:g} to {lr_end:g}):"
+    )
     for row in rows:
         typer.echo("  " + describe(row))
     if plot is not None:
@@ -66,7 +79,7 @@ def report(
     tracking_uri: TrackingUriOption = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="trials whose LR and learning curves are drawn")] = 5,
 ) -> None:
-    """Write one self-contained HTML page explaining the study (works offline) and log it on the study's MLflow parent run."""
+    """Write one self-contained HTML page explaining the study (works offline); log it on the study's MLflow run."""
     from tuner.reports.html import write_report
     from tuner.spec import storage_url
 

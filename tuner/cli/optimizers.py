@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
-
-import typer
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tuner.cli._common import JsonOption, console, new_app, print_json, user_errors
 
@@ -52,8 +51,14 @@ def _print_table(entries: list[dict[str, Any]]) -> None:
     for column in ("name", "family", "update rule", "lr range", "hyperparameters (default, search range)", "notes"):
         table.add_column(column, overflow="fold")
     for entry in entries:
-        table.add_row(entry["name"], entry["family"], entry["description"], format_dimension(entry["lr"]),
-                      _hyperparameters(entry), _notes(entry))
+        table.add_row(
+            entry["name"],
+            entry["family"],
+            entry["description"],
+            format_dimension(entry["lr"]),
+            _hyperparameters(entry),
+            _notes(entry),
+        )
     console().print(table)
 
 

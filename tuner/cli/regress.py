@@ -16,31 +16,53 @@ app = new_app()
 @user_errors
 def lock(
     study: StudyArgument,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="lock file (default: studies/STUDY.lock.yaml)")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="lock file (default: studies/STUDY.lock.yaml)")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="lock the best K distinct recipes")] = 1,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="fixed seeds each recipe is trained on")] = 5,
     storage: StorageOption = None,
     device: DeviceOption = None,
-    floor: Annotated[Optional[float], typer.Option(min=0, help="absolute floor of the tolerance (default: 1% of |mean|)")] = None,
-    min_effect: Annotated[float, typer.Option("--min-effect", min=0, help="minimum effect size, in locked std units")] = 0.5,
+    floor: Annotated[
+        Optional[float], typer.Option(min=0, help="absolute floor of the tolerance (default: 1% of |mean|)")
+    ] = None,
+    min_effect: Annotated[
+        float, typer.Option("--min-effect", min=0, help="minimum effect size, in locked std units")
+    ] = 0.5,
     alpha: Annotated[float, typer.Option(min=1e-6, max=0.5, help="significance level of the one-sided test")] = 0.05,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="torch deterministic algorithms")] = True,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic/--no-deterministic", help="torch deterministic algorithms")
+    ] = True,
     jobs: Annotated[int, typer.Option(min=1, help="local processes training the seeds")] = 1,
 ) -> None:
-    """Re-train the best recipe(s) of STUDY over fixed seeds at full budget and write a lock file for `tuner regress`."""
+    """Re-train the best recipe(s) of STUDY over fixed seeds at full budget; write a lock file for `tuner regress`."""
     from tuner.ci.lock import lock_study
-    from tuner.spec import storage_url
     from tuner.ci.lockfile import dump_lock, write_atomically
     from tuner.ci.summary import fmt
+    from tuner.spec import storage_url
 
     path = output or Path("studies") / f"{study}.lock.yaml"
-    locked = lock_study(study, storage_url(storage), path, top_k=top_k, seeds=seeds, device=device, floor=floor,
-                        min_effect=min_effect, alpha=alpha, deterministic=deterministic, processes=jobs)
+    locked = lock_study(
+        study,
+        storage_url(storage),
+        path,
+        top_k=top_k,
+        seeds=seeds,
+        device=device,
+        floor=floor,
+        min_effect=min_effect,
+        alpha=alpha,
+        deterministic=deterministic,
+        processes=jobs,
+    )
     write_atomically(path, dump_lock(locked))
     for entry in locked.recipes:
-        typer.echo(f"#{entry.rank} {entry.recipe['optimizer']} lr={entry.recipe['lr']:.3g} schedule={entry.recipe['schedule']}: "
-                   f"{locked.metric} {fmt(entry.mean)} ± {fmt(entry.std)} over {len(entry.seeds)} seeds, "
-                   f"tolerance {fmt(entry.tolerance)}")
+        typer.echo(
+            f"#{entry.rank} {entry.recipe['optimizer']} lr={entry.recipe['lr']:.3g} "
+            f"schedule={entry.recipe['schedule']}: "
+            f"{locked.metric} {fmt(entry.mean)} ± {fmt(entry.std)} over {len(entry.seeds)} seeds, "
+            f"tolerance {fmt(entry.tolerance)}"
+        )
     typer.echo(f"wrote {path}; check it with: tuner regress {path}")
 
 
@@ -48,9 +70,15 @@ def lock(
 @user_errors
 def regress(
     locks: Annotated[list[Path], typer.Argument(metavar="LOCK", help="lock files (from `tuner lock`)")],
-    junit: Annotated[Optional[Path], typer.Option("--junit", help="write a JUnit XML report (one testcase per locked recipe)")] = None,
-    summary: Annotated[Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")] = None,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")] = None,
+    junit: Annotated[
+        Optional[Path], typer.Option("--junit", help="write a JUnit XML report (one testcase per locked recipe)")
+    ] = None,
+    summary: Annotated[
+        Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")
+    ] = None,
+    seeds: Annotated[
+        Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="local processes training the runs")] = 1,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda ... (default: the lock's)")] = None,
 ) -> None:

@@ -16,17 +16,24 @@ app = new_app()
 @user_errors
 def run(
     study_file: Annotated[Path, typer.Argument(help="study file (YAML)")],
-    n_trials: Annotated[Optional[int], typer.Option("--n-trials", min=1,
-                                                    help="target number of finished trials (overrides the file)")] = None,
+    n_trials: Annotated[
+        Optional[int], typer.Option("--n-trials", min=1, help="target number of finished trials (overrides the file)")
+    ] = None,
     timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="local worker processes on the same storage")] = 1,
     storage: StorageOption = None,
     tracking_uri: TrackingUriOption = None,
     device: DeviceOption = None,
-    population: Annotated[Optional[int], typer.Option(
-        min=1, help="trials trained at once in one vectorized pass (overrides budget.population)")] = None,
-    warm_start: Annotated[Optional[str], typer.Option(
-        "--warm-start", metavar="STUDY[:K]", help="first enqueue the top-K (default 3) recipes of an earlier study")] = None,
+    population: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="trials trained at once in one vectorized pass (overrides budget.population)"),
+    ] = None,
+    warm_start: Annotated[
+        Optional[str],
+        typer.Option(
+            "--warm-start", metavar="STUDY[:K]", help="first enqueue the top-K (default 3) recipes of an earlier study"
+        ),
+    ] = None,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
     from tuner.study.prepare import prepare
@@ -37,15 +44,21 @@ def run(
     budget = prepared.spec.budget
     if warm_start:  # a bad --warm-start fails before anything is written
         check_source(warm_start, prepared)
-    options = RunOptions(n_trials=n_trials or budget.n_trials, timeout=timeout or budget.timeout, jobs=jobs,
-                         warm_start=warm_start, population=population or budget.population or 1)
+    options = RunOptions(
+        n_trials=n_trials or budget.n_trials,
+        timeout=timeout or budget.timeout,
+        jobs=jobs,
+        warm_start=warm_start,
+        population=population or budget.population or 1,
+    )
     try:
         with _Progress(prepared.spec.name, options.n_trials) as progress:
             study = run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
     except KeyboardInterrupt:
-        typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.",
-                   err=True)
-        raise typer.Exit(130)
+        typer.echo(
+            "interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.", err=True
+        )
+        raise typer.Exit(130) from None
     _print_result(study, prepared.metric)
 
 
@@ -53,15 +66,28 @@ class _Progress:
     """A rich progress bar: trials done/total, best so far, pruned/failed counts, ETA."""
 
     def __init__(self, name: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=False,
         )
         self.task = self.progress.add_task(name, total=total, stats="")
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         self.progress.start()
         return self
 
@@ -89,6 +115,8 @@ def _print_result(study: Any, metric: str) -> None:
         return
     best = best_record(study)
     recipe = best.to_recipe()
-    typer.echo(f"best {metric} = {best.value:.6g} (trial {best.number}): {recipe.optimizer} lr={recipe.lr:.3g} "
-               f"schedule={recipe.schedule}")
+    typer.echo(
+        f"best {metric} = {best.value:.6g} (trial {best.number}): {recipe.optimizer} lr={recipe.lr:.3g} "
+        f"schedule={recipe.schedule}"
+    )
     typer.echo(f"next: tuner best {study.study_name}   |   tuner export {study.study_name} --format python")

@@ -18,11 +18,17 @@ from tuner.schedules import SCHEDULES, MetricDriven, Schedule, build_schedule
 
 app = new_app()
 
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="KEY=VALUE",
-    help="Schedule parameter; the value is a YAML scalar (0.5, 10, true, null, [10, 20]). Repeatable.")]
-WarmupOption = Annotated[str, typer.Option(
-    "--warmup", help="Warmup in front of the schedule: int steps or a fraction in [0, 1) of --steps.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Schedule parameter; the value is a YAML scalar (0.5, 10, true, null, [10, 20]). Repeatable.",
+    ),
+]
+WarmupOption = Annotated[
+    str, typer.Option("--warmup", help="Warmup in front of the schedule: int steps or a fraction in [0, 1) of --steps.")
+]
 WarmupKindOption = Annotated[str, typer.Option("--warmup-kind", help="Warmup ramp: linear or exponential.")]
 
 PLOT_COLUMNS = 4
@@ -55,8 +61,7 @@ def values(
     """Print the multiplier of the peak LR at each step 0..N-1.
 
     A metric-driven schedule (plateau) stays at 1 here: it only moves on report()."""
-    schedule = build_schedule(name, steps, parse_sets(set_), warmup_steps=parse_scalar(warmup),
-                              warmup_kind=warmup_kind)
+    schedule = build_schedule(name, steps, parse_sets(set_), warmup_steps=parse_scalar(warmup), warmup_kind=warmup_kind)
     multipliers = [schedule(step) for step in range(steps)]
     if as_json:
         print_json(multipliers)
@@ -81,8 +86,10 @@ def plot(
     grid = "all" in names
     chosen = list(SCHEDULES) if grid else names
     params, warm = parse_sets(set_), parse_scalar(warmup)
-    curves = {name: curve(build_schedule(name, steps, params, warmup_steps=warm, warmup_kind=warmup_kind), steps)
-              for name in chosen}
+    curves = {
+        name: curve(build_schedule(name, steps, params, warmup_steps=warm, warmup_kind=warmup_kind), steps)
+        for name in chosen
+    }
     title = f"multiplier of the peak LR over {steps} steps" + (f", {warmup_kind} warmup {warmup}" if warm else "")
     figure = _grid_figure(curves, title) if grid else _overlay_figure(curves, title)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +207,7 @@ def _grid_figure(curves: dict[str, list[float]], title: str):
         axis.plot(range(len(values)), values, linewidth=1.4, color="tab:blue")
         label = f"{name} (synthetic loss)" if SCHEDULES[name].metric_driven else name
         _style(axis, values, label)
-    for axis in axes[len(curves):]:
+    for axis in axes[len(curves) :]:
         axis.set_visible(False)
     for axis in axes[-PLOT_COLUMNS:]:
         axis.set_xlabel("step", fontsize=9)

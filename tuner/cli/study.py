@@ -46,17 +46,32 @@ def show(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
         return print_json(rows)
     table = _table("#", "state", "value", "optimizer", "lr", "schedule", "batch", "duration s", "reason")
     for row in rows:
-        table.add_row(str(row["number"]), row["state"], fmt(row["value"]), row["optimizer"], fmt(row["lr"]),
-                      row["schedule"], str(row["batch_size"]), fmt(row["duration_s"]), row["reason"])
+        table.add_row(
+            str(row["number"]),
+            row["state"],
+            fmt(row["value"]),
+            row["optimizer"],
+            fmt(row["lr"]),
+            row["schedule"],
+            str(row["batch_size"]),
+            fmt(row["duration_s"]),
+            row["reason"],
+        )
     console().print(table)
 
 
 def _trial_row(record: Any) -> dict[str, Any]:
     recipe = record.recipe or {}
     return {
-        "number": record.number, "state": record.state, "value": record.value,
-        "optimizer": recipe.get("optimizer", "-"), "lr": recipe.get("lr"), "schedule": recipe.get("schedule", "-"),
-        "batch_size": recipe.get("batch_size", "-"), "duration_s": record.duration_s, "reason": record.reason,
+        "number": record.number,
+        "state": record.state,
+        "value": record.value,
+        "optimizer": recipe.get("optimizer", "-"),
+        "lr": recipe.get("lr"),
+        "schedule": recipe.get("schedule", "-"),
+        "batch_size": recipe.get("batch_size", "-"),
+        "duration_s": record.duration_s,
+        "reason": record.reason,
     }
 
 
@@ -72,8 +87,15 @@ def best(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
 
     loaded = load_existing_study(study, storage_url(storage))
     record = best_record(loaded)
-    result = {"study": study, "trial": record.number, "value": record.value, "metric": study_metric(loaded),
-              "direction": loaded.direction.name.lower(), "seed": record.seed, "recipe": record.to_recipe().to_dict()}
+    result = {
+        "study": study,
+        "trial": record.number,
+        "value": record.value,
+        "metric": study_metric(loaded),
+        "direction": loaded.direction.name.lower(),
+        "seed": record.seed,
+        "recipe": record.to_recipe().to_dict(),
+    }
     if json_output:
         return print_json(result)
     typer.echo(yaml.safe_dump(result, sort_keys=False).rstrip())
@@ -81,9 +103,12 @@ def best(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
 
 @app.command("export")
 @user_errors
-def export(study: StudyArgument, storage: StorageOption = None,
-           format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml") -> None:
-    """Print the best recipe as YAML, JSON, or a self-contained Python snippet building the torch optimizer and scheduler."""
+def export(
+    study: StudyArgument,
+    storage: StorageOption = None,
+    format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml",
+) -> None:
+    """Print the best recipe as YAML, JSON, or a self-contained Python snippet building the optimizer and scheduler."""
     from tuner.errors import lookup
     from tuner.reports.export import EXPORTERS, best_of
     from tuner.spec import storage_url

@@ -16,10 +16,13 @@ app = new_app()
 def worker(
     study: Annotated[str, typer.Argument(help="name of a study created by `tuner run`")],
     storage: StorageOption = None,
-    gpus: Annotated[Optional[str], typer.Option(
-        help="GPU indices, e.g. 0,1: one worker process per GPU (CUDA_VISIBLE_DEVICES)")] = None,
-    n_trials: Annotated[Optional[int], typer.Option(
-        "--n-trials", min=1, help="target number of finished trials in the study (default: the study's)")] = None,
+    gpus: Annotated[
+        Optional[str], typer.Option(help="GPU indices, e.g. 0,1: one worker process per GPU (CUDA_VISIBLE_DEVICES)")
+    ] = None,
+    n_trials: Annotated[
+        Optional[int],
+        typer.Option("--n-trials", min=1, help="target number of finished trials in the study (default: the study's)"),
+    ] = None,
     timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
     tracking_uri: TrackingUriOption = None,
     device: DeviceOption = None,
@@ -36,7 +39,7 @@ def worker(
         result = run_worker(options)
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted).", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     summary = summarize(result)
     typer.echo(f"study {study!r}: " + ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail")))
 
@@ -46,7 +49,9 @@ def worker(
 def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8080,
-    host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 exposes it; put the auth proxy in front)")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="interface to bind (0.0.0.0 exposes it; put the auth proxy in front)")
+    ] = "127.0.0.1",
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Serve optuna-dashboard on the study storage, and print how to open the MLflow UI."""
@@ -75,4 +80,6 @@ def mlflow_hint(uri: Optional[str]) -> str:
     resolved = tracking_uri(uri)
     if resolved.startswith(("http://", "https://")):
         return f"MLflow UI: open {resolved}"
-    return f"MLflow UI: mlflow ui --backend-store-uri '{mask_url(resolved)}' --port 5000, then open http://127.0.0.1:5000"
+    return (
+        f"MLflow UI: mlflow ui --backend-store-uri '{mask_url(resolved)}' --port 5000, then open http://127.0.0.1:5000"
+    )

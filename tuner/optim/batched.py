@@ -10,7 +10,8 @@ The per-member scalars of one step (``lr / bias_correction`` ...) are computed i
 its Python-float scalars, and only then cast to the parameters' dtype. A hyperparameter every member shares is
 held as one Python float (``_shared``), so the update makes torch's own call (``addcdiv_(a, b, value=-step)``);
 a per-member one rounds the same way (``addcdiv_(a * column, b)``: ``(value * a) / b`` either way). Adam with
-betas and eps shared runs torch's fused kernel (``tuner._torch.fused_adam``): one pass instead of eight, the same formula.
+betas and eps shared runs torch's fused kernel (``tuner._torch.fused_adam``): one pass instead of eight, the same
+formula.
 
 Weight decay follows ``ManagedOptimizer``: "coupled" adds ``wd * p`` to the clipped gradient, "decoupled"
 shrinks ``p *= 1 - lr * wd`` before the update. Clipping is per member: each value to ``[-clip_value,
@@ -20,8 +21,9 @@ clip_value]``, then the member's global gradient norm to ``clip_norm`` (``tuner.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import torch
 
@@ -207,9 +209,21 @@ def _fused_adam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
         s["direction"] = torch.empty_like(p)
     direction = s["direction"].zero_()
     maxima = [s["max_exp_avg_sq"]] if "max_exp_avg_sq" in s else []
-    fused_adam()([direction], [g.contiguous()], [s["exp_avg"]], [s["exp_avg_sq"]], maxima,
-                       [torch.tensor(float(t.count), device=p.device)], lr=1.0, beta1=h["beta1"], beta2=h["beta2"],
-                       weight_decay=0.0, eps=h["eps"], amsgrad=bool(maxima), maximize=False)
+    fused_adam()(
+        [direction],
+        [g.contiguous()],
+        [s["exp_avg"]],
+        [s["exp_avg_sq"]],
+        maxima,
+        [torch.tensor(float(t.count), device=p.device)],
+        lr=1.0,
+        beta1=h["beta1"],
+        beta2=h["beta2"],
+        weight_decay=0.0,
+        eps=h["eps"],
+        amsgrad=bool(maxima),
+        maximize=False,
+    )
     _add_(p, direction, t.lr)
 
 
@@ -245,17 +259,17 @@ def _nadam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
 def _radam(p: Tensor, g: Tensor, s: State, h: Hypers, t: Step) -> None:
     beta1, beta2, step = h["beta1"], h["beta2"], t.count
     _moments(p, g, s, h)
-    bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
+    bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
     update = s["exp_avg"].div(column(bias_correction1, p)).mul_(column(t.lr, p))
     rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
     rectified = rho_t > 5.0
     if _any(rectified):
         rect = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-        rect = rect ** 0.5 if isinstance(rect, float) else rect.clamp(min=0) ** 0.5  # a float is rectified: >= 0
+        rect = rect**0.5 if isinstance(rect, float) else rect.clamp(min=0) ** 0.5  # a float is rectified: >= 0
         # torch: (bias_correction2 ** 0.5) / sqrt, which Tensor.__rtruediv__ computes as reciprocal() * scalar
         adaptive = s["exp_avg_sq"].sqrt().add_(column(h["eps"], p)).reciprocal_()
-        adaptive = adaptive.mul_(column(bias_correction2 ** 0.5, p))
+        adaptive = adaptive.mul_(column(bias_correction2**0.5, p))
         update = _pick(rectified, update * adaptive * column(rect, p), update)
     p.sub_(update)
 
@@ -348,8 +362,10 @@ class BatchedOptimizer:
             raise TunerError(f"recipes cannot share one batched optimizer: population keys {sorted(map(str, keys))}")
         self.rule = lookup(BATCHED, "batched optimizer", recipes[0].optimizer)
         device = next(iter(params.values())).device
-        resolved = [{**self.rule.defaults, **resolve_params(get_optimizer_spec(r.optimizer), r.optimizer_params)}
-                    for r in recipes]
+        resolved = [
+            {**self.rule.defaults, **resolve_params(get_optimizer_spec(r.optimizer), r.optimizer_params)}
+            for r in recipes
+        ]
         numeric = [key for key, value in resolved[0].items() if isinstance(value, (int, float))]  # bools: 0/1
         self.hypers: dict[str, Tensor] = {key: _per_member([r[key] for r in resolved], device) for key in numeric}
         for switch in self.rule.switches(resolved[0]):
@@ -368,8 +384,12 @@ class BatchedOptimizer:
         """The hyperparameters as the rules read them (``_shared``), and which optional parts any member uses."""
         self.values = {key: _shared(value) for key, value in self.hypers.items()}
         self._coupled, self._decoupled = _shared(self.coupled), _shared(self.decoupled)
-        self._uses = (bool((self.coupled > 0).any()), bool((self.decoupled > 0).any()),
-                      bool(torch.isfinite(self.clip_value).any()), bool(torch.isfinite(self.clip_norm).any()))
+        self._uses = (
+            bool((self.coupled > 0).any()),
+            bool((self.decoupled > 0).any()),
+            bool(torch.isfinite(self.clip_value).any()),
+            bool(torch.isfinite(self.clip_norm).any()),
+        )
 
     def __len__(self) -> int:
         return int(self.peak.shape[0])
@@ -392,13 +412,17 @@ class BatchedOptimizer:
 
     def _clip(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         if self._uses[2]:
-            grads = {k: torch.clamp(g, -column(self.clip_value, g), column(self.clip_value, g)) for k, g in grads.items()}
+            grads = {
+                k: torch.clamp(g, -column(self.clip_value, g), column(self.clip_value, g)) for k, g in grads.items()
+            }
         if not self._uses[3]:
             return grads
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2, dim=1) for g in grads.values()])
         total = torch.linalg.vector_norm(norms, 2, dim=0)
         limit = self.clip_norm.to(total.dtype)
-        coefficient = torch.where(torch.isinf(limit), torch.ones_like(total), torch.clamp(limit / (total + 1e-6), max=1.0))
+        coefficient = torch.where(
+            torch.isinf(limit), torch.ones_like(total), torch.clamp(limit / (total + 1e-6), max=1.0)
+        )
         return {k: g * column(coefficient, g) for k, g in grads.items()}
 
     def select(self, rows: Tensor) -> None:
@@ -407,8 +431,10 @@ class BatchedOptimizer:
             setattr(self, name, getattr(self, name).index_select(0, rows.to(self.peak.device)))
         self.hypers = {key: value.index_select(0, rows.to(value.device)) for key, value in self.hypers.items()}
         self._share()
-        self.state = {name: {slot: t.index_select(0, rows.to(t.device)) for slot, t in slots.items()}
-                      for name, slots in self.state.items()}
+        self.state = {
+            name: {slot: t.index_select(0, rows.to(t.device)) for slot, t in slots.items()}
+            for name, slots in self.state.items()
+        }
 
 
 class BlockOptimizer:
@@ -435,8 +461,11 @@ class BlockOptimizer:
     def step(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor], multipliers: Tensor) -> None:
         """One step of every member (see ``BatchedOptimizer.step``)."""
         for start, end, optimizer in self.blocks:
-            optimizer.step({name: p[start:end] for name, p in params.items()},
-                           {name: g[start:end] for name, g in grads.items()}, multipliers[start:end])
+            optimizer.step(
+                {name: p[start:end] for name, p in params.items()},
+                {name: g[start:end] for name, g in grads.items()},
+                multipliers[start:end],
+            )
 
     def select(self, rows: Tensor) -> None:
         """Keep only the members at ``rows`` (ascending row indices)."""

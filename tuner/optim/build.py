@@ -11,8 +11,9 @@ this module stays cheap.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tuner.errors import TunerError
 from tuner.optim.catalog import OptimizerSpec, check_param, get_optimizer_spec
@@ -33,7 +34,9 @@ def resolve_params(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, 
     valid = spec.valid_params()
     for key, value in params.items():
         if key not in valid:
-            raise ValueError(f"unknown parameter {key!r} for optimizer {spec.name!r}; valid parameters: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown parameter {key!r} for optimizer {spec.name!r}; valid parameters: {', '.join(valid)}"
+            )
         check_param(key, value, _rule_name(spec, key))
     return {**spec.defaults, **params}
 
@@ -41,7 +44,7 @@ def resolve_params(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, 
 def _rule_name(spec: OptimizerSpec, key: str) -> str:
     prefix = spec.companion_prefix
     is_companion_param = bool(prefix) and key.startswith(prefix) and key != spec.companion_lr_ratio_key
-    return key[len(prefix):] if is_companion_param else key
+    return key[len(prefix) :] if is_companion_param else key
 
 
 def _own_params(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,7 +54,9 @@ def _own_params(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, Any
 
 def _companion_params(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, Any]:
     prefix, ratio_key = spec.companion_prefix, spec.companion_lr_ratio_key
-    prefixed = {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix) and key != ratio_key}
+    prefixed = {
+        key[len(prefix) :]: value for key, value in params.items() if key.startswith(prefix) and key != ratio_key
+    }
     return {**{key: params[key] for key in spec.companion_shares}, **prefixed}
 
 
@@ -80,11 +85,11 @@ def resolve_class(dotted: str) -> type:
 # ----------------------------------------------------------------------------- parameter splits
 
 
-def _trainable(model: "torch.nn.Module") -> list["torch.nn.Parameter"]:
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _embedding_params(model: "torch.nn.Module", *, sparse_only: bool) -> set[int]:
+def _embedding_params(model: torch.nn.Module, *, sparse_only: bool) -> set[int]:
     import torch
 
     kinds = (torch.nn.Embedding, torch.nn.EmbeddingBag)
@@ -100,11 +105,11 @@ def _partition(params: list, chosen: set[int]) -> tuple[list, list]:
     return [p for p in params if id(p) in chosen], [p for p in params if id(p) not in chosen]
 
 
-def _split_all(model: "torch.nn.Module", name: str) -> tuple[list, list]:
+def _split_all(model: torch.nn.Module, name: str) -> tuple[list, list]:
     return _trainable(model), []
 
 
-def _split_matrices(model: "torch.nn.Module", name: str) -> tuple[list, list]:
+def _split_matrices(model: torch.nn.Module, name: str) -> tuple[list, list]:
     params = _trainable(model)
     embeddings = _embedding_params(model, sparse_only=False)
     matrices, rest = _partition(params, {id(p) for p in params if p.ndim == 2 and id(p) not in embeddings})
@@ -113,7 +118,7 @@ def _split_matrices(model: "torch.nn.Module", name: str) -> tuple[list, list]:
     return matrices, rest
 
 
-def _split_sparse(model: "torch.nn.Module", name: str) -> tuple[list, list]:
+def _split_sparse(model: torch.nn.Module, name: str) -> tuple[list, list]:
     sparse, rest = _partition(_trainable(model), _embedding_params(model, sparse_only=True))
     if not sparse:
         raise TunerError(
@@ -159,7 +164,7 @@ class _CoupledL2(_NoDecay):
             return 0.5 * weight_decay * sum(float(torch.sum(p * p)) for p in params)
 
 
-def _add_l2(grad: "torch.Tensor", p: "torch.Tensor", weight_decay: float) -> "torch.Tensor":
+def _add_l2(grad: torch.Tensor, p: torch.Tensor, weight_decay: float) -> torch.Tensor:
     import torch
 
     if not grad.is_sparse:
@@ -182,7 +187,11 @@ class _DecoupledShrink(_NoDecay):
                     p.mul_(1 - lr * weight_decay)
 
 
-MANUAL_DECAY: Mapping[Optional[str], _NoDecay] = {None: _NoDecay(), "coupled": _CoupledL2(), "decoupled": _DecoupledShrink()}
+MANUAL_DECAY: Mapping[Optional[str], _NoDecay] = {
+    None: _NoDecay(),
+    "coupled": _CoupledL2(),
+    "decoupled": _DecoupledShrink(),
+}
 
 
 # ----------------------------------------------------------------------------- parts and phases
@@ -227,7 +236,9 @@ class _Phase:
     needs_closure: bool
 
 
-def _make_part(spec: OptimizerSpec, params: list, kwargs: dict[str, Any], lr: float, recipe: Recipe, scale: float) -> _Part:
+def _make_part(
+    spec: OptimizerSpec, params: list, kwargs: dict[str, Any], lr: float, recipe: Recipe, scale: float
+) -> _Part:
     decay_kwargs, manual = _weight_decay_kwargs(spec, recipe.weight_decay, recipe.weight_decay_mode)
     optimizer = resolve_class(spec.torch_class)(params, lr=lr * scale, **kwargs, **decay_kwargs)
     part = _Part(optimizer, params, scale, MANUAL_DECAY[manual], spec.schedule_free)
@@ -244,7 +255,7 @@ def _companion_parts(spec: OptimizerSpec, params: dict[str, Any], rest: list, lr
 
 
 def _build_phase(
-    model: "torch.nn.Module", name: str, lr: float, overrides: Mapping[str, Any], recipe: Recipe, full_batch: bool
+    model: torch.nn.Module, name: str, lr: float, overrides: Mapping[str, Any], recipe: Recipe, full_batch: bool
 ) -> _Phase:
     spec = get_optimizer_spec(name)
     if spec.full_batch_only and not full_batch:
@@ -287,7 +298,7 @@ class ManagedOptimizer:
         """The catalog name of the optimizer in use."""
         return self.phase.name
 
-    def step(self, step: int, lr_multiplier: float, closure: Closure) -> "torch.Tensor":
+    def step(self, step: int, lr_multiplier: float, closure: Closure) -> torch.Tensor:
         """One optimizer step at LR ``peak * lr_multiplier``; ``closure`` computes the gradients.
 
         Returns the (detached) loss the closure computed; with lbfgs, the loss of its first evaluation.
@@ -298,7 +309,7 @@ class ManagedOptimizer:
         run = self._closure_step if phase.needs_closure else self._plain_step
         return run(phase, closure)
 
-    def _plain_step(self, phase: _Phase, closure: Closure) -> "torch.Tensor":
+    def _plain_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
         loss = closure()
         wd = self.recipe.weight_decay
         for part in phase.parts:
@@ -307,11 +318,11 @@ class ManagedOptimizer:
             part.optimizer.step()
         return loss.detach()
 
-    def _closure_step(self, phase: _Phase, closure: Closure) -> "torch.Tensor":
+    def _closure_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
         (part,) = phase.parts
         wd, losses = self.recipe.weight_decay, []
 
-        def penalized() -> "torch.Tensor":
+        def penalized() -> torch.Tensor:
             loss = closure()
             losses.append(loss)
             part.decay.after_backward(part.params, wd)
@@ -346,12 +357,12 @@ class ManagedOptimizer:
         return self.phase.parts[0].lr
 
     @property
-    def torch_optimizers(self) -> list["torch.optim.Optimizer"]:
+    def torch_optimizers(self) -> list[torch.optim.Optimizer]:
         """Every torch optimizer owned, in order (the switch optimizer last)."""
         return [part.optimizer for phase in self._phases for part in phase.parts]
 
     @property
-    def active_optimizers(self) -> list["torch.optim.Optimizer"]:
+    def active_optimizers(self) -> list[torch.optim.Optimizer]:
         """The torch optimizers of the phase in use."""
         return [part.optimizer for part in self.phase.parts]
 
@@ -360,7 +371,7 @@ class ManagedOptimizer:
         return clip_gradients(self.params, self.recipe.clip_norm, self.recipe.clip_value)
 
 
-def build_optimizer(model: "torch.nn.Module", recipe: Recipe, total_steps: int, *, full_batch: bool) -> ManagedOptimizer:
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, total_steps: int, *, full_batch: bool) -> ManagedOptimizer:
     """The ``ManagedOptimizer`` of ``recipe`` over ``model``'s trainable parameters.
 
     ``total_steps`` places the switch (step ``round(at_fraction * total_steps)``); ``full_batch``
@@ -381,7 +392,7 @@ def build_optimizer(model: "torch.nn.Module", recipe: Recipe, total_steps: int, 
 # ----------------------------------------------------------------------------- clipping
 
 
-def _grad_values(p: "torch.Tensor") -> "torch.Tensor":
+def _grad_values(p: torch.Tensor) -> torch.Tensor:
     """The tensor holding ``p``'s gradient values (a sparse gradient is coalesced first)."""
     if p.grad.is_sparse:
         p.grad = p.grad.coalesce()
@@ -390,7 +401,7 @@ def _grad_values(p: "torch.Tensor") -> "torch.Tensor":
 
 
 def clip_gradients(
-    parameters: Iterable["torch.Tensor"], clip_norm: Optional[float], clip_value: Optional[float]
+    parameters: Iterable[torch.Tensor], clip_norm: Optional[float], clip_value: Optional[float]
 ) -> Optional[float]:
     """Clip gradients in place: each value to ``[-clip_value, clip_value]``, then the global L2 norm to
     ``clip_norm`` (as ``torch.nn.utils.clip_grad_norm_``; sparse gradients included). Returns the total

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import pprint
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import optuna
 import yaml
@@ -41,8 +42,9 @@ def best_of(study: optuna.Study) -> Exported:
     from tuner.study.records import best_record, study_metric
 
     record = best_record(study)
-    return Exported(record.to_recipe(), study.study_name, record.number, record.value, study_metric(study),
-                    record.total_steps)
+    return Exported(
+        record.to_recipe(), study.study_name, record.number, record.value, study_metric(study), record.total_steps
+    )
 
 
 def export_yaml(exported: Exported) -> str:
@@ -60,8 +62,11 @@ def export_python(exported: Exported) -> str:
     if exported.total_steps is None:
         raise TunerError(f"trial {exported.trial} of study {exported.study!r} has no recorded total_steps")
     value = "-" if exported.value is None else f"{exported.value:.6g}"
-    return python_snippet(exported.recipe, exported.total_steps,
-                          header=f"best trial {exported.trial} of study {exported.study!r}, {exported.metric} = {value}")
+    return python_snippet(
+        exported.recipe,
+        exported.total_steps,
+        header=f"best trial {exported.trial} of study {exported.study!r}, {exported.metric} = {value}",
+    )
 
 
 def python_snippet(recipe: Recipe, total_steps: int, header: str = "") -> str:
@@ -74,8 +79,10 @@ def python_snippet(recipe: Recipe, total_steps: int, header: str = "") -> str:
     lines = [
         f'"""Exported by `tuner export`: {header}.',
         "",
-        f"Recipe: {recipe.optimizer}, peak lr {recipe.lr:.6g}, schedule {recipe.schedule} {dict(recipe.schedule_params)},",
-        f"warmup {recipe.warmup} ({recipe.warmup_kind}), batch size {recipe.batch_size}, {total_steps} optimizer steps.",
+        f"Recipe: {recipe.optimizer}, peak lr {recipe.lr:.6g}, "
+        f"schedule {recipe.schedule} {dict(recipe.schedule_params)},",
+        f"warmup {recipe.warmup} ({recipe.warmup_kind}), batch size {recipe.batch_size}, "
+        f"{total_steps} optimizer steps.",
         "Per batch: loss.backward(); clip_gradients(model); optimizer.step(); scheduler.step(); optimizer.zero_grad()",
         '"""',
         f"import {module}" if module != "torch.optim" else "import torch",
@@ -112,12 +119,19 @@ def _check_exportable(recipe: Recipe, spec: Any) -> None:
 
 
 def _scheduler_lines(recipe: Recipe, total_steps: int) -> list[str]:
-    schedule = build_schedule(recipe.schedule, total_steps, recipe.schedule_params,
-                              warmup_steps=recipe.warmup_steps(total_steps), warmup_kind=recipe.warmup_kind)
+    schedule = build_schedule(
+        recipe.schedule,
+        total_steps,
+        recipe.schedule_params,
+        warmup_steps=recipe.warmup_steps(total_steps),
+        warmup_kind=recipe.warmup_kind,
+    )
     if hasattr(schedule, "report"):
         return _plateau_lines(recipe)
     if total_steps > MAX_TABLE_STEPS:
-        raise TunerError(f"--format python tabulates the schedule and supports up to {MAX_TABLE_STEPS} steps, got {total_steps}")
+        raise TunerError(
+            f"--format python tabulates the schedule and supports up to {MAX_TABLE_STEPS} steps, got {total_steps}"
+        )
     table = [schedule(step) for step in range(total_steps)]
     return [
         "# The schedule's multiplier of PEAK_LR at every optimizer step, exactly as training used it.",
@@ -125,7 +139,8 @@ def _scheduler_lines(recipe: Recipe, total_steps: int) -> list[str]:
         "",
         "",
         "def make_scheduler(optimizer):",
-        "    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: LR_MULTIPLIERS[min(step, TOTAL_STEPS - 1)])",
+        "    return torch.optim.lr_scheduler.LambdaLR(",
+        "        optimizer, lambda step: LR_MULTIPLIERS[min(step, TOTAL_STEPS - 1)])",
     ]
 
 
@@ -160,17 +175,33 @@ def export_lightning(exported: Exported) -> str:
     recipe = exported.recipe
     snippet = export_python(exported)
     plateau = "ReduceLROnPlateau" in snippet
-    scheduler = ('{"scheduler": make_scheduler(optimizer), "monitor": "val_loss", "interval": "epoch"}' if plateau
-                 else '{"scheduler": make_scheduler(optimizer), "interval": "step", "frequency": 1}')
-    lines = ["", "", "# --- PyTorch Lightning: paste these methods into your LightningModule ---", "",
-             "def configure_optimizers(self):", "    optimizer = make_optimizer(self)",
-             f'    return {{"optimizer": optimizer, "lr_scheduler": {scheduler}}}']
+    scheduler = (
+        '{"scheduler": make_scheduler(optimizer), "monitor": "val_loss", "interval": "epoch"}'
+        if plateau
+        else '{"scheduler": make_scheduler(optimizer), "interval": "step", "frequency": 1}'
+    )
+    lines = [
+        "",
+        "",
+        "# --- PyTorch Lightning: paste these methods into your LightningModule ---",
+        "",
+        "def configure_optimizers(self):",
+        "    optimizer = make_optimizer(self)",
+        f'    return {{"optimizer": optimizer, "lr_scheduler": {scheduler}}}',
+    ]
     if recipe.clip_norm is not None or recipe.clip_value is not None:
-        lines += ["", "", "def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):",
-                  "    clip_gradients(self)  # the recipe's clipping (leave the Trainer's gradient_clip_val unset)"]
+        lines += [
+            "",
+            "",
+            "def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):",
+            "    clip_gradients(self)  # the recipe's clipping (leave the Trainer's gradient_clip_val unset)",
+        ]
     return snippet + "\n".join(lines) + "\n"
 
 
 EXPORTERS: dict[str, Callable[[Exported], str]] = {
-    "yaml": export_yaml, "json": export_json, "python": export_python, "lightning": export_lightning,
+    "yaml": export_yaml,
+    "json": export_json,
+    "python": export_python,
+    "lightning": export_lightning,
 }

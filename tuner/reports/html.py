@@ -15,8 +15,9 @@ import re
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import optuna
 import yaml
@@ -30,11 +31,13 @@ from tuner.study.records import study_metric
 from tuner.study.storage import load_existing_study
 from tuner.tracking import make_tracker
 from tuner.train.progress import LR_CURVE_POINTS
+
 PLOT_HEIGHT = 420
 
 
-def write_report(study_name: str, storage_url: str, output: str | Path, *, top_k: int = 5,
-                 tracking_uri: Optional[str] = None) -> Optional[str]:
+def write_report(
+    study_name: str, storage_url: str, output: str | Path, *, top_k: int = 5, tracking_uri: Optional[str] = None
+) -> Optional[str]:
     """Write the report of ``study_name`` to ``output`` (atomically) and log it on the study's MLflow parent run.
 
     Returns the MLflow run id it was logged to, or None (no parent run, or tracking disabled).
@@ -65,6 +68,7 @@ def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str])
 
 # -- the page -------------------------------------------------------------------------------------------
 
+
 def render(study: optuna.Study, top_k: int = 5) -> str:
     """The whole HTML page of ``study``."""
     from plotly.offline import get_plotlyjs
@@ -77,22 +81,28 @@ def render(study: optuna.Study, top_k: int = 5) -> str:
         *[_figure_section(title, build, study, top) for title, build in FIGURES],
     ]
     title = f"tuner report: {html.escape(study.study_name)}"
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>\n<style>{CSS}</style>\n"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n<h1>{title}</h1>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>\n<style>{CSS}</style>\n"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n<h1>{title}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-       "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-       "pre{background:#f5f5f5;padding:8px}.note{color:#777}")
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+    "pre{background:#f5f5f5;padding:8px}.note{color:#777}"
+)
 
 
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>"
 
 
-def _figure_section(title: str, build: Callable[[optuna.Study, list[FrozenTrial]], Any], study: optuna.Study,
-                    top: list[FrozenTrial]) -> str:
+def _figure_section(
+    title: str, build: Callable[[optuna.Study, list[FrozenTrial]], Any], study: optuna.Study, top: list[FrozenTrial]
+) -> str:
     """One plot; a plot that cannot be drawn (too few trials, no variation) becomes a note saying why."""
     import plotly.io
 
@@ -119,13 +129,19 @@ def _result_html(study: optuna.Study) -> str:
     except ValueError:
         return parts[0] + "<p>no complete trial yet</p>"
     parts.append(f"<p>best {html.escape(str(metric))} = {best.value:.6g} (trial {best.number})</p>")
-    parts.append(f"<pre>{html.escape(yaml.safe_dump(best.user_attrs.get(TrialKeys.RECIPE, best.params), sort_keys=False))}</pre>")
+    parts.append(
+        f"<pre>{html.escape(yaml.safe_dump(best.user_attrs.get(TrialKeys.RECIPE, best.params), sort_keys=False))}</pre>"
+    )
     auto = study.user_attrs.get(StudyKeys.LR_AUTO)
     if auto:
-        rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['lr']:.3g}</td><td>[{r['low']:.3g}, {r['high']:.3g}]</td></tr>"
-                       for n, r in auto.items())
-        parts.append(f"<p>LR ranges set by the LR range test (<code>lr: auto</code>):</p>"
-                     f"<table><tr><th>optimizer</th><th>suggested</th><th>searched range</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{r['lr']:.3g}</td><td>[{r['low']:.3g}, {r['high']:.3g}]</td></tr>"
+            for n, r in auto.items()
+        )
+        parts.append(
+            f"<p>LR ranges set by the LR range test (<code>lr: auto</code>):</p>"
+            f"<table><tr><th>optimizer</th><th>suggested</th><th>searched range</th></tr>{rows}</table>"
+        )
     return "\n".join(parts)
 
 
@@ -138,9 +154,12 @@ def _counts_html(trials: list[FrozenTrial]) -> str:
     counts = Counter((t.state.name, reason_group(str(t.user_attrs.get(TrialKeys.REASON, "")))) for t in trials)
     states = Counter(t.state.name for t in trials)
     summary = ", ".join(f"{states.get(state, 0)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL"))
-    rows = "".join(f"<tr><td>{state.lower()}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
-                   for (state, reason), n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-    return f"<p>{len(trials)} trials: {summary}</p>\n<table><tr><th>state</th><th>reason</th><th>trials</th></tr>{rows}</table>"
+    rows = "".join(
+        f"<tr><td>{state.lower()}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
+        for (state, reason), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
+    header = "<tr><th>state</th><th>reason</th><th>trials</th></tr>"
+    return f"<p>{len(trials)} trials: {summary}</p>\n<table>{header}{rows}</table>"
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
@@ -151,6 +170,7 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 
 # -- figures ----------------------------------------------------------------------------------------------
+
 
 def _history(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     return optuna.visualization.plot_optimization_history(study)
@@ -188,8 +208,13 @@ def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) ->
     """(steps, LR) of a recipe over a run of ``total_steps``: peak LR times the schedule (plateau: never reduced)."""
     from tuner.schedules import build_schedule
 
-    schedule = build_schedule(recipe.schedule, total_steps, recipe.schedule_params,
-                              warmup_steps=recipe.warmup_steps(total_steps), warmup_kind=recipe.warmup_kind)
+    schedule = build_schedule(
+        recipe.schedule,
+        total_steps,
+        recipe.schedule_params,
+        warmup_steps=recipe.warmup_steps(total_steps),
+        warmup_kind=recipe.warmup_kind,
+    )
     switch_step = round(recipe.switch.at_fraction * total_steps) if recipe.switch else None
     every = max(1, total_steps // points)
     steps = sorted({*range(0, total_steps, every), total_steps - 1})
@@ -200,8 +225,14 @@ def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) ->
 def _lr_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
-    figure = go.Figure(layout={"title": "LR curves of the top trials", "xaxis_title": "optimizer step",
-                               "yaxis_title": "learning rate", "yaxis_type": "log"})
+    figure = go.Figure(
+        layout={
+            "title": "LR curves of the top trials",
+            "xaxis_title": "optimizer step",
+            "yaxis_title": "learning rate",
+            "yaxis_type": "log",
+        }
+    )
     for trial in top:
         if TrialKeys.RECIPE not in trial.user_attrs or TrialKeys.TOTAL_STEPS not in trial.user_attrs:
             continue
@@ -216,12 +247,19 @@ def _lr_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
 def _learning_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     import plotly.graph_objects as go
 
-    figure = go.Figure(layout={"title": "learning curves of the top trials (intermediate values)", "xaxis_title": "optimizer step",
-                               "yaxis_title": study_metric(study)})
+    figure = go.Figure(
+        layout={
+            "title": "learning curves of the top trials (intermediate values)",
+            "xaxis_title": "optimizer step",
+            "yaxis_title": study_metric(study),
+        }
+    )
     for trial in top:
         values = sorted(trial.intermediate_values.items())
         if values:
-            figure.add_scatter(x=[s for s, _ in values], y=[v for _, v in values], mode="lines+markers", name=f"#{trial.number}")
+            figure.add_scatter(
+                x=[s for s, _ in values], y=[v for _, v in values], mode="lines+markers", name=f"#{trial.number}"
+            )
     if not figure.data:
         raise ValueError("no intermediate values recorded")
     return figure

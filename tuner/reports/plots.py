@@ -6,7 +6,8 @@ from tuner.train.lr_range import LRFinding
 
 
 def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
-    """Raw and smoothed loss against LR (log axis) per optimizer, suggestion marked, written to ``path`` (png/svg/pdf)."""
+    """Raw and smoothed loss against LR (log axis) per optimizer, suggestion marked, written to ``path`` (png, svg,
+    pdf)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,8 +15,17 @@ def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 5))
     for name, finding in findings.items():
-        (line,) = axis.plot(finding.lrs[:len(finding.smoothed)], finding.smoothed, label=f"{name} (suggest {finding.suggestion.lr:.2g})")
-        axis.plot(finding.lrs[:len(finding.smoothed)], finding.losses[:len(finding.smoothed)], color=line.get_color(), alpha=0.25)
+        (line,) = axis.plot(
+            finding.lrs[: len(finding.smoothed)],
+            finding.smoothed,
+            label=f"{name} (suggest {finding.suggestion.lr:.2g})",
+        )
+        axis.plot(
+            finding.lrs[: len(finding.smoothed)],
+            finding.losses[: len(finding.smoothed)],
+            color=line.get_color(),
+            alpha=0.25,
+        )
         axis.axvline(finding.suggestion.lr, color=line.get_color(), linestyle="--", linewidth=1)
     starts = [f.smoothed[0] for f in findings.values() if f.smoothed]
     if starts:  # the divergence at the end would flatten every curve

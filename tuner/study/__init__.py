@@ -10,5 +10,15 @@ from tuner.study.prepare import Prepared, prepare
 from tuner.study.records import TrialRecord, best_recipe, best_record, records, summarize
 from tuner.study.runner import RunOptions, optimize, run_study
 
-__all__ = ["Prepared", "RunOptions", "TrialRecord", "best_recipe", "best_record", "optimize", "prepare", "records",
-           "run_study", "summarize"]
+__all__ = [
+    "Prepared",
+    "RunOptions",
+    "TrialRecord",
+    "best_recipe",
+    "best_record",
+    "optimize",
+    "prepare",
+    "records",
+    "run_study",
+    "summarize",
+]

@@ -21,9 +21,10 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -60,7 +61,7 @@ def outcome_of(result: FitResult, metric: str, attrs: Optional[dict] = None) -> 
     """How a finished run counts: COMPLETE with its best evaluation when it ran to the end (or stopped early for
     patience); PRUNED otherwise -- stopped by the pruner, or diverged -- with its last finite value."""
     attrs = {TrialKeys.TOTAL_STEPS: result.total_steps, **(attrs or {})}
-    common = dict(seconds=result.seconds, lr_curve=result.lr_curve, attrs=attrs)
+    common: dict[str, Any] = dict(seconds=result.seconds, lr_curve=result.lr_curve, attrs=attrs)
     if result.status in ("completed", "early_stopped") and result.best is not None:
         reason = "completed" if result.status == "completed" else f"early stopped: {result.reason}"
         return TrialOutcome("COMPLETE", reason, result.best.metrics[metric], **common)
@@ -140,15 +141,19 @@ class TrialLifecycle:
         except Exception as error:  # the trials fail; the study goes on
             self._fail_all(members, f"error: {type(error).__name__}: {error}", time.perf_counter() - started, pruning)
             return
-        attrs = {} if len(members) == 1 else None
+        attrs: Optional[dict[str, Any]] = {} if len(members) == 1 else None
         for member, result in zip(members, results):
             extra = attrs if attrs is not None else {TrialKeys.POPULATION: int(result.extras.get("population", 1))}
             self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
 
     def _fit(self, members: list[StartedTrial], pruning: Pruning) -> list[FitResult]:
         prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
-        common = dict(metric=prepared.metric, direction=prepared.direction, device=prepared.device,
-                      deterministic=prepared.spec.deterministic)
+        common: dict[str, Any] = dict(
+            metric=prepared.metric,
+            direction=prepared.direction,
+            device=prepared.device,
+            deterministic=prepared.spec.deterministic,
+        )
         if len(members) == 1:
             (member,) = members
             return [fit(prepared.task, member.recipe, self.budget, on_eval=on_eval[0], seed=member.seed, **common)]
@@ -157,8 +162,15 @@ class TrialLifecycle:
         def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
             pruning.record(step, {numbers[i]: values[prepared.metric] for i, values in metrics.items()})
 
-        return fit_population(prepared.task, [m.recipe for m in members], self.budget, seeds=[m.seed for m in members],
-                              on_eval=on_eval, on_evaluated=on_evaluated, **common)
+        return fit_population(
+            prepared.task,
+            [m.recipe for m in members],
+            self.budget,
+            seeds=[m.seed for m in members],
+            on_eval=on_eval,
+            on_evaluated=on_evaluated,
+            **common,
+        )
 
     def _fail_all(self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Pruning) -> None:
         for member in members:
@@ -170,8 +182,12 @@ class TrialLifecycle:
         try:
             self.end(member, outcome, pruning)
         except Exception as error:
-            warnings.warn(f"could not record the end of trial {member.trial.number} ({outcome.state}): "
-                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"could not record the end of trial {member.trial.number} ({outcome.state}): "
+                f"{type(error).__name__}: {error}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # -- one trial ----------------------------------------------------------------------------------------------------
 
@@ -180,14 +196,23 @@ class TrialLifecycle:
         MLflow run exists), then open its MLflow run."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get(TrialKeys.SEED, trial_seed(self.prepared.spec.seed, trial.number))
-        attrs = {TrialKeys.RECIPE: recipe.to_dict(), TrialKeys.SEED: seed,
-                 TrialKeys.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+        attrs = {
+            TrialKeys.RECIPE: recipe.to_dict(),
+            TrialKeys.SEED: seed,
+            TrialKeys.WORKER: f"{socket.gethostname()}:{os.getpid()}",
+        }
         if TrialKeys.RUN_ID in trial.user_attrs:  # a retry must not keep the lost trial's run id
             attrs[TrialKeys.RUN_ID] = ""
         write_trial(trial, attrs)
         tags = {"tuner.seed": str(seed), "optuna.trial_id": str(trial_id(trial))}
-        run = self.tracker.start_trial(self.parent_run_id, self.prepared.spec.name, trial.number, recipe, tags,
-                                       on_started=partial(_record_run_id, trial))
+        run = self.tracker.start_trial(
+            self.parent_run_id,
+            self.prepared.spec.name,
+            trial.number,
+            recipe,
+            tags,
+            on_started=partial(_record_run_id, trial),
+        )
         return StartedTrial(trial, recipe, seed, run)
 
     def reporter(self, member: StartedTrial, pruning: Pruning) -> OnEval:
@@ -195,8 +220,9 @@ class TrialLifecycle:
         metric = self.prepared.metric
 
         def on_eval(evaluation: Evaluation) -> bool:
-            self.tracker.log_metrics(member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss},
-                                     evaluation.step)
+            self.tracker.log_metrics(
+                member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step
+            )
             return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
 
         return on_eval
@@ -234,9 +260,13 @@ class TrialLifecycle:
             self._discarded(trial, outcome)
 
     def _discarded(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-        warnings.warn(f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
-                      f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
-                      f"discarded", TrialResultDiscarded, stacklevel=3)
+        warnings.warn(
+            f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
+            f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
+            f"discarded",
+            TrialResultDiscarded,
+            stacklevel=3,
+        )
 
 
 def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:

@@ -7,8 +7,9 @@ MLflow parent run (params ``lr_auto.<optimizer>.lr|low|high|batch_size``, tag ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Optional
 
 import optuna
 
@@ -20,20 +21,23 @@ from tuner.tracking import Tracker
 from tuner.train.lr_range import describe, find_lrs
 
 
-def apply_auto_lr(study: optuna.Study, prepared: Prepared, tracker: Tracker,
-                  say: Callable[[str], None] = print) -> Prepared:
+def apply_auto_lr(
+    study: optuna.Study, prepared: Prepared, tracker: Tracker, say: Callable[[str], None] = print
+) -> Prepared:
     """Run the range test for the ``lr: auto`` optimizers that have no range recorded on the study yet, record the
     ranges (study and MLflow), print them, and return ``prepared`` searching those ranges."""
     recorded = study.user_attrs.get(StudyKeys.LR_AUTO, {})
     missing = [name for name in prepared.space.auto_lr if name not in recorded]
     if missing:
         batch_size = sweep_batch_size(prepared.space)
-        findings = find_lrs(prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed,
-                            device=prepared.device)
+        findings = find_lrs(
+            prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device
+        )
         found = {**recorded, **{name: finding.summary() for name, finding in findings.items()}}
         study.set_user_attr(StudyKeys.LR_AUTO, found)
-        params = {f"lr_auto.{name}.{key}": found[name][key] for name in missing
-                  for key in ("lr", "low", "high", "batch_size")}
+        params = {
+            f"lr_auto.{name}.{key}": found[name][key] for name in missing for key in ("lr", "low", "high", "batch_size")
+        }
         ranges = ", ".join(f"{n}=[{r['low']:.3g}, {r['high']:.3g}]" for n, r in found.items())
         tracker.log_to_study(study.user_attrs.get(StudyKeys.PARENT_RUN), params=params, tags={"tuner.lr_auto": ranges})
         for name in missing:

@@ -37,8 +37,14 @@ class Prepared:
     device: str
 
 
-def prepare(source: Union[str, Path, StudySpec], *, storage: Optional[str] = None, tracking_uri: Optional[str] = None,
-            device: Optional[str] = None, spec_dir: Optional[str] = None) -> Prepared:
+def prepare(
+    source: Union[str, Path, StudySpec],
+    *,
+    storage: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+    device: Optional[str] = None,
+    spec_dir: Optional[str] = None,
+) -> Prepared:
     """Load and check a study (a file path or a ``StudySpec``). Raises ``TunerError``.
 
     Args:
@@ -60,19 +66,32 @@ def prepare(source: Union[str, Path, StudySpec], *, storage: Optional[str] = Non
         raise TunerError(f"{where}: {error}") from None
     metric = spec.metric or task.metric
     if metric not in task.directions:
-        raise TunerError(f"{where}: metric: unknown metric {metric!r} for task {spec.task.name!r}; "
-                         f"valid metrics: {', '.join(sorted(task.directions))}")
+        raise TunerError(
+            f"{where}: metric: unknown metric {metric!r} for task {spec.task.name!r}; "
+            f"valid metrics: {', '.join(sorted(task.directions))}"
+        )
     direction = spec.direction or task.directions[metric]
     _check_sampler_and_pruner(spec, space, where)
-    return Prepared(spec, spec_dir, task, space, metric, direction, spec.resolved_storage(storage),
-                    spec.resolved_tracking_uri(tracking_uri), device or spec.device)
+    return Prepared(
+        spec,
+        spec_dir,
+        task,
+        space,
+        metric,
+        direction,
+        spec.resolved_storage(storage),
+        spec.resolved_tracking_uri(tracking_uri),
+        device or spec.device,
+    )
 
 
 def _check_sampler_and_pruner(spec: StudySpec, space: SearchSpace, where: str) -> None:
     """Build both once: an unknown name or bad options fail before the study exists."""
     quiet_libraries()
-    for field, build in (("sampler", lambda: make_sampler(spec.sampler, spec.seed, space)),
-                         ("pruner", lambda: make_pruner(spec.pruner))):
+    for field, build in (
+        ("sampler", lambda: make_sampler(spec.sampler, spec.seed, space)),
+        ("pruner", lambda: make_pruner(spec.pruner)),
+    ):
         try:
             build()
         except TunerError as error:

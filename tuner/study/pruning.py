@@ -18,7 +18,8 @@ Other pruners (ASHA, Hyperband, custom) are asked through ``trial.should_prune()
 a trial with every trial that reached its rung, running ones included. ``pruner: none`` answers without a read.
 
 Reports. Where the decision is made in memory (the median rule, ``none``), a trial's intermediate values are written
-to the study in one transaction (``tuner.study.storage.sql``): when the trial ends (``flush`` or ``take_unwritten``, before
+to the study in one transaction (``tuner.study.storage.sql``): when the trial ends (``flush`` or ``take_unwritten``,
+before
 it is told; the engine writes them with the trial's last user attrs), or at the next evaluation once the oldest
 unwritten value is ``FLUSH_SECONDS`` old, so dashboards still follow long trials. Written one by one, between bursts
 of training, 11 reports took ~25 ms of a 1-s trial. ASHA and Hyperband read the trial's values from the study, so
@@ -29,8 +30,9 @@ written; its trial fails as lost anyway. A step reported twice keeps its first v
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from tuner.study.storage.sql import write_trial
 
@@ -141,5 +143,6 @@ def _intermediate_values_only() -> FrozenTrial:
     import optuna
     from optuna.trial import TrialState
 
-    return optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, params={}, distributions={},
-                                     intermediate_values={})
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.0, params={}, distributions={}, intermediate_values={}
+    )

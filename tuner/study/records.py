@@ -41,14 +41,25 @@ class TrialRecord:
     intermediate_values: dict[int, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> "TrialRecord":
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
         """The record of a trial read from a study."""
         attrs = trial.user_attrs
-        return cls(trial.number, trial.state.name, trial.value, attrs.get(TrialKeys.RECIPE), attrs.get(TrialKeys.SEED),
-                   str(attrs.get(TrialKeys.REASON, "")), attrs.get(TrialKeys.DURATION), attrs.get(TrialKeys.TOTAL_STEPS),
-                   attrs.get(TrialKeys.POPULATION), attrs.get(TrialKeys.WORKER), attrs.get(TrialKeys.RUN_ID) or None,
-                   attrs.get(TrialKeys.WARM_START), list(attrs.get(TrialKeys.TRACKING_ERRORS, [])),
-                   dict(trial.intermediate_values))
+        return cls(
+            trial.number,
+            trial.state.name,
+            trial.value,
+            attrs.get(TrialKeys.RECIPE),
+            attrs.get(TrialKeys.SEED),
+            str(attrs.get(TrialKeys.REASON, "")),
+            attrs.get(TrialKeys.DURATION),
+            attrs.get(TrialKeys.TOTAL_STEPS),
+            attrs.get(TrialKeys.POPULATION),
+            attrs.get(TrialKeys.WORKER),
+            attrs.get(TrialKeys.RUN_ID) or None,
+            attrs.get(TrialKeys.WARM_START),
+            list(attrs.get(TrialKeys.TRACKING_ERRORS, [])),
+            dict(trial.intermediate_values),
+        )
 
     def to_recipe(self) -> Recipe:
         """The trial's ``Recipe`` (``TunerError`` when the trial has none: it was not made by tuner)."""

@@ -9,13 +9,15 @@ passes or the sampler has nothing left (an exhausted grid).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import optuna
 
@@ -54,8 +56,12 @@ class RunOptions:
     population: int = 1
 
 
-def run_study(prepared: Prepared, options: RunOptions, on_trial: Optional[OnTrial] = None,
-              on_message: Callable[[str], None] = lambda message: None) -> optuna.Study:
+def run_study(
+    prepared: Prepared,
+    options: RunOptions,
+    on_trial: Optional[OnTrial] = None,
+    on_message: Callable[[str], None] = lambda message: None,
+) -> optuna.Study:
     """Create or resume the study and run it to ``n_trials`` finished trials, with ``jobs`` local processes."""
     from tuner.study.warmstart import warm_start
 
@@ -93,11 +99,13 @@ def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
     spec = prepared.spec
     storage = open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
     exists = spec.name in study_names(storage)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=prepared.direction,
-                                load_if_exists=True)
+    direction: Any = prepared.direction  # "maximize" or "minimize", checked by prepare
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, load_if_exists=True)
     if exists and study.direction.name.lower() != prepared.direction:
-        raise TunerError(f"study {spec.name!r} exists with direction {study.direction.name.lower()}, "
-                         f"but the study file asks for {prepared.direction}")
+        raise TunerError(
+            f"study {spec.name!r} exists with direction {study.direction.name.lower()}, "
+            f"but the study file asks for {prepared.direction}"
+        )
     study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
     study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
     study.set_user_attr(StudyKeys.METRIC, prepared.metric)
@@ -115,14 +123,21 @@ def join_study(study_name: str, storage_url: str, tracker: Tracker) -> optuna.St
 
 def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
     """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason)."""
+
     def close(run_id: str, reason: str) -> None:
         tracker.end_trial(TrialRun(run_id), TrialOutcome("FAIL", reason))
 
     return close
 
 
-def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options: RunOptions, worker_index: int,
-             on_trial: Optional[OnTrial] = None) -> None:
+def optimize(
+    study: optuna.Study,
+    prepared: Prepared,
+    tracker: Tracker,
+    options: RunOptions,
+    worker_index: int,
+    on_trial: Optional[OnTrial] = None,
+) -> None:
     """Run trials in this process until the study holds ``n_trials`` finished trials or ``timeout`` passes; then, as
     the last worker out, run the retries of trials whose workers were lost."""
     remaining = options.n_trials - finished_count(study)
@@ -139,15 +154,28 @@ def optimize(study: optuna.Study, prepared: Prepared, tracker: Tracker, options:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         with lifecycle.optimize_loop():
-            run_trials(lifecycle, size=options.population, trials=remaining, target=options.n_trials,
-                       timeout=options.timeout, on_trial=on_trial)
+            run_trials(
+                lifecycle,
+                size=options.population,
+                trials=remaining,
+                target=options.n_trials,
+                timeout=options.timeout,
+                on_trial=on_trial,
+            )
             settle_lost_trials(study, lambda waiting: run_trials(lifecycle, size=1, trials=waiting))
     finally:
         tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
 
 
-def run_trials(lifecycle: TrialLifecycle, *, size: int, trials: int, target: Optional[int] = None,
-               timeout: Optional[float] = None, on_trial: Optional[OnTrial] = None) -> None:
+def run_trials(
+    lifecycle: TrialLifecycle,
+    *,
+    size: int,
+    trials: int,
+    target: Optional[int] = None,
+    timeout: Optional[float] = None,
+    on_trial: Optional[OnTrial] = None,
+) -> None:
     """Ask up to ``trials`` trials, ``size`` at a time, while the study holds fewer than ``target`` finished ones
     (None: no target), ``timeout`` has not passed and the sampler has not asked to stop."""
     study, started, asked = lifecycle.study, time.monotonic(), 0
@@ -173,27 +201,40 @@ def share_cpu_threads(processes: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
 
 
-def _start_workers(prepared: Prepared, options: RunOptions) -> list[multiprocessing.Process]:
+def _start_workers(prepared: Prepared, options: RunOptions) -> list[Any]:
     context = multiprocessing.get_context("spawn")
-    args = (prepared.spec.model_dump(mode="json"), prepared.spec_dir, prepared.storage_url, prepared.tracking_uri,
-            prepared.device, options)
-    workers = [context.Process(target=_worker_main, args=(*args, index), daemon=False)
-               for index in range(1, options.jobs)]
+    args = (
+        prepared.spec.model_dump(mode="json"),
+        prepared.spec_dir,
+        prepared.storage_url,
+        prepared.tracking_uri,
+        prepared.device,
+        options,
+    )
+    workers = [
+        context.Process(target=_worker_main, args=(*args, index), daemon=False) for index in range(1, options.jobs)
+    ]
     for worker in workers:
         worker.start()
     return workers
 
 
-def _worker_main(spec: dict[str, Any], spec_dir: str, storage_url: str, tracking_uri: str, device: str,
-                 options: RunOptions, worker_index: int) -> None:
+def _worker_main(
+    spec: dict[str, Any],
+    spec_dir: str,
+    storage_url: str,
+    tracking_uri: str,
+    device: str,
+    options: RunOptions,
+    worker_index: int,
+) -> None:
     """Entry point of a local worker process started by ``run_study(jobs=K)``."""
     logging.disable(logging.WARNING)
     share_cpu_threads(options.jobs)
-    prepared = prepare(parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device,
-                       spec_dir=spec_dir)
+    prepared = prepare(
+        parse_study(spec), storage=storage_url, tracking_uri=tracking_uri, device=device, spec_dir=spec_dir
+    )
     tracker = open_tracker(tracking_uri)
     study = join_study(prepared.spec.name, storage_url, tracker)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # the parent tells the user; this worker's trial is marked FAIL
         optimize(study, prepared, tracker, options, worker_index)
-    except KeyboardInterrupt:
-        pass

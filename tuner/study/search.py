@@ -10,8 +10,9 @@ This module never imports Optuna: a trial is anything with ``suggest_*`` methods
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from tuner.errors import TunerError, UnknownNameError
 from tuner.optim import OPTIMIZERS
@@ -35,9 +36,11 @@ class EntrySpace:
 class SearchSpace:
     optimizers: Mapping[str, EntrySpace]  # each has an "lr" dimension
     schedules: Mapping[str, EntrySpace]
-    shared: Mapping[str, Dimension]  # batch_size, weight_decay, weight_decay_mode, clip_norm, clip_value, warmup, warmup_kind
+    shared: Mapping[
+        str, Dimension
+    ]  # batch_size, weight_decay, weight_decay_mode, clip_norm, clip_value, warmup, warmup_kind
     auto_lr: tuple[str, ...] = ()  # optimizers whose LR range comes from an LR range test (`lr: auto`)
-    switch: Optional["SwitchSearch"] = None
+    switch: Optional[SwitchSearch] = None
 
     def sample(self, trial: TrialLike) -> Recipe:
         """Sample one Recipe; only the chosen optimizer's and schedule's parameters are suggested."""
@@ -46,7 +49,7 @@ class SearchSpace:
         lr = optimizer_params.pop("lr")
         schedule = _choose(trial, "schedule", list(self.schedules))
         schedule_params = _suggest_all(trial, self.schedules[schedule])
-        shared = {name: dim.suggest(trial, name) for name, dim in self.shared.items()}
+        shared: dict[str, Any] = {name: dim.suggest(trial, name) for name, dim in self.shared.items()}
         if self.switch is not None:
             shared["switch"] = self.switch.sample(trial)
         return Recipe(
@@ -70,7 +73,9 @@ class SearchSpace:
             for name, dim in params.items():
                 full = f"{prefix}.{name}" if prefix else name
                 for optuna_name in optuna_param_names(dim, full):
-                    grid[optuna_name] = dim.optuna_grid(points_per_range) if isinstance(dim, Beta) else dim.grid(points_per_range)
+                    grid[optuna_name] = (
+                        dim.optuna_grid(points_per_range) if isinstance(dim, Beta) else dim.grid(points_per_range)
+                    )
         return grid
 
 
@@ -88,7 +93,9 @@ class SwitchSearch:
         if target == "none":
             return None
         at_fraction = self.at_fraction.suggest(trial, "switch.at_fraction")
-        return Switch(optimizer=target, at_fraction=at_fraction, lr=self.targets[target].suggest(trial, f"switch.{target}.lr"))
+        return Switch(
+            optimizer=target, at_fraction=at_fraction, lr=self.targets[target].suggest(trial, f"switch.{target}.lr")
+        )
 
 
 def _resolve_switch(space: SpaceSpec) -> Optional[SwitchSearch]:
@@ -122,8 +129,9 @@ def _suggest_all(trial: TrialLike, entry: EntrySpace) -> dict[str, Any]:
     return {name: dim.suggest(trial, f"{entry.name}.{name}") for name, dim in entry.params.items()}
 
 
-def resolve_space(space: SpaceSpec, default_batch_size: Optional[int],
-                  lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None) -> SearchSpace:
+def resolve_space(
+    space: SpaceSpec, default_batch_size: Optional[int], lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None
+) -> SearchSpace:
     """Check every name against the catalog and turn the file's ranges into dimensions.
 
     ``lr_ranges`` (optimizer -> (low, high)) replaces the LR range of the optimizers with ``lr: auto``; without it they
@@ -133,8 +141,12 @@ def resolve_space(space: SpaceSpec, default_batch_size: Optional[int],
     entries = _entries(space.optimizers)
     auto = tuple(name for name, overrides in entries.items() if _is_auto_lr(space, overrides))
     optimizers = {
-        name: _resolve_entry("optimizer", name, _with_lr_range(overrides, name in auto, (lr_ranges or {}).get(name)),
-                             _optimizer_base(name))
+        name: _resolve_entry(
+            "optimizer",
+            name,
+            _with_lr_range(overrides, name in auto, (lr_ranges or {}).get(name)),
+            _optimizer_base(name),
+        )
         for name, overrides in entries.items()
     }
     schedules = {
@@ -151,11 +163,15 @@ def resolve_space(space: SpaceSpec, default_batch_size: Optional[int],
         "warmup": space.warmup,
         "warmup_kind": space.warmup_kind,
     }
-    shared = {name: _dimension(f"space.{name}", value, None, log=name in _LOG_BY_DEFAULT) for name, value in shared_values.items()}
+    shared = {
+        name: _dimension(f"space.{name}", value, None, log=name in _LOG_BY_DEFAULT)
+        for name, value in shared_values.items()
+    }
     _check_choice("space.weight_decay_mode", shared["weight_decay_mode"], ("coupled", "decoupled"))
     _check_choice("space.warmup_kind", shared["warmup_kind"], ("linear", "exponential"))
-    return SearchSpace(optimizers=optimizers, schedules=schedules, shared=shared, auto_lr=auto,
-                       switch=_resolve_switch(space))
+    return SearchSpace(
+        optimizers=optimizers, schedules=schedules, shared=shared, auto_lr=auto, switch=_resolve_switch(space)
+    )
 
 
 def _is_auto_lr(space: SpaceSpec, overrides: Mapping[str, Any]) -> bool:
@@ -201,7 +217,7 @@ def _resolve_entry(kind: str, name: str, overrides: Mapping[str, Any], base: Map
     unknown = sorted(set(overrides or {}) - set(base))
     if unknown:
         raise TunerError(f"{where}: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(sorted(base))}")
-    params = {key: dim for key, dim in base.items() if not isinstance(dim, Fixed)}
+    params: dict[str, Dimension] = {key: dim for key, dim in base.items() if not isinstance(dim, Fixed)}
     for key, value in (overrides or {}).items():
         params[key] = _dimension(f"{where}.{key}", value, base[key])
     return EntrySpace(name=name, params=params)
@@ -222,7 +238,9 @@ def _dimension(where: str, value: Any, base: Optional[Dimension], log: bool = Fa
 def _range(value: dict[str, Any], base: Optional[Dimension], log: bool) -> Dimension:
     unknown = sorted(set(value) - {"low", "high", "log"})
     if unknown or "low" not in value or "high" not in value:
-        raise ValueError("a range is {low: ..., high: ..., log: true|false}" + (f"; unknown key {unknown[0]!r}" if unknown else ""))
+        raise ValueError(
+            "a range is {low: ..., high: ..., log: true|false}" + (f"; unknown key {unknown[0]!r}" if unknown else "")
+        )
     low, high = value["low"], value["high"]
     if isinstance(base, Beta):
         return Beta(float(low), float(high))

@@ -7,7 +7,8 @@ builds both before anything is written, so a bad sampler or pruner never leaves 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 

@@ -16,7 +16,8 @@ by the optimizer family's rule (``OptimizerSpec.family``): **linear** for the SG
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import optuna
 
@@ -24,12 +25,12 @@ from tuner.errors import TunerError
 from tuner.optim import OPTIMIZERS
 from tuner.recipe import Recipe
 from tuner.schedules import SCHEDULES
+from tuner.space import Choice, Dimension, Fixed, Float, Int
 from tuner.study.keys import TrialKeys
 from tuner.study.prepare import Prepared
 from tuner.study.records import top_records
 from tuner.study.search import SearchSpace
 from tuner.study.storage import load_existing_study
-from tuner.space import Choice, Dimension, Fixed, Float, Int
 
 DEFAULT_K = 3
 SHARED = ("batch_size", "weight_decay", "weight_decay_mode", "clip_norm", "clip_value", "warmup", "warmup_kind")
@@ -54,8 +55,9 @@ def parse_source(text: str) -> tuple[str, int]:
     return name, int(k)
 
 
-def warm_start(study: optuna.Study, prepared: Prepared, source: str,
-               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def warm_start(
+    study: optuna.Study, prepared: Prepared, source: str, say: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Enqueue the top-K complete trials of study ``source`` (``NAME[:K]``, same storage) into ``study``.
 
     Returns the enqueued parameter dicts; every skip and every LR rescaling is reported through ``say``.
@@ -89,7 +91,10 @@ def check_source(source: str, prepared: Prepared) -> tuple[optuna.Study, int]:
 def map_recipe(space: SearchSpace, recipe: Recipe) -> tuple[dict[str, Any], str]:
     """The Optuna params that make ``space.sample`` produce ``recipe`` (LR rescaled to this space's batch size),
     and a note on the rescaling (empty when none applied). Raises ``OutsideSpace`` naming what does not fit."""
-    for kind, name, offered in (("optimizer", recipe.optimizer, space.optimizers), ("schedule", recipe.schedule, space.schedules)):
+    for kind, name, offered in (
+        ("optimizer", recipe.optimizer, space.optimizers),
+        ("schedule", recipe.schedule, space.schedules),
+    ):
         if name not in offered:
             raise OutsideSpace(f"{kind} {name!r} is not offered here (this study: {', '.join(offered)})")
     batch = nearest_batch(space.shared["batch_size"], recipe.batch_size)
@@ -128,7 +133,10 @@ def rescale_lr(recipe: Recipe, new_batch: Optional[int]) -> tuple[float, str]:
         return recipe.lr, f"batch {old} -> {new_batch}: no rescaling rule for the {family} family, LR kept"
     rule_name, factor = rule[0], rule[1](new_batch / old)
     lr = recipe.lr * factor
-    return lr, f"batch {old} -> {new_batch}: {rule_name} rule ({family} family): lr {recipe.lr:.4g} x {factor:.4g} = {lr:.4g}"
+    return (
+        lr,
+        f"batch {old} -> {new_batch}: {rule_name} rule ({family} family): lr {recipe.lr:.4g} x {factor:.4g} = {lr:.4g}",
+    )
 
 
 def _recipe_values(recipe: Recipe, lr: float, batch: Optional[int]) -> dict[str, Any]:
@@ -154,7 +162,8 @@ class _Replay:
     """A trial that answers every ``suggest_*`` from a recipe's values and records what it answered."""
 
     def __init__(self, values: dict[str, Any]) -> None:
-        self.values, self.params = values, {}
+        self.values: dict[str, Any] = values
+        self.params: dict[str, Any] = {}
 
     def _value(self, name: str) -> Any:
         if name not in self.values:

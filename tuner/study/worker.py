@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import optuna
 
@@ -47,11 +48,18 @@ def prepare_stored(options: WorkerOptions) -> Prepared:
     study = load_existing_study(options.study, options.storage_url)
     spec = study.user_attrs.get(StudyKeys.SPEC)
     if spec is None:
-        raise TunerError(f"study {options.study!r} in {mask_url(options.storage_url)} has no stored spec "
-                         f"(it was not created by `tuner run`)")
+        raise TunerError(
+            f"study {options.study!r} in {mask_url(options.storage_url)} has no stored spec "
+            f"(it was not created by `tuner run`)"
+        )
     spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
-    return prepare(parse_study(spec), storage=options.storage_url, tracking_uri=options.tracking_uri,
-                   device=options.device, spec_dir=spec_dir if os.path.isdir(spec_dir) else os.getcwd())
+    return prepare(
+        parse_study(spec),
+        storage=options.storage_url,
+        tracking_uri=options.tracking_uri,
+        device=options.device,
+        spec_dir=spec_dir if os.path.isdir(spec_dir) else os.getcwd(),
+    )
 
 
 def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
@@ -76,6 +84,7 @@ def worker_index() -> int:
 
 # -- one process per GPU ------------------------------------------------------------------------------------
 
+
 def parse_gpus(text: str, available: Optional[int] = None) -> list[int]:
     """``"0,1"`` -> ``[0, 1]``; an entry that is not a GPU of this machine is a ``TunerError``."""
     entries = [entry.strip() for entry in text.split(",") if entry.strip()]
@@ -88,8 +97,10 @@ def parse_gpus(text: str, available: Optional[int] = None) -> list[int]:
     gpus: list[int] = []
     for entry in entries:
         if int(entry) >= count:
-            raise TunerError(f"--gpus: GPU {entry} does not exist; this machine has {count} GPU(s)"
-                             + (f": 0..{count - 1}" if count else ""))
+            raise TunerError(
+                f"--gpus: GPU {entry} does not exist; this machine has {count} GPU(s)"
+                + (f": 0..{count - 1}" if count else "")
+            )
         if int(entry) in gpus:
             raise TunerError(f"--gpus: GPU {entry} is listed twice")
         gpus.append(int(entry))
@@ -106,8 +117,12 @@ def gpu_count() -> int:
 def gpu_worker_command(options: WorkerOptions) -> list[str]:
     """The ``tuner worker`` command line one pinned child runs (no ``--gpus``: it trains in its own process)."""
     command = [sys.executable, "-m", "tuner", "worker", options.study, "--storage", options.storage_url]
-    for flag, value in (("--n-trials", options.n_trials), ("--timeout", options.timeout),
-                        ("--tracking-uri", options.tracking_uri), ("--device", options.device or "cuda")):
+    for flag, value in (
+        ("--n-trials", options.n_trials),
+        ("--timeout", options.timeout),
+        ("--tracking-uri", options.tracking_uri),
+        ("--device", options.device or "cuda"),
+    ):
         if value is not None:
             command += [flag, str(value)]
     return command
@@ -123,8 +138,13 @@ def run_gpu_workers(options: WorkerOptions, gpus: list[int]) -> int:
     for gpu in gpus:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": physical[gpu] if physical else str(gpu)}
         children.append(subprocess.Popen(gpu_worker_command(options), env=env))
-    previous = {sig: signal.signal(sig, lambda s, f: [c.send_signal(s) for c in children if c.poll() is None])
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         codes = [child.wait() for child in children]
     finally:

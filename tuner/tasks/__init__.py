@@ -3,11 +3,19 @@
 Cheap to import: torch, numpy and scikit-learn are imported only when a task builds its model or data.
 """
 
-from tuner.tasks.base import SimpleTask, Task, TaskData, TaskSpec
+from tuner.tasks.base import PopulationTask, SimpleTask, Task, TaskData, TaskSpec
 from tuner.tasks.builtin import BUILTIN_TASKS
 from tuner.tasks.loader import check_task, is_task_file, load_task, resolve_task_file
 
 __all__ = [
-    "BUILTIN_TASKS", "SimpleTask", "Task", "TaskData", "TaskSpec", "check_task", "is_task_file", "load_task",
+    "BUILTIN_TASKS",
+    "PopulationTask",
+    "SimpleTask",
+    "Task",
+    "TaskData",
+    "TaskSpec",
+    "check_task",
+    "is_task_file",
+    "load_task",
     "resolve_task_file",
 ]

@@ -10,8 +10,9 @@ This module does not import torch: tensors are only touched through their method
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -51,7 +52,7 @@ class TaskData:
     def n_val(self) -> int:
         return int(self.val_inputs.shape[0])
 
-    def to(self, device: Any) -> "TaskData":
+    def to(self, device: Any) -> TaskData:
         """A copy with every tensor moved to ``device``."""
         return TaskData(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -73,6 +74,30 @@ class Task(Protocol):
     def loss(self, outputs: Any, targets: Any) -> Any: ...
 
     def metrics(self, outputs: Any, targets: Any) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class PopulationTask(Task, Protocol):
+    """A Task that can also score a population's stacked ``(N, B, ...)`` tensors in one pass (optional hooks of the
+    protocol; ``SimpleTask`` has them). Either may be None: the population then maps ``loss``/``metrics`` over
+    members.
+
+    ``population_loss(outputs, targets) -> (N,)``: member ``i``'s ``loss(outputs[i], targets[i])``.
+    ``population_metrics(outputs, targets) -> {name: (N,) tensor}``: member ``i``'s ``metrics``, as tensors.
+    """
+
+    @property
+    def population_loss(self) -> Optional[Callable[[Any, Any], Any]]: ...
+
+    @property
+    def population_metrics(self) -> Optional[Callable[[Any, Any], dict[str, Any]]]: ...
+
+
+def population_hooks(task: Task) -> tuple[Optional[Callable[[Any, Any], Any]], Optional[Callable[[Any, Any], Any]]]:
+    """(population_loss, population_metrics) of a task, (None, None) when it declares neither."""
+    if isinstance(task, PopulationTask):
+        return task.population_loss, task.population_metrics
+    return None, None
 
 
 def validate_directions(metric: str, direction: str, directions: Mapping[str, str]) -> None:
@@ -261,7 +286,8 @@ def _stacked_loss(loss_fn: Any) -> Optional[Callable[[Any, Any], Any]]:
 
 
 def stacked_classification_metrics(logits: Any, targets: Any) -> dict[str, Any]:
-    """``classification_metrics`` of each member as ``(N,)`` tensors: logits ``(N, ..., classes)``, targets ``(N, ...)``."""
+    """``classification_metrics`` of each member as ``(N,)`` tensors: logits ``(N, ..., classes)``, targets
+    ``(N, ...)``."""
     n = logits.shape[0]
     correct = logits.argmax(-1).reshape(n, -1) == targets.reshape(n, -1)
     return {"loss": stacked_cross_entropy(logits, targets), "accuracy": correct.float().mean(1)}

@@ -4,7 +4,7 @@ or (CIFAR-10) is read from a directory the user gives."""
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from tuner.tasks.base import Task, TaskSpec
 from tuner.tasks.charlm import charlm

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import sysconfig
+from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from tuner.errors import lookup
 from tuner.tasks.base import SimpleTask, TaskData, cross_entropy
@@ -23,9 +24,7 @@ from tuner.tasks.digits import check_fraction
 
 VOCAB = "\n" + "".join(chr(code) for code in range(32, 127))
 UNKNOWN = "?"
-TYPOGRAPHY = str.maketrans(
-    {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\t": "    "}
-)
+TYPOGRAPHY = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\t": "    "})
 # Every metric is a mean over characters so that chunked validation averages exactly (perplexity = e^loss is not).
 DIRECTIONS = {"loss": "minimize", "bits_per_char": "minimize", "accuracy": "maximize"}
 
@@ -108,8 +107,14 @@ def build_transformer(context: int, d_model: int, n_layers: int, n_heads: int) -
 
 
 def _check(context: int, d_model: int, n_layers: int, n_heads: int, max_chars: int, stride: int) -> None:
-    for name, value in (("context", context), ("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads),
-                        ("max_chars", max_chars), ("stride", stride)):
+    for name, value in (
+        ("context", context),
+        ("d_model", d_model),
+        ("n_layers", n_layers),
+        ("n_heads", n_heads),
+        ("max_chars", max_chars),
+        ("stride", stride),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {name}={value}")
     if d_model % n_heads:

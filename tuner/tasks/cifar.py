@@ -9,9 +9,10 @@ Inputs are normalized with the per-channel mean and std of the (possibly limited
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from tuner.errors import TunerError
 from tuner.tasks.base import CLASSIFICATION_DIRECTIONS, SimpleTask, TaskData, classification_metrics, cross_entropy
@@ -81,9 +82,7 @@ def load(root: str, limit: Optional[int]) -> TaskData:
     train_images, val_images = images(x_train), images(x_val)
     mean = train_images.mean(dim=(0, 2, 3), keepdim=True)
     std = train_images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return TaskData(
-        (train_images - mean) / std, torch.tensor(y_train), (val_images - mean) / std, torch.tensor(y_val)
-    )
+    return TaskData((train_images - mean) / std, torch.tensor(y_train), (val_images - mean) / std, torch.tensor(y_val))
 
 
 def cifar10(

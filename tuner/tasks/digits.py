@@ -6,8 +6,9 @@ the features are standardized with the train split's statistics only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache, partial
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 from tuner.tasks.base import CLASSIFICATION_DIRECTIONS, SimpleTask, TaskData, classification_metrics, cross_entropy
 

@@ -15,9 +15,10 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 from tuner.errors import TunerError, lookup
 from tuner.tasks.base import Task, missing_task_members, validate_directions

@@ -9,20 +9,49 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tuner.train.trainer import Trainer, data_on_device, fit, resolve_device, seed_everything
     from tuner.train.lr_range import LRFinding, SweepConfig, find_lrs, range_test
     from tuner.train.population import PopulationFallbackWarning, fit_population
     from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
+    from tuner.train.trainer import Trainer, data_on_device, fit, resolve_device, seed_everything
 
 _EXPORTS = {
-    "Trainer": "trainer", "data_on_device": "trainer", "fit": "trainer", "resolve_device": "trainer",
+    "Trainer": "trainer",
+    "data_on_device": "trainer",
+    "fit": "trainer",
+    "resolve_device": "trainer",
     "seed_everything": "trainer",
-    "LRFinding": "lr_range", "SweepConfig": "lr_range", "find_lrs": "lr_range", "range_test": "lr_range",
-    "PopulationFallbackWarning": "population", "fit_population": "population",
-    "Evaluation": "progress", "FitResult": "progress", "OnEval": "progress", "RunProgress": "progress",
-    "TrainBudget": "progress", "plan_steps": "progress",
+    "LRFinding": "lr_range",
+    "SweepConfig": "lr_range",
+    "find_lrs": "lr_range",
+    "range_test": "lr_range",
+    "PopulationFallbackWarning": "population",
+    "fit_population": "population",
+    "Evaluation": "progress",
+    "FitResult": "progress",
+    "OnEval": "progress",
+    "RunProgress": "progress",
+    "TrainBudget": "progress",
+    "plan_steps": "progress",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Evaluation",
+    "FitResult",
+    "LRFinding",
+    "OnEval",
+    "PopulationFallbackWarning",
+    "RunProgress",
+    "SweepConfig",
+    "TrainBudget",
+    "Trainer",
+    "data_on_device",
+    "find_lrs",
+    "fit",
+    "fit_population",
+    "plan_steps",
+    "range_test",
+    "resolve_device",
+    "seed_everything",
+]
 
 
 def __getattr__(name: str) -> Any:

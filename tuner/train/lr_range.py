@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from tuner.recipe import Recipe
 from tuner.train.progress import TrainBudget
@@ -86,10 +87,16 @@ class LRFinding:
 
     def summary(self) -> dict[str, Any]:
         """The suggestion as plain data (for study user attrs and MLflow)."""
-        return {"optimizer": self.optimizer, "batch_size": self.batch_size, **asdict(self.suggestion), "stopped": self.stopped}
+        return {
+            "optimizer": self.optimizer,
+            "batch_size": self.batch_size,
+            **asdict(self.suggestion),
+            "stopped": self.stopped,
+        }
 
 
 # -- the suggestion (pure) ------------------------------------------------------------------------
+
 
 def smooth(losses: Sequence[float]) -> list[float]:
     """A centered running median (kills isolated spikes) followed by a centered running mean (noise); no lag."""
@@ -99,7 +106,7 @@ def smooth(losses: Sequence[float]) -> list[float]:
 
 def _centered(values: Sequence[float], window: int, reduce) -> list[float]:
     half = window // 2
-    return [reduce(values[max(0, i - half):i + half + 1]) for i in range(len(values))]
+    return [reduce(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
 
 
 def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
@@ -112,15 +119,20 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
         return _fallback(lrs[0], lrs[0], "the loss was not finite at the first step; the sweep started too high")
     s = smooth(finite)
     i_min = min(range(len(s)), key=s.__getitem__)
-    start = statistics.median(finite[:max(1, len(finite) // 10)])
+    start = statistics.median(finite[: max(1, len(finite) // 10)])
     drop = start - s[i_min]
     noise = _noise(finite)
     if i_min == 0 or drop <= max(3 * noise, 1e-3 * abs(start)):
         return _fallback(lrs[i_min] / 10, lrs[i_min], "the loss barely fell; suggestion = LR of the lowest loss / 10")
     knee = next(i for i in range(i_min + 1) if s[i] <= s[i_min] + KNEE * drop)
     lr = lrs[knee]
-    return Suggestion(lr=lr, low=lr / 10, high=max(lrs[i_min], 3 * lr), lr_min_loss=lrs[i_min],
-                      note="valley entrance of the smoothed loss")
+    return Suggestion(
+        lr=lr,
+        low=lr / 10,
+        high=max(lrs[i_min], 3 * lr),
+        lr_min_loss=lrs[i_min],
+        note="valley entrance of the smoothed loss",
+    )
 
 
 def _finite_prefix(losses: Sequence[float]) -> list[float]:
@@ -150,14 +162,24 @@ def diverged(losses: Sequence[float], min_steps: int, factor: float) -> bool:
         return True
     if len(losses) < max(min_steps, MEDIAN_WINDOW):
         return False
-    medians = [statistics.median(losses[max(0, i - MEDIAN_WINDOW + 1):i + 1]) for i in range(MEDIAN_WINDOW - 1, len(losses))]
+    medians = [
+        statistics.median(losses[max(0, i - MEDIAN_WINDOW + 1) : i + 1]) for i in range(MEDIAN_WINDOW - 1, len(losses))
+    ]
     return medians[-1] > factor * min(medians)
 
 
 # -- the sweep (torch) --------------------------------------------------------------------------------
 
-def range_test(task: Any, optimizer: str, *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
-               seed: int = 0, device: str = "auto") -> LRFinding:
+
+def range_test(
+    task: Any,
+    optimizer: str,
+    *,
+    batch_size: Optional[int] = None,
+    config: SweepConfig = SweepConfig(),
+    seed: int = 0,
+    device: str = "auto",
+) -> LRFinding:
     """Run the LR range test of ``optimizer`` (catalog defaults) on ``task`` and suggest an LR."""
     from tuner.train.trainer import Trainer
 
@@ -172,17 +194,36 @@ def range_test(task: Any, optimizer: str, *, batch_size: Optional[int] = None, c
             stopped = f"diverged at lr {lrs[step]:.3g} (step {step + 1})"
             break
     finite = _finite_prefix(losses)
-    return LRFinding(optimizer, batch_size, lrs[:len(losses)], losses, smooth(finite) if finite else [], stopped,
-                     suggest(lrs, losses))
+    return LRFinding(
+        optimizer,
+        batch_size,
+        lrs[: len(losses)],
+        losses,
+        smooth(finite) if finite else [],
+        stopped,
+        suggest(lrs, losses),
+    )
 
 
-def find_lrs(task: Any, optimizers: Sequence[str], *, batch_size: Optional[int] = None, config: SweepConfig = SweepConfig(),
-             seed: int = 0, device: str = "auto") -> dict[str, LRFinding]:
+def find_lrs(
+    task: Any,
+    optimizers: Sequence[str],
+    *,
+    batch_size: Optional[int] = None,
+    config: SweepConfig = SweepConfig(),
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, LRFinding]:
     """``range_test`` for each optimizer (same seed, so every optimizer sees the same initial model and batches)."""
-    return {name: range_test(task, name, batch_size=batch_size, config=config, seed=seed, device=device) for name in optimizers}
+    return {
+        name: range_test(task, name, batch_size=batch_size, config=config, seed=seed, device=device)
+        for name in optimizers
+    }
 
 
 def describe(row: dict[str, Any]) -> str:
     """One line: optimizer, suggested LR, safe range, batch size, rule."""
-    return (f"{row['optimizer']:<12} suggested lr {row['lr']:.3g}   safe range [{row['low']:.3g}, {row['high']:.3g}]   "
-            f"(batch {row['batch_size']}; {row['note']}; {row['stopped']})")
+    return (
+        f"{row['optimizer']:<12} suggested lr {row['lr']:.3g}   safe range [{row['low']:.3g}, {row['high']:.3g}]   "
+        f"(batch {row['batch_size']}; {row['note']}; {row['stopped']})"
+    )

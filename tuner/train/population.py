@@ -31,8 +31,9 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -41,10 +42,10 @@ from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
 from tuner.tasks import Task
-from tuner.tasks.base import stacked_cross_entropy
+from tuner.tasks.base import population_hooks, stacked_cross_entropy
+from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.train.trainer import EVAL_CHUNK, data_on_device, fit, resolve_device, seed_everything
-from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 
 OnEvaluated = Callable[[int, dict[int, dict[str, float]]], None]
 
@@ -71,10 +72,11 @@ def fit_population(
     max_members: Optional[int] = None,
     keep_params: bool = False,
 ) -> list[FitResult]:
-    """Train ``recipes`` (member ``i`` with ``seeds[i]`` and ``on_eval[i]``) and return one ``FitResult`` each, in order.
+    """Train ``recipes`` (member ``i`` with ``seeds[i]`` and ``on_eval[i]``); one ``FitResult`` each, in order.
 
     Members are grouped by what must match to stack them (the batch size, and an update rule with a batched
-    implementation); each group trains in vectorized passes of at most ``max_members`` (default: what fits in ``MEMORY_SHARE`` of the
+    implementation); each group trains in vectorized passes of at most ``max_members`` (default: what fits in
+    ``MEMORY_SHARE`` of the
     free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
     ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
     pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
@@ -86,8 +88,16 @@ def fit_population(
         raise ValueError(f"need one on_eval per recipe, got {len(recipes)} recipes and {len(callbacks)} callbacks")
     metric = metric or task.metric
     members = [_Member(i, r, s, callbacks[i]) for i, (r, s) in enumerate(zip(recipes, seeds))]
-    common = _Common(task, budget, metric, direction or task.directions.get(metric, task.direction),
-                     resolve_device(device), deterministic, keep_params, on_evaluated or _nobody)
+    common = _Common(
+        task,
+        budget,
+        metric,
+        direction or task.directions.get(metric, task.direction),
+        resolve_device(device),
+        deterministic,
+        keep_params,
+        on_evaluated or _nobody,
+    )
     results: dict[int, FitResult] = {}
     for key, group in _groups(members).items():
         results.update(_train_group(common, group, key is not None, max_members))
@@ -112,14 +122,21 @@ class _Common:
 
 @dataclass
 class _Member:
-    """One member: its recipe, seed and callback; its schedule and ``RunProgress`` once its population is built."""
+    """One member: its recipe, seed and callback (its index in the caller's lists)."""
 
     index: int
     recipe: Recipe
     seed: int
     on_eval: Optional[OnEval]
-    schedule: Any = None
-    progress: Optional[RunProgress] = None
+
+
+@dataclass
+class _Running:
+    """A member in a vectorized pass: its schedule and its ``RunProgress``."""
+
+    member: _Member
+    schedule: Any
+    progress: RunProgress
 
 
 def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
@@ -135,7 +152,9 @@ def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
     return groups
 
 
-def _train_group(common: _Common, group: list[_Member], stackable: bool, max_members: Optional[int]) -> dict[int, FitResult]:
+def _train_group(
+    common: _Common, group: list[_Member], stackable: bool, max_members: Optional[int]
+) -> dict[int, FitResult]:
     if not stackable:
         names = sorted({m.recipe.optimizer + (" + switch" if m.recipe.switch else "") for m in group})
         return _sequential(common, group, f"no batched optimizer for {', '.join(names)}")
@@ -150,7 +169,7 @@ def _train_group(common: _Common, group: list[_Member], stackable: bool, max_mem
         _keep_freed_memory()
     results: dict[int, FitResult] = {}
     for start in range(0, len(group), cap):
-        chunk = group[start:start + cap]
+        chunk = group[start : start + cap]
         try:
             population = _Population(common, chunk)
         except _VmapFailed as error:
@@ -161,12 +180,24 @@ def _train_group(common: _Common, group: list[_Member], stackable: bool, max_mem
 
 
 def _sequential(common: _Common, group: list[_Member], reason: str) -> dict[int, FitResult]:
-    warnings.warn(f"population training: {len(group)} member(s) of task {common.task.name!r} train sequentially: {reason}",
-                  PopulationFallbackWarning, stacklevel=3)
+    warnings.warn(
+        f"population training: {len(group)} member(s) of task {common.task.name!r} train sequentially: {reason}",
+        PopulationFallbackWarning,
+        stacklevel=3,
+    )
     results = {}
     for m in group:
-        results[m.index] = fit(common.task, m.recipe, common.budget, metric=common.metric, direction=common.direction,
-                               on_eval=m.on_eval, device=str(common.device), seed=m.seed, deterministic=common.deterministic)
+        results[m.index] = fit(
+            common.task,
+            m.recipe,
+            common.budget,
+            metric=common.metric,
+            direction=common.direction,
+            on_eval=m.on_eval,
+            device=str(common.device),
+            seed=m.seed,
+            deterministic=common.deterministic,
+        )
     return results
 
 
@@ -186,15 +217,23 @@ def vmap_blocker(model: torch.nn.Module) -> Optional[str]:
     return None
 
 
-DROPOUT_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
-                  torch.nn.FeatureAlphaDropout)
+DROPOUT_LAYERS = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
 
 
 class _VmapFailed(Exception):
     pass
 
 
-def population_cap(model: torch.nn.Module, inputs: torch.Tensor, batch_size: Optional[int], device: torch.device) -> int:
+def population_cap(
+    model: torch.nn.Module, inputs: torch.Tensor, batch_size: Optional[int], device: torch.device
+) -> int:
     """How many members fit in ``MEMORY_SHARE`` of the free memory of ``device`` (at least 1)."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = max(batch_size or len(inputs), min(len(inputs), EVAL_CHUNK))
@@ -258,13 +297,15 @@ LossWithGrad = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
 
 
 class _Stacked:
-    """Gradients and outputs through ``tuner.train.stacked.StackedNet``: layers by hand, the loss by hand or autograd."""
+    """Gradients and outputs through ``tuner.train.stacked.StackedNet``: layers by hand, the loss by hand or
+    autograd."""
 
     def __init__(self, net: StackedNet, loss: LossWithGrad) -> None:
         self.net, self.loss = net, loss
 
-    def grads(self, params: dict[str, torch.Tensor], inputs: torch.Tensor,
-              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def grads(
+        self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         outputs, tape = self.net.forward_train(params, inputs)
         losses, grad_outputs = self.loss(outputs, targets)
         return self.net.backward(params, tape, grad_outputs), losses
@@ -283,8 +324,9 @@ class _Vmapped:
     def _forward(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, params, (inputs,))
 
-    def grads(self, params: dict[str, torch.Tensor], inputs: torch.Tensor,
-              targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def grads(
+        self, params: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         losses = self.loss(self.forward(leaves, inputs), targets)
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
@@ -311,7 +353,7 @@ def _with_autograd(loss: Loss) -> LossWithGrad:
 def _engines(task: Task, model: torch.nn.Module) -> list[Callable[[], Any]]:
     """The ways to compute this population, fastest first (each built on demand): stacked (known layers), then
     vmap. The loss is the task's ``population_loss`` hook (stock cross-entropy: by hand), else ``vmap(task.loss)``."""
-    loss = getattr(task, "population_loss", None) or vmap(task.loss)
+    loss = population_hooks(task)[0] or vmap(task.loss)
     net = StackedNet.of(model)
     engines: list[Callable[[], Any]] = [lambda: _Vmapped(model, loss)]
     if net is not None:
@@ -348,7 +390,7 @@ class _Population:
     """Stacked models, one batched optimizer, per-member schedules, data orders and bookkeeping."""
 
     def __init__(self, common: _Common, members: list[_Member]) -> None:
-        self.common, self.members = common, list(members)
+        self.common = common
         task, device = common.task, common.device
         self.data = data_on_device(task, device)
         models = []
@@ -360,17 +402,13 @@ class _Population:
         self._set_flat(torch.cat([p.detach().flatten(1).to(device) for p in params.values()], 1))
         recipe = members[0].recipe
         self.batch_size = recipe.batch_size
-        self.per_epoch, self.total_steps, eval_every = plan_steps(len(self.data.train_inputs), self.batch_size,
-                                                                  common.budget)
-        for m in members:
-            m.schedule = build_schedule(m.recipe.schedule, self.total_steps, m.recipe.schedule_params,
-                                        warmup_steps=m.recipe.warmup_steps(self.total_steps), warmup_kind=m.recipe.warmup_kind)
-            m.progress = RunProgress(common.budget, common.metric, common.direction, total_steps=self.total_steps,
-                                     per_epoch=self.per_epoch, eval_every=eval_every, on_eval=m.on_eval,
-                                     schedule=m.schedule)
+        self.per_epoch, self.total_steps, eval_every = plan_steps(
+            len(self.data.train_inputs), self.batch_size, common.budget
+        )
+        self.running = [self._running(m, eval_every) for m in members]
         self.optimizer = BlockOptimizer([m.recipe for m in members], {"flat": self.flat})
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
-        self.metrics_hook = getattr(task, "population_metrics", None)
+        self.metrics_hook = population_hooks(task)[1]
         self.orders: Optional[torch.Tensor] = None  # (examples, N): row k holds each member's k-th example this epoch
         self.multipliers: list[float] = []
         self.limits: Optional[torch.Tensor] = None  # divergence threshold of each member's training loss
@@ -378,11 +416,33 @@ class _Population:
         self.loss_count = 0
         self.engine = self._probe(_engines(task, models[0]))
 
+    def _running(self, m: _Member, eval_every: int) -> _Running:
+        recipe, total = m.recipe, self.total_steps
+        schedule = build_schedule(
+            recipe.schedule,
+            total,
+            recipe.schedule_params,
+            warmup_steps=recipe.warmup_steps(total),
+            warmup_kind=recipe.warmup_kind,
+        )
+        common = self.common
+        progress = RunProgress(
+            common.budget,
+            common.metric,
+            common.direction,
+            total_steps=total,
+            per_epoch=self.per_epoch,
+            eval_every=eval_every,
+            on_eval=m.on_eval,
+            schedule=schedule,
+        )
+        return _Running(m, schedule, progress)
+
     def _set_flat(self, flat: torch.Tensor) -> None:
         """Take ``flat`` (N, P) as the parameters; ``params`` are each parameter's stacked (N, *shape) view of it."""
         self.flat, self.params, offset, n = flat, {}, 0, flat.shape[0]
         for name, shape, size in self.layout:
-            self.params[name] = flat[:, offset:offset + size].view(n, *shape)
+            self.params[name] = flat[:, offset : offset + size].view(n, *shape)
             offset += size
 
     def _grads(self, engine: Any, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -416,17 +476,17 @@ class _Population:
         started = time.perf_counter()
         finished: dict[int, FitResult] = {}
         for step in range(self.total_steps):
-            if not self.members:
+            if not self.running:
                 break
             if self.batch_size is not None and step % self.per_epoch == 0:
                 n = len(self.data.train_inputs)
                 self.orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators], 1)
-            self.multipliers = [m.schedule(step) for m in self.members]
+            self.multipliers = [r.schedule(step) for r in self.running]
             stopped = self._after_step(step, self._step(step))
-            if self.members[0].progress.is_eval_step(step + 1):
+            if self.running[0].progress.is_eval_step(step + 1):
                 stopped |= self._evaluate(step + 1, stopped)
             self._finish(stopped, step + 1, started, finished)
-        self._finish(set(range(len(self.members))), self.total_steps, started, finished)
+        self._finish(set(range(len(self.running))), self.total_steps, started, finished)
         return finished
 
     def _step(self, step: int) -> torch.Tensor:
@@ -434,8 +494,9 @@ class _Population:
         if self.batch_size is None:
             inputs, targets = self._stacked_batch(data.train_inputs, data.train_targets)
         else:
+            assert self.orders is not None  # drawn at the start of every epoch
             position = step % self.per_epoch
-            rows = self.orders[position * self.batch_size:(position + 1) * self.batch_size]
+            rows = self.orders[position * self.batch_size : (position + 1) * self.batch_size]
             index = rows.t().to(data.train_inputs.device)
             inputs, targets = _gather(data.train_inputs, index), _gather(data.train_targets, index)
         grads, losses = self._grads(self.engine, inputs, targets)
@@ -447,11 +508,11 @@ class _Population:
         vectorized mask in float64; each such row's progress gives the reason)."""
         losses = losses.to("cpu", torch.float64)
         if self.limits is None:
-            for m, loss in zip(self.members, losses.tolist()):
-                m.progress.first_loss = loss
+            for r, loss in zip(self.running, losses.tolist()):
+                r.progress.first_loss = loss
             self.limits = divergence_limit_of(losses, self.common.budget.divergence_factor)
-        for m, multiplier in zip(self.members, self.multipliers):
-            m.progress.record_lr(step, m.recipe.lr * multiplier)
+        for r, multiplier in zip(self.running, self.multipliers):
+            r.progress.record_lr(step, r.member.recipe.lr * multiplier)
         healthy = torch.isfinite(losses) & (losses <= self.limits)
         self.loss_sums += losses  # a member that is not healthy leaves now, its sum with it
         self.loss_count += 1
@@ -459,7 +520,7 @@ class _Population:
             return set()
         stopped = set((~healthy).nonzero().flatten().tolist())
         for row in stopped:
-            self.members[row].progress.diverged_on_loss(step, float(losses[row]))
+            self.running[row].progress.diverged_on_loss(step, float(losses[row]))
         return stopped
 
     @torch.no_grad()
@@ -467,14 +528,20 @@ class _Population:
         """Evaluate every member (but ``skip``) and hand each its evaluation; the rows that stop."""
         metrics = self._val_metrics()
         train_losses = (self.loss_sums / max(self.loss_count, 1)).tolist()
-        self.common.on_evaluated(step, {m.index: metrics[row] for row, m in enumerate(self.members)
-                                        if row not in skip and all(math.isfinite(v) for v in metrics[row].values())})
+        self.common.on_evaluated(
+            step,
+            {
+                r.member.index: metrics[row]
+                for row, r in enumerate(self.running)
+                if row not in skip and all(math.isfinite(v) for v in metrics[row].values())
+            },
+        )
         stopped = set()
-        for row, m in enumerate(self.members):
+        for row, r in enumerate(self.running):
             if row in skip:
                 continue
-            lr = m.recipe.lr * self.multipliers[row]
-            if m.progress.evaluated(m.progress.evaluation(step, metrics[row], train_losses[row], lr)):
+            lr = r.member.recipe.lr * self.multipliers[row]
+            if r.progress.evaluated(r.progress.evaluation(step, metrics[row], train_losses[row], lr)):
                 stopped.add(row)
         self.loss_sums.zero_()
         self.loss_count = 0
@@ -485,17 +552,21 @@ class _Population:
         inputs, targets = self.data.val_inputs, self.data.val_targets
         totals: dict[str, torch.Tensor] = {}
         for start in range(0, len(inputs), EVAL_CHUNK):
-            chunk_inputs, chunk_targets = self._stacked_batch(inputs[start:start + EVAL_CHUNK], targets[start:start + EVAL_CHUNK])
+            chunk_inputs, chunk_targets = self._stacked_batch(
+                inputs[start : start + EVAL_CHUNK], targets[start : start + EVAL_CHUNK]
+            )
             outputs = self.engine.outputs(self.params, chunk_inputs)
             for name, values in self._chunk_metrics(outputs, chunk_targets).items():
                 totals[name] = totals.get(name, 0.0) + values * len(chunk_inputs[0])
         columns = {name: (total / len(inputs)).tolist() for name, total in totals.items()}
-        return [{name: column[row] for name, column in columns.items()} for row in range(len(self.members))]
+        return [{name: column[row] for name, column in columns.items()} for row in range(len(self.running))]
 
     def _chunk_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every member's metrics of one chunk, {name: (N,) float64}: the task's stacked hook, else member by member."""
         if self.metrics_hook is not None:
-            return {name: values.to("cpu", torch.float64) for name, values in self.metrics_hook(outputs, targets).items()}
+            return {
+                name: values.to("cpu", torch.float64) for name, values in self.metrics_hook(outputs, targets).items()
+            }
         rows = [self.common.task.metrics(outputs[row], targets[row]) for row in range(len(outputs))]
         return {name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in rows[0]}
 
@@ -505,14 +576,14 @@ class _Population:
             return
         seconds = time.perf_counter() - started
         for row in sorted(rows):
-            m = self.members[row]
+            r = self.running[row]
             extras: dict[str, Any] = {"population": len(self.optimizer)}
             if self.common.keep_params:
                 extras["params"] = {name: p[row].detach().clone() for name, p in self.params.items()}
-            finished[m.index] = m.progress.result(steps_done, seconds, extras)
-        keep = [row for row in range(len(self.members)) if row not in rows]
+            finished[r.member.index] = r.progress.result(steps_done, seconds, extras)
+        keep = [row for row in range(len(self.running)) if row not in rows]
         index = torch.tensor(keep, dtype=torch.long)
-        self.members = [self.members[row] for row in keep]
+        self.running = [self.running[row] for row in keep]
         self.generators = [self.generators[row] for row in keep]
         self.multipliers = [self.multipliers[row] for row in keep]
         self.orders = self.orders.index_select(1, index) if self.orders is not None and keep else self.orders

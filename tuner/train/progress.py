@@ -13,13 +13,15 @@ Knows nothing of torch, Optuna or MLflow.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 Status = Literal["completed", "early_stopped", "stopped", "diverged"]
 
 LR_CURVE_POINTS = 200
-"""About this many points of a run's LR curve are kept (every ``total_steps // LR_CURVE_POINTS`` steps, and the last)."""
+"""About this many points of a run's LR curve are kept (every ``total_steps // LR_CURVE_POINTS`` steps, and the
+last)."""
 
 MIN_LOSS_SCALE = 1e-12
 """The divergence limit is ``divergence_factor * max(|first loss|, MIN_LOSS_SCALE)``."""
@@ -120,8 +122,18 @@ class RunProgress:
         schedule: fed the validation loss at each evaluation when it is metric-driven (has ``report``).
     """
 
-    def __init__(self, budget: TrainBudget, metric: str, direction: str, *, total_steps: int, per_epoch: int = 1,
-                 eval_every: Optional[int] = None, on_eval: Optional[OnEval] = None, schedule: Any = None) -> None:
+    def __init__(
+        self,
+        budget: TrainBudget,
+        metric: str,
+        direction: str,
+        *,
+        total_steps: int,
+        per_epoch: int = 1,
+        eval_every: Optional[int] = None,
+        on_eval: Optional[OnEval] = None,
+        schedule: Any = None,
+    ) -> None:
         self.budget, self.metric, self.maximize = budget, metric, direction == "maximize"
         self.total_steps, self.per_epoch = total_steps, per_epoch
         self.eval_every = eval_every or total_steps
@@ -203,8 +215,17 @@ class RunProgress:
 
     def result(self, steps_done: int, seconds: float, extras: Optional[dict[str, Any]] = None) -> FitResult:
         """The run's ``FitResult`` after ``steps_done`` optimizer steps and ``seconds`` of training."""
-        return FitResult(self.status, self.reason, self.evaluations, self.best, self.lr_curve, self.total_steps,
-                         steps_done, seconds, dict(extras or {}))
+        return FitResult(
+            self.status,
+            self.reason,
+            self.evaluations,
+            self.best,
+            self.lr_curve,
+            self.total_steps,
+            steps_done,
+            seconds,
+            dict(extras or {}),
+        )
 
     def _stop(self, status: Status, reason: str) -> None:
         self.status, self.reason = status, reason

@@ -17,7 +17,8 @@ every member computes what it computes alone up to float rounding (tests/test_st
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ Backward = tuple[Optional[Tensor], list[Tensor]]
 
 def pair(value: Any) -> tuple[Any, Any]:
     """A layer's int-or-pair argument (kernel size, stride ...) as a pair."""
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)  # type: ignore[return-value]
+    return (value[0], value[1]) if isinstance(value, (tuple, list)) else (value, value)
 
 
 class _Op:
@@ -103,8 +104,18 @@ class _Conv2d(_Op):
         x, weight = saved
         has_bias = len(params) > 1
         dx, dw, db = aten.convolution_backward(
-            dy, x, weight, [weight.shape[0]] if has_bias else None, self.stride, self.padding, self.dilation,
-            False, [0, 0], n * self.groups, [need_dx, True, has_bias])
+            dy,
+            x,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            [0, 0],
+            n * self.groups,
+            [need_dx, True, has_bias],
+        )
         return dx, [dw.view(params[0].shape)] + ([db.view(params[1].shape)] if has_bias else [])
 
 
@@ -127,13 +138,17 @@ class _Activation(_Op):
     """An elementwise activation: ``forward(x)``, and ``backward(dy, x, y)`` (ATen's backward kernel). One whose
     backward reads only ``y`` has an in-place form, used when its input is owned by the op before it."""
 
-    def __init__(self, forward: Callable[[Tensor], Tensor], backward: Callable[[Tensor, Tensor, Tensor], Tensor],
-                 in_place: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def __init__(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        backward: Callable[[Tensor, Tensor, Tensor], Tensor],
+        in_place: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> None:
         self._forward, self._backward, self.in_place = forward, backward, in_place
         self.overwrite = False
 
     def forward(self, x: Tensor, params: list[Tensor], n: int, keep: bool) -> tuple[Tensor, Any]:
-        y = self.in_place(x) if self.overwrite else self._forward(x)
+        y = self.in_place(x) if self.overwrite and self.in_place is not None else self._forward(x)
         return y, ((x, y) if keep else None)
 
     def backward(self, dy: Tensor, saved: Any, params: list[Tensor], n: int, need_dx: bool) -> Backward:
@@ -151,11 +166,15 @@ def _activation(module: nn.Module) -> Optional[_Activation]:
         return _Activation(F.silu, lambda dy, x, y: aten.silu_backward(dy, x))
     if type(module) is nn.GELU:
         approximate = module.approximate
-        return _Activation(lambda x: F.gelu(x, approximate=approximate),
-                           lambda dy, x, y: aten.gelu_backward(dy, x, approximate=approximate))
+        return _Activation(
+            lambda x: F.gelu(x, approximate=approximate),
+            lambda dy, x, y: aten.gelu_backward(dy, x, approximate=approximate),
+        )
     if type(module) is nn.LeakyReLU:
         slope = module.negative_slope
-        return _Activation(lambda x: F.leaky_relu(x, slope), lambda dy, x, y: aten.leaky_relu_backward(dy, x, slope, False))
+        return _Activation(
+            lambda x: F.leaky_relu(x, slope), lambda dy, x, y: aten.leaky_relu_backward(dy, x, slope, False)
+        )
     return None
 
 
@@ -164,8 +183,13 @@ class _MaxPool2d(_Op):
     owned = True
 
     def __init__(self, module: nn.MaxPool2d) -> None:
-        self.args = (pair(module.kernel_size), pair(module.stride), pair(module.padding), pair(module.dilation),
-                     module.ceil_mode)
+        self.args = (
+            pair(module.kernel_size),
+            pair(module.stride),
+            pair(module.padding),
+            pair(module.dilation),
+            module.ceil_mode,
+        )
         kernel, stride, _, dilation, _ = self.args
         self.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))  # windows never overlap
 
@@ -180,7 +204,9 @@ class _MaxPool2d(_Op):
         if self.disjoint and x.is_contiguous(memory_format=torch.channels_last):
             return _scatter_channels_last(dy, x, indices), []
         # ATen's channels-last backward kernel is many times slower than its contiguous one
-        return aten.max_pool2d_with_indices_backward(dy.contiguous(), x.contiguous(), *self.args, indices.contiguous()), []
+        return aten.max_pool2d_with_indices_backward(
+            dy.contiguous(), x.contiguous(), *self.args, indices.contiguous()
+        ), []
 
 
 def _scatter_channels_last(dy: Tensor, x: Tensor, indices: Tensor) -> Tensor:
@@ -198,8 +224,14 @@ class _AvgPool2d(_Op):
     owned = True
 
     def __init__(self, module: nn.AvgPool2d) -> None:
-        self.args = (pair(module.kernel_size), pair(module.stride), pair(module.padding), module.ceil_mode,
-                     module.count_include_pad, module.divisor_override)
+        self.args = (
+            pair(module.kernel_size),
+            pair(module.stride),
+            pair(module.padding),
+            module.ceil_mode,
+            module.count_include_pad,
+            module.divisor_override,
+        )
 
     def forward(self, x: Tensor, params: list[Tensor], n: int, keep: bool) -> tuple[Tensor, Any]:
         return F.avg_pool2d(x, *self.args), (x if keep else None)
@@ -329,8 +361,10 @@ def _with_layouts(ops: Sequence[_Op]) -> list[_Op]:
 def _global_hooks() -> bool:
     from torch.nn.modules import module as module_globals
 
-    return any(getattr(module_globals, name, None) for name in
-               ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"))
+    return any(
+        getattr(module_globals, name, None)
+        for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    )
 
 
 class StackedNet:
@@ -350,7 +384,7 @@ class StackedNet:
         self._widest = 0  # the most activation values one member's example has had, at any op
 
     @classmethod
-    def of(cls, model: nn.Module) -> Optional["StackedNet"]:
+    def of(cls, model: nn.Module) -> Optional[StackedNet]:
         """The compiled ``model``, or None when it has a layer (or a hook) the fast path does not know."""
         ops = _compile(model, "")
         if ops is None or _global_hooks():
@@ -365,7 +399,7 @@ class StackedNet:
         rows = max(1, PIECE_BYTES // max(1, n * self._widest * inputs.element_size()))
         if rows >= batch:
             return self._forward(params, inputs)
-        return torch.cat([self._forward(params, inputs[:, start:start + rows]) for start in range(0, batch, rows)], 1)
+        return torch.cat([self._forward(params, inputs[:, start : start + rows]) for start in range(0, batch, rows)], 1)
 
     def _forward(self, params: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
         x, n = inputs, inputs.shape[0]
@@ -391,8 +425,10 @@ class StackedNet:
         dy, n = grad_outputs, grad_outputs.shape[0]
         for i in range(len(self.ops) - 1, self._first - 1, -1):
             op = self.ops[i]
-            dy, op_grads = op.backward(dy, tape[i], [params[name] for name in op.names], n, i > self._first)
+            dx, op_grads = op.backward(dy, tape[i], [params[name] for name in op.names], n, i > self._first)
             grads.update(zip(op.names, op_grads))
+            if dx is not None:
+                dy = dx
         return grads
 
 

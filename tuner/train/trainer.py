@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import torch
 
@@ -50,7 +51,9 @@ def data_on_device(task: Task, device: torch.device) -> TaskData:
     key = (id(task), str(device))
     if key not in _DEVICE_DATA:
         data = task.load_data()
-        moved = TaskData(*(t.to(device) for t in (data.train_inputs, data.train_targets, data.val_inputs, data.val_targets)))
+        moved = TaskData(
+            *(t.to(device) for t in (data.train_inputs, data.train_targets, data.val_inputs, data.val_targets))
+        )
         _DEVICE_DATA[key] = (task, moved)
     return _DEVICE_DATA[key][1]
 
@@ -77,8 +80,17 @@ def fit(
         seed: seeds the model's initialisation and the data order.
         deterministic: torch's deterministic algorithms (bit-identical reruns on CPU).
     """
-    trainer = Trainer(task, recipe, budget, metric=metric, direction=direction, on_eval=on_eval, device=device,
-                      seed=seed, deterministic=deterministic)
+    trainer = Trainer(
+        task,
+        recipe,
+        budget,
+        metric=metric,
+        direction=direction,
+        on_eval=on_eval,
+        device=device,
+        seed=seed,
+        deterministic=deterministic,
+    )
     return trainer.run()
 
 
@@ -89,9 +101,19 @@ class Trainer:
     budget; ``batches()``, ``train_step()`` and ``evaluate()`` are the steps it is made of.
     """
 
-    def __init__(self, task: Task, recipe: Recipe, budget: TrainBudget, *, metric: Optional[str] = None,
-                 direction: Optional[str] = None, on_eval: Optional[OnEval] = None, device: str = "auto",
-                 seed: int = 0, deterministic: bool = False) -> None:
+    def __init__(
+        self,
+        task: Task,
+        recipe: Recipe,
+        budget: TrainBudget,
+        *,
+        metric: Optional[str] = None,
+        direction: Optional[str] = None,
+        on_eval: Optional[OnEval] = None,
+        device: str = "auto",
+        seed: int = 0,
+        deterministic: bool = False,
+    ) -> None:
         self.task, self.recipe, self.budget = task, recipe, budget
         metric = metric or task.metric
         direction = direction or task.directions.get(metric, task.direction)
@@ -100,13 +122,28 @@ class Trainer:
         self.data = data_on_device(task, torch_device)
         self.model = task.build_model().to(torch_device)
         self.batch_size = recipe.batch_size
-        self.per_epoch, self.total_steps, eval_every = plan_steps(len(self.data.train_inputs), recipe.batch_size, budget)
+        self.per_epoch, self.total_steps, eval_every = plan_steps(
+            len(self.data.train_inputs), recipe.batch_size, budget
+        )
         self.optimizer = build_optimizer(self.model, recipe, self.total_steps, full_batch=recipe.batch_size is None)
-        self.schedule = build_schedule(recipe.schedule, self.total_steps, recipe.schedule_params,
-                                       warmup_steps=recipe.warmup_steps(self.total_steps), warmup_kind=recipe.warmup_kind)
+        self.schedule = build_schedule(
+            recipe.schedule,
+            self.total_steps,
+            recipe.schedule_params,
+            warmup_steps=recipe.warmup_steps(self.total_steps),
+            warmup_kind=recipe.warmup_kind,
+        )
         self.generator = torch.Generator().manual_seed(seed)
-        self.progress = RunProgress(budget, metric, direction, total_steps=self.total_steps, per_epoch=self.per_epoch,
-                                    eval_every=eval_every, on_eval=on_eval, schedule=self.schedule)
+        self.progress = RunProgress(
+            budget,
+            metric,
+            direction,
+            total_steps=self.total_steps,
+            per_epoch=self.per_epoch,
+            eval_every=eval_every,
+            on_eval=on_eval,
+            schedule=self.schedule,
+        )
         self.model.train()
         self.optimizer.train()
 
@@ -140,11 +177,12 @@ class Trainer:
             position = step % self.per_epoch
             if position == 0:
                 order = torch.randperm(n, generator=self.generator).to(inputs.device)
-            index = order[position * self.batch_size:(position + 1) * self.batch_size]
+            index = order[position * self.batch_size : (position + 1) * self.batch_size]
             yield inputs[index], targets[index]
 
-    def train_step(self, step: int, inputs: torch.Tensor, targets: torch.Tensor,
-                   lr_multiplier: Optional[float] = None) -> float:
+    def train_step(
+        self, step: int, inputs: torch.Tensor, targets: torch.Tensor, lr_multiplier: Optional[float] = None
+    ) -> float:
         """One optimizer step (``step`` counts from 0) at the schedule's LR multiplier, or at ``lr_multiplier`` times
         the peak LR when given; records the LR on the progress's curve and returns the batch's training loss."""
         multiplier = self.schedule(step) if lr_multiplier is None else lr_multiplier
@@ -170,7 +208,7 @@ class Trainer:
         inputs, targets = self.data.val_inputs, self.data.val_targets
         totals: dict[str, float] = {}
         for start in range(0, len(inputs), EVAL_CHUNK):
-            chunk_inputs, chunk_targets = inputs[start:start + EVAL_CHUNK], targets[start:start + EVAL_CHUNK]
+            chunk_inputs, chunk_targets = inputs[start : start + EVAL_CHUNK], targets[start : start + EVAL_CHUNK]
             metrics = self.task.metrics(self.model(chunk_inputs), chunk_targets)
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * len(chunk_inputs)

@@ -16,12 +16,17 @@ from tuner.study.storage.rdb import asking_from_one_snapshot
 from tuner.study.tables import SAMPLERS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
-              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 MIXED_SPACE = {"optimizers": ["adam", "sgd"], "schedules": ["constant", "cosine"]}
-GRID_SPACE = {"optimizers": {"sgd": {"lr": 0.1}}, "schedules": {"constant": {}},
-              "batch_size": [8, 16, 32, 64, 128, 256, 512, 1024]}
+GRID_SPACE = {
+    "optimizers": {"sgd": {"lr": 0.1}},
+    "schedules": {"constant": {}},
+    "batch_size": [8, 16, 32, 64, 128, 256, 512, 1024],
+}
 
 
 def _ask_population(study: optuna.Study, space, size: int, snapshot: bool) -> list[dict]:
@@ -64,8 +69,12 @@ def test_asking_from_one_snapshot_samples_what_optuna_would(workdir: Path, sampl
         directory = workdir / str(snapshot)
         directory.mkdir()
         storage = open_storage(f"sqlite:///{directory / 'study.db'}")
-        study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
-                                    sampler=SAMPLERS[sampler](3, space, **({"points": 2} if sampler == "grid" else {})))
+        study = optuna.create_study(
+            study_name="s",
+            storage=storage,
+            direction="maximize",
+            sampler=SAMPLERS[sampler](3, space, **({"points": 2} if sampler == "grid" else {})),
+        )
         for number in range(2 if sampler == "grid" else 6):  # history: completed trials the sampler learns from
             trial = study.ask()
             space.sample(trial)
@@ -94,10 +103,13 @@ def _enqueued(sampler: str) -> list[dict]:
 def test_grid_points_running_members_took_are_not_handed_out_again(tmp_path: Path) -> None:
     """Past the grid's size the grid sampler picks among points no trial has taken, running ones included; it notes
     a trial's point inside ``ask``, before the caller holds the trial."""
+
     def population(snapshot: bool) -> list[int]:
         directory = Path(tempfile.mkdtemp(dir=tmp_path))
-        study = optuna.create_study(storage=open_storage(f"sqlite:///{directory / 's.db'}"),
-                                    sampler=optuna.samplers.GridSampler({"x": list(range(8))}, seed=0))
+        study = optuna.create_study(
+            storage=open_storage(f"sqlite:///{directory / 's.db'}"),
+            sampler=optuna.samplers.GridSampler({"x": list(range(8))}, seed=0),
+        )
         for off_grid in range(100, 108):  # trials 0-7 take no grid point: the grid is still unvisited
             study.enqueue_trial({"x": off_grid}, skip_if_exists=False)
             study.tell(study.ask(), 0.0)
@@ -121,9 +133,8 @@ class _nothing:
 
 def test_a_failure_while_asking_leaves_the_storage_reading_the_database(tmp_path: Path, database_reads) -> None:
     study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"))
-    with pytest.raises(RuntimeError, match="sampler broke"):
-        with asking_from_one_snapshot(study):
-            raise RuntimeError("sampler broke")
+    with pytest.raises(RuntimeError, match="sampler broke"), asking_from_one_snapshot(study):
+        raise RuntimeError("sampler broke")
     database_reads[0] = 0
     study.get_trials()
     assert database_reads[0] == 1

@@ -1,4 +1,5 @@
-"""tuner.study.storage.sql against Optuna's own API, on real SQLite and PostgreSQL storages and on the in-memory fallback:
+"""tuner.study.storage.sql against Optuna's own API, on real SQLite and PostgreSQL storages and on the in-memory
+fallback:
 what ``write_trial`` writes reads back exactly as ``set_user_attr``/``report`` would have, all or nothing, and
 ``count_trials`` counts as ``get_trials`` does."""
 
@@ -52,8 +53,9 @@ def _reread(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTria
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
-                                        for x, y in ((a[k], b[k]) for k in a))
+    return a.keys() == b.keys() and all(
+        x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y)) for x, y in ((a[k], b[k]) for k in a)
+    )
 
 
 def test_the_sql_path_is_taken_for_sql_storages(storage):
@@ -144,7 +146,12 @@ def test_count_trials_counts_as_get_trials(storage):
             else:
                 current.tell(trial, tell)
     study.enqueue_trial({"x": 2.0})
-    for states in [(TrialState.COMPLETE, TrialState.PRUNED), (TrialState.RUNNING,), (TrialState.WAITING,),
-                   tuple(TrialState), ()]:
+    for states in [
+        (TrialState.COMPLETE, TrialState.PRUNED),
+        (TrialState.RUNNING,),
+        (TrialState.WAITING,),
+        tuple(TrialState),
+        (),
+    ]:
         assert count_trials(study, states) == len(study.get_trials(deepcopy=False, states=states)), states
     assert count_trials(study, (TrialState.COMPLETE, TrialState.PRUNED)) == 3

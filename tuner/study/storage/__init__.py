@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import optuna
 
@@ -20,11 +21,20 @@ from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_set
 from tuner.study.storage.rdb import TunerStorage, short_error
 from tuner.study.storage.sqlite import speed_up_sqlite
 
-__all__ = ["TunerStorage", "load_existing_study", "mask_url", "open_storage", "optimize_loop", "study_names", "trial_id"]
+__all__ = [
+    "TunerStorage",
+    "load_existing_study",
+    "mask_url",
+    "open_storage",
+    "optimize_loop",
+    "study_names",
+    "trial_id",
+]
 
 
-def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
-                 on_lost: Optional[Callable[[str, str], None]] = None) -> TunerStorage:
+def open_storage(
+    url: str, attempts: int = 3, wait: float = 1.0, on_lost: Optional[Callable[[str, str], None]] = None
+) -> TunerStorage:
     """A ``TunerStorage`` for ``url`` with heartbeats (``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_GRACE_PERIOD``) and
     reconnecting calls (``TUNER_RECONNECT_SECONDS``), opened with a few tries (a database restarting, two processes
     creating the schema at once); still unreachable, it is a ``TunerError`` naming the URL with its password masked.
@@ -34,8 +44,11 @@ def open_storage(url: str, attempts: int = 3, wait: float = 1.0,
     """
     speed_up_sqlite()
     interval, grace = heartbeat_settings()
-    options = dict(heartbeat_interval=interval, grace_period=grace,
-                   heartbeat_stale_trial_callback=WorkerLost(on_lost) if interval else None)
+    options = dict(
+        heartbeat_interval=interval,
+        grace_period=grace,
+        heartbeat_stale_trial_callback=WorkerLost(on_lost) if interval else None,
+    )
     reconnect = env_seconds("TUNER_RECONNECT_SECONDS", 120)
     for attempt in range(attempts):
         try:

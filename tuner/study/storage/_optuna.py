@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
 import optuna
 from optuna.storages import RDBStorage
@@ -38,13 +39,21 @@ from optuna.storages import RDBStorage
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial, TrialState
 
+models: Any
+_create_scoped_session: Any
 try:  # the module and helper are private: their absence only switches tuner to the public calls
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 except ImportError:  # pragma: no cover - an Optuna whose internals moved
     models, _create_scoped_session = None, None
 
-CACHE_LAYER_CALLS = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
+CACHE_LAYER_CALLS = (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+)
 """``RDBStorage``'s private methods that Optuna's cache layer (``_CachedStorage``) calls on it."""
 
 
@@ -52,11 +61,14 @@ def _supported() -> bool:
     major = int(optuna.__version__.split(".")[0])
     if major not in (4, 5) or models is None:
         return False
-    names = [(RDBStorage, name) for name in CACHE_LAYER_CALLS]
-    names += [(models.TrialModel, "find_or_raise_by_id"), (models.TrialIntermediateValueModel,
-                                                          "intermediate_value_to_stored_repr"),
-              (models.TrialUserAttributeModel, "value_json"), (RDBStorage, "check_trial_is_updatable"),
-              (optuna.Study, "stop")]
+    names: list[tuple[Any, str]] = [(RDBStorage, name) for name in CACHE_LAYER_CALLS]
+    names += [
+        (models.TrialModel, "find_or_raise_by_id"),
+        (models.TrialIntermediateValueModel, "intermediate_value_to_stored_repr"),
+        (models.TrialUserAttributeModel, "value_json"),
+        (RDBStorage, "check_trial_is_updatable"),
+        (optuna.Study, "stop"),
+    ]
     return all(hasattr(owner, name) for owner, name in names)
 
 
@@ -64,6 +76,7 @@ SUPPORTED = _supported()
 
 
 # -- ids and the storage of trials and studies ------------------------------------------------------------------------
+
 
 def study_storage(study: optuna.Study) -> Any:
     """The storage a study reads and writes (Optuna's cache layer around an ``RDBStorage``)."""
@@ -85,8 +98,9 @@ def trial_id(trial: optuna.Trial) -> int:
     if found is not None:
         return found
     storage = trial.storage
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(trial.study.study_name),
-                                                           trial.number)
+    return storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(trial.study.study_name), trial.number
+    )
 
 
 def frozen_id(trial: FrozenTrial) -> int:
@@ -97,7 +111,11 @@ def frozen_id(trial: FrozenTrial) -> int:
 def reported_values(trial: optuna.Trial) -> Mapping[int, float]:
     """The intermediate values the trial has reported, from its in-memory copy (no read)."""
     cached = getattr(trial, "_cached_frozen_trial", None)
-    return cached.intermediate_values if cached is not None else trial.storage.get_trial(trial_id(trial)).intermediate_values
+    return (
+        cached.intermediate_values
+        if cached is not None
+        else trial.storage.get_trial(trial_id(trial)).intermediate_values
+    )
 
 
 def rdb_backend(storage: Any) -> Optional[RDBStorage]:
@@ -108,32 +126,41 @@ def rdb_backend(storage: Any) -> Optional[RDBStorage]:
 
 # -- one-transaction writes on Optuna's own tables -------------------------------------------------------------------
 
+
 def can_write_rows(trial: optuna.Trial) -> bool:
     """Whether ``write_rows`` can write to this trial's storage (else: the public calls)."""
     return SUPPORTED and hasattr(trial, "_cached_frozen_trial") and rdb_backend(trial.storage) is not None
 
 
-def write_rows(backend: RDBStorage, trial: optuna.Trial, attrs: Mapping[str, str], values: Mapping[int, float],
-               upsert: Callable[[Any, tuple[str, ...], tuple[str, ...]], Any]) -> None:
+def write_rows(
+    backend: RDBStorage,
+    trial: optuna.Trial,
+    attrs: Mapping[str, str],
+    values: Mapping[int, float],
+    upsert: Callable[[Any, tuple[str, ...], tuple[str, ...]], Any],
+) -> None:
     """``attrs`` (JSON-encoded) and ``values`` of one running trial in one transaction; then its in-memory copy."""
     assert models is not None and _create_scoped_session is not None
     key = trial_id(trial)
     # integrity errors are raised, not ignored as Optuna does for one row: a batch must not vanish silently
     with _create_scoped_session(backend.scoped_session) as session:
-        backend.check_trial_is_updatable(key, models.TrialModel.find_or_raise_by_id(key, session).state)
+        state: Any = models.TrialModel.find_or_raise_by_id(key, session).state
+        backend.check_trial_is_updatable(key, state)
         if attrs:
             rows = [{"trial_id": key, "key": name, "value_json": value} for name, value in attrs.items()]
             session.execute(upsert(models.TrialUserAttributeModel, ("trial_id", "key"), ("value_json",)), rows)
         if values:
             stored = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
             columns = ("intermediate_value", "intermediate_value_type")
-            rows = [{"trial_id": key, "step": step, **dict(zip(columns, stored(value)))} for step, value in values.items()]
+            rows = [
+                {"trial_id": key, "step": step, **dict(zip(columns, stored(value)))} for step, value in values.items()
+            ]
             session.execute(upsert(models.TrialIntermediateValueModel, ("trial_id", "step"), columns), rows)
 
 
 def update_cached_copy(trial: optuna.Trial, attrs: Mapping[str, Any], values: Mapping[int, float]) -> None:
     """Bring the trial's in-memory copy up to what ``write_rows`` wrote (as ``set_user_attr`` and ``report`` do)."""
-    cached = trial._cached_frozen_trial  # type: ignore[attr-defined]
+    cached = trial._cached_frozen_trial
     cached.user_attrs.update(attrs)
     cached.intermediate_values.update(values)
 
@@ -170,6 +197,7 @@ def force_user_attr(backend: RDBStorage, key_trial_id: int, key: str, value: Any
 
 # -- a storage class with hooks on every backend call ----------------------------------------------------------------
 
+
 class HookedRDBStorage(RDBStorage):
     """``RDBStorage`` whose every storage call (the public ones and ``CACHE_LAYER_CALLS``) goes through
     ``around_call(call, *args, **kwargs)``, and whose reads of a study's trials for the cache layer go through
@@ -178,8 +206,9 @@ class HookedRDBStorage(RDBStorage):
     def around_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
 
-    def read_trials(self, study_id: int, states: Any, included_trial_ids: set[int],
-                    trial_id_greater_than: int) -> list[FrozenTrial]:
+    def read_trials(
+        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
+    ) -> list[FrozenTrial]:
         """What the cache layer asks for: the study's trials in ``states`` with an id in ``included_trial_ids`` or
         above ``trial_id_greater_than``."""
         return RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
@@ -203,20 +232,42 @@ def _route_calls(names: tuple[str, ...]) -> None:
         if method is not None:
             setattr(HookedRDBStorage, name, _routed(name, method))
     if SUPPORTED:
-        def _get_trials(self: HookedRDBStorage, study_id: int, states: Any, included_trial_ids: set[int],
-                        trial_id_greater_than: int) -> list[FrozenTrial]:
+
+        def _get_trials(
+            self: HookedRDBStorage, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
+        ) -> list[FrozenTrial]:
             return self.around_call(self.read_trials, study_id, states, included_trial_ids, trial_id_greater_than)
 
-        HookedRDBStorage._get_trials = _get_trials  # type: ignore[method-assign]
+        HookedRDBStorage._get_trials = _get_trials  # type: ignore[method-assign,assignment]
 
 
 PUBLIC_CALLS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-    "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
-    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
-    "record_heartbeat", "get_trial_user_attrs", "get_trial_system_attrs",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
 )
 _route_calls(PUBLIC_CALLS + (tuple(n for n in CACHE_LAYER_CALLS if n != "_get_trials") if SUPPORTED else ()))
 
@@ -227,6 +278,7 @@ def snapshot_supported(storage: Any) -> bool:
 
 
 # -- ask/tell as inside study.optimize -------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def optimize_loop(study: optuna.Study) -> Iterator[Callable[[], bool]]:

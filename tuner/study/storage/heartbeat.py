@@ -17,7 +17,8 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import optuna
 
@@ -105,7 +106,7 @@ class Heartbeats:
         self.stopped = threading.Event()
         self.thread: Optional[threading.Thread] = None
 
-    def __enter__(self) -> "Heartbeats":
+    def __enter__(self) -> Heartbeats:
         if self.interval:
             self._beat()
             self.thread = threading.Thread(target=self._run, name="tuner-heartbeat", daemon=True)

@@ -24,7 +24,8 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
@@ -46,8 +47,14 @@ class TunerStorage(HookedRDBStorage):
         **options: ``RDBStorage``'s own keyword options (heartbeat interval, grace period, stale-trial callback).
     """
 
-    def __init__(self, url: str, engine_kwargs: Optional[dict[str, Any]] = None, *, reconnect_seconds: float = 120.0,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        engine_kwargs: Optional[dict[str, Any]] = None,
+        *,
+        reconnect_seconds: float = 120.0,
+        **options: Any,
+    ) -> None:
         self.reconnect_seconds = reconnect_seconds
         self._snapshot: Optional[_Snapshot] = None
         super().__init__(url, engine_kwargs=engine_kwargs, **options)
@@ -89,12 +96,13 @@ class TunerStorage(HookedRDBStorage):
 
     def retrying(self, call: Callable[..., Any]) -> Callable[..., Any]:
         """``call`` retried as this storage's own calls are (for writes made with the storage's session itself)."""
+
         def retried(*args: Any, **kwargs: Any) -> Any:
             return self.around_call(call, *args, **kwargs)
 
         return retried
 
-    # -- snapshots --------------------------------------------------------------------------------------------------------
+    # -- snapshots ----------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def snapshot(self, study_id: int) -> Iterator[None]:
@@ -108,8 +116,9 @@ class TunerStorage(HookedRDBStorage):
         finally:
             self._snapshot = None
 
-    def read_trials(self, study_id: int, states: Any, included_trial_ids: set[int],
-                    trial_id_greater_than: int) -> list[FrozenTrial]:
+    def read_trials(
+        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
+    ) -> list[FrozenTrial]:
         snapshot = self._snapshot
         if snapshot is None or snapshot.study_id != study_id:
             return super().read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
@@ -126,8 +135,11 @@ class _Snapshot:
 
     def trials(self, states: Any, included: set[int], greater_than: int) -> list[FrozenTrial]:
         with self.lock:
-            return [trial for key, trial in sorted(self.by_id.items())
-                    if (key in included or key > greater_than) and (states is None or trial.state in states)]
+            return [
+                trial
+                for key, trial in sorted(self.by_id.items())
+                if (key in included or key > greater_than) and (states is None or trial.state in states)
+            ]
 
     def after(self, storage: TunerStorage, call: Callable[..., Any], args: tuple, kwargs: dict, result: Any) -> None:
         """Mirror a write that just succeeded."""
@@ -202,7 +214,6 @@ def short_error(error: BaseException) -> str:
     """``Type: first line of the message``."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
-
 
 
 @contextlib.contextmanager

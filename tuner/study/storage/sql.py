@@ -22,7 +22,8 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from typing import Any, Callable, Collection, Mapping, Optional
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -30,8 +31,11 @@ from optuna.trial import TrialState
 from tuner.study.storage import _optuna
 
 
-def write_trial(trial: optuna.Trial, user_attrs: Optional[Mapping[str, Any]] = None,
-                intermediate_values: Optional[Mapping[int, float]] = None) -> None:
+def write_trial(
+    trial: optuna.Trial,
+    user_attrs: Optional[Mapping[str, Any]] = None,
+    intermediate_values: Optional[Mapping[int, float]] = None,
+) -> None:
     """Set ``user_attrs`` and report ``intermediate_values`` ({step: value}) on the running ``trial`` at once.
 
     As with ``trial.report``, a step already reported keeps its first value. Attributes must be JSON, values
@@ -79,8 +83,10 @@ def _new_values(trial: optuna.Trial, values: Mapping[int, float]) -> dict[int, f
         try:
             converted.setdefault(int(step), float(value))
         except (TypeError, ValueError):
-            raise TypeError(f"intermediate value at step {step!r}: expected a float and an int step, "
-                            f"got {value!r} ({type(value).__name__})") from None
+            raise TypeError(
+                f"intermediate value at step {step!r}: expected a float and an int step, "
+                f"got {value!r} ({type(value).__name__})"
+            ) from None
         if int(step) < 0:  # int(step) worked just above
             raise ValueError(f"step must be non-negative, got {step}")
     reported = _optuna.reported_values(trial)
@@ -101,7 +107,7 @@ def _retried(backend: Any, call: Callable[..., Any]) -> Callable[..., Any]:
     return retrying(call) if retrying is not None else call
 
 
-@functools.lru_cache(maxsize=None)  # asked at every write: the answer depends on the dialect only
+@functools.cache  # asked at every write: the answer depends on the dialect only
 def _upsert(dialect: str) -> Optional[Callable[[Any, tuple[str, ...], tuple[str, ...]], Any]]:
     """``upsert(model, unique_columns, updated_columns)``: an INSERT that updates the row a unique key already holds,
     for the dialects Optuna itself upserts on (SQLite >= 3.24, PostgreSQL, MySQL); None for any other."""
@@ -113,6 +119,7 @@ def _upsert(dialect: str) -> Optional[Callable[[Any, tuple[str, ...], tuple[str,
             return statement.on_duplicate_key_update({column: statement.inserted[column] for column in updated})
 
         return on_duplicate_key
+    insert: Any
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
@@ -122,7 +129,8 @@ def _upsert(dialect: str) -> Optional[Callable[[Any, tuple[str, ...], tuple[str,
 
     def on_conflict(model: Any, unique: tuple[str, ...], updated: tuple[str, ...]) -> Any:
         statement = insert(model)
-        return statement.on_conflict_do_update(index_elements=list(unique),
-                                               set_={column: statement.excluded[column] for column in updated})
+        return statement.on_conflict_do_update(
+            index_elements=list(unique), set_={column: statement.excluded[column] for column in updated}
+        )
 
     return on_conflict
