@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "tuner"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("tuner.version", "tuner.errors"),
+    ("tuner.version", "tuner.errors", "tuner.lazy"),
     ("tuner.recipe", "tuner.space"),
     ("tuner.schedules", "tuner.spec"),
     ("tuner._torch",),

@@ -80,6 +80,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The Recipe of a dict made by ``to_dict`` (a ``switch`` dict becomes a ``Switch``)."""
         data = dict(data)
         switch = data.get("switch")
         if isinstance(switch, dict):

@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Any, Optional, Protocol, runtime_checkable
 
 from tuner.errors import lookup
-from tuner.recipe import resolve_duration
+from tuner.recipe import Recipe, resolve_duration
 from tuner.space import Choice, Dimension, Float, Int
 
 Schedule = Callable[[int], float]
@@ -778,3 +778,14 @@ def build_schedule(
             f"warmup_steps must be < total_steps, got warmup_steps={warmup_steps!r} ({warm} steps), total_steps={total}"
         )
     return warmup(warmup_kind, warm, spec.build(total - warm, **merged))
+
+
+def recipe_schedule(recipe: Recipe, total_steps: int) -> Schedule:
+    """The LR schedule of ``recipe`` (its schedule, parameters and warmup) for a run of ``total_steps`` steps."""
+    return build_schedule(
+        recipe.schedule,
+        total_steps,
+        recipe.schedule_params,
+        warmup_steps=recipe.warmup_steps(total_steps),
+        warmup_kind=recipe.warmup_kind,
+    )

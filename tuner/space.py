@@ -19,11 +19,14 @@ from typing import Any, Protocol, Union
 class TrialLike(Protocol):
     """The part of ``optuna.Trial`` a dimension needs."""
 
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        """A float in [low, high] (log scale when ``log``)."""
 
-    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int: ...
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        """An int in [low, high] (log scale when ``log``)."""
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        """One of ``choices``."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,11 @@ class Float:
             raise ValueError(f"a log-scale range needs low > 0, got low={self.low}")
 
     def suggest(self, trial: TrialLike, name: str) -> float:
+        """Suggest this dimension as the trial's parameter ``name``."""
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
     def grid(self, n: int) -> list[float]:
+        """``n`` values from low to high, evenly spaced (on a log scale when ``log``)."""
         if n == 1 or self.low == self.high:
             return [self.low]
         if self.log:
@@ -54,6 +59,7 @@ class Float:
         return [self.low, *inner, self.high]  # exact ends: exp(log(x)) may fall just outside the range
 
     def describe(self) -> dict[str, Any]:
+        """The dimension as plain data (``tuner optimizers --json``)."""
         return {"type": "float", "low": self.low, "high": self.high, "log": self.log}
 
 
@@ -72,13 +78,16 @@ class Int:
             raise ValueError(f"a log-scale range needs low > 0, got low={self.low}")
 
     def suggest(self, trial: TrialLike, name: str) -> int:
+        """Suggest this dimension as the trial's parameter ``name``."""
         return trial.suggest_int(name, self.low, self.high, log=self.log)
 
     def grid(self, n: int) -> list[int]:
+        """Up to ``n`` distinct integers from low to high."""
         values = Float(self.low, self.high, self.log).grid(n)
         return sorted({int(round(v)) for v in values})
 
     def describe(self) -> dict[str, Any]:
+        """The dimension as plain data."""
         return {"type": "int", "low": self.low, "high": self.high, "log": self.log}
 
 
@@ -94,12 +103,15 @@ class Choice:
         object.__setattr__(self, "options", tuple(self.options))
 
     def suggest(self, trial: TrialLike, name: str) -> Any:
+        """Suggest one of the options as the trial's parameter ``name``."""
         return trial.suggest_categorical(name, list(self.options))
 
     def grid(self, n: int) -> list[Any]:
+        """Every option."""
         return list(self.options)
 
     def describe(self) -> dict[str, Any]:
+        """The dimension as plain data."""
         return {"type": "choice", "options": list(self.options)}
 
 
@@ -119,9 +131,11 @@ class Beta:
         return Float(1 - self.high, 1 - self.low, log=True)
 
     def suggest(self, trial: TrialLike, name: str) -> float:
+        """Suggest ``1 - beta`` (log scale) as the trial's parameter ``<name>.one_minus``; returns beta."""
         return 1.0 - self._one_minus.suggest(trial, f"{name}.one_minus")
 
     def grid(self, n: int) -> list[float]:
+        """``n`` betas, evenly spaced in log(1 - beta)."""
         return [1.0 - v for v in self._one_minus.grid(n)]
 
     def optuna_grid(self, n: int) -> list[float]:
@@ -129,6 +143,7 @@ class Beta:
         return self._one_minus.grid(n)
 
     def describe(self) -> dict[str, Any]:
+        """The dimension as plain data."""
         return {"type": "beta", "low": self.low, "high": self.high, "scale": "log(1-beta)"}
 
 
@@ -139,12 +154,15 @@ class Fixed:
     value: Any
 
     def suggest(self, trial: TrialLike, name: str) -> Any:
+        """The fixed value (nothing is suggested)."""
         return self.value
 
     def grid(self, n: int) -> list[Any]:
+        """The fixed value alone."""
         return [self.value]
 
     def describe(self) -> dict[str, Any]:
+        """The dimension as plain data."""
         return {"type": "fixed", "value": self.value}
 
 

@@ -31,6 +31,8 @@ RangeValue = Union[dict[str, Any], list[Any], float, int, str, bool, None]
 
 
 class Strict(BaseModel):
+    """A frozen model that refuses unknown keys (a typo in a study file is an error)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -225,6 +227,7 @@ def parse_study(data: dict[str, Any], source: str = "<study>") -> StudySpec:
 
 
 def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
     lines = []
     for problem in error.errors():
         location = ".".join(str(part) for part in problem["loc"]) or "(top level)"

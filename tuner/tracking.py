@@ -79,7 +79,8 @@ class TrialOutcome:
 class Tracker(Protocol):
     """Where trials are logged: one study (experiment + parent run), one run per trial."""
 
-    def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]: ...
+    def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
+        """Create the study's experiment and parent run; returns the parent run id (None when not tracked)."""
 
     def start_trial(
         self,
@@ -89,15 +90,17 @@ class Tracker(Protocol):
         recipe: Recipe,
         tags: dict[str, str],
         on_started: Optional[Callable[[Optional[str]], None]] = None,
-    ) -> TrialRun: ...
+    ) -> TrialRun:
+        """Open a trial's run under the parent with the recipe as params; ``on_started(run_id)`` once it exists."""
 
-    def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
+        """An evaluation's metrics at ``step`` (buffered until the trial ends)."""
 
-    def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]: ...
+    def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]:
+        """Close a trial's run with its outcome; returns what could not be logged so far."""
 
-    def end_study(
-        self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]
-    ) -> None: ...
+    def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None:
+        """Put the best recipe and the summary on the parent run."""
 
     def log_to_study(
         self,
@@ -105,33 +108,42 @@ class Tracker(Protocol):
         params: Optional[dict[str, Any]] = None,
         tags: Optional[dict[str, str]] = None,
         files: tuple[str, ...] = (),
-    ) -> None: ...
+    ) -> None:
+        """Add params, tags and files to the parent run."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Wait until everything queued has been sent."""
 
 
 class NullTracker:
     """Tracks nothing (``tracking_uri: none``)."""
 
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
+        """No parent run: None."""
         return None
 
     def start_trial(self, parent_run_id, study_name, number, recipe, tags, on_started=None) -> TrialRun:
+        """A run without an id (``on_started`` is not called)."""
         return TrialRun(run_id=None)
 
     def log_metrics(self, run: TrialRun, metrics: dict[str, float], step: int) -> None:
+        """Nothing is logged."""
         pass
 
     def end_trial(self, run: TrialRun, outcome: TrialOutcome) -> list[str]:
+        """Nothing is logged; no errors."""
         return []
 
     def end_study(self, parent_run_id, best, summary) -> None:
+        """Nothing is logged."""
         pass
 
     def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
+        """Nothing is logged."""
         pass
 
     def flush(self) -> None:
+        """Nothing is queued."""
         pass
 
 

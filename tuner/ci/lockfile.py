@@ -112,6 +112,7 @@ def _check_entry(path: Path, index: int, entry: LockedRecipe) -> None:
 
 
 def recipe_of(entry: LockedRecipe) -> Recipe:
+    """The ``Recipe`` of a locked entry."""
     return Recipe.from_dict(entry.recipe)
 
 

@@ -76,6 +76,8 @@ class FitJob:
 
 @dataclass(frozen=True)
 class SeedResult:
+    """One locked recipe trained on one seed: its value (None: no finite evaluation), status, reason, seconds."""
+
     seed: int
     value: Optional[float]  # best evaluation of the metric; None when the run produced no finite evaluation
     status: str
@@ -165,6 +167,7 @@ class CaseResult:
 
     @property
     def name(self) -> str:
+        """``lock_path#rank``: how the summaries name this locked recipe."""
         return f"{self.lock_path}#{self.entry.rank}"
 
 
@@ -282,4 +285,5 @@ def environment_notes(locked: dict[str, Any], here: dict[str, Any]) -> list[str]
 
 
 def created_now() -> str:
+    """The current UTC time, to the second, in ISO format (a lock's ``created``)."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

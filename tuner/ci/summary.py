@@ -11,6 +11,7 @@ from tuner.ci.runner import CaseResult
 
 
 def fmt(value: float) -> str:
+    """A number to 4 significant digits (``-`` for None or NaN)."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 

@@ -20,7 +20,7 @@ from tuner.errors import TunerError
 from tuner.optim import OPTIMIZERS
 from tuner.optim.build import resolve_params, torch_kwargs
 from tuner.recipe import Recipe
-from tuner.schedules import build_schedule
+from tuner.schedules import recipe_schedule
 
 MAX_TABLE_STEPS = 100_000
 
@@ -70,6 +70,8 @@ def export_python(exported: Exported) -> str:
 
 
 def python_snippet(recipe: Recipe, total_steps: int, header: str = "") -> str:
+    """The Python source that builds ``recipe``'s torch optimizer, scheduler and clipping for ``total_steps``
+    steps, with ``header`` in its docstring."""
     spec = OPTIMIZERS[recipe.optimizer]
     _check_exportable(recipe, spec)
     kwargs = torch_kwargs(spec, resolve_params(spec, recipe.optimizer_params))
@@ -119,13 +121,7 @@ def _check_exportable(recipe: Recipe, spec: Any) -> None:
 
 
 def _scheduler_lines(recipe: Recipe, total_steps: int) -> list[str]:
-    schedule = build_schedule(
-        recipe.schedule,
-        total_steps,
-        recipe.schedule_params,
-        warmup_steps=recipe.warmup_steps(total_steps),
-        warmup_kind=recipe.warmup_kind,
-    )
+    schedule = recipe_schedule(recipe, total_steps)
     if hasattr(schedule, "report"):
         return _plateau_lines(recipe)
     if total_steps > MAX_TABLE_STEPS:

@@ -206,15 +206,9 @@ def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:
 
 def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) -> tuple[list[int], list[float]]:
     """(steps, LR) of a recipe over a run of ``total_steps``: peak LR times the schedule (plateau: never reduced)."""
-    from tuner.schedules import build_schedule
+    from tuner.schedules import recipe_schedule
 
-    schedule = build_schedule(
-        recipe.schedule,
-        total_steps,
-        recipe.schedule_params,
-        warmup_steps=recipe.warmup_steps(total_steps),
-        warmup_kind=recipe.warmup_kind,
-    )
+    schedule = recipe_schedule(recipe, total_steps)
     switch_step = round(recipe.switch.at_fraction * total_steps) if recipe.switch else None
     every = max(1, total_steps // points)
     steps = sorted({*range(0, total_steps, every), total_steps - 1})

@@ -34,6 +34,9 @@ class EntrySpace:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """The study's search space: each optimizer's and schedule's dimensions, the shared ones, ``lr: auto``
+    optimizers and the optional switch. ``sample(trial)`` draws one ``Recipe``."""
+
     optimizers: Mapping[str, EntrySpace]  # each has an "lr" dimension
     schedules: Mapping[str, EntrySpace]
     shared: Mapping[
@@ -88,6 +91,7 @@ class SwitchSearch:
     optional: bool
 
     def sample(self, trial: TrialLike) -> Optional[Switch]:
+        """The switch a trial draws (None: no switch)."""
         options = (["none"] if self.optional else []) + list(self.targets)
         target = _choose(trial, "switch", options)
         if target == "none":

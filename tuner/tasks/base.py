@@ -46,10 +46,12 @@ class TaskData:
 
     @property
     def n_train(self) -> int:
+        """Training examples."""
         return int(self.train_inputs.shape[0])
 
     @property
     def n_val(self) -> int:
+        """Validation examples."""
         return int(self.val_inputs.shape[0])
 
     def to(self, device: Any) -> TaskData:
@@ -67,13 +69,17 @@ class Task(Protocol):
     directions: Mapping[str, str]
     default_batch_size: Optional[int]
 
-    def build_model(self) -> Any: ...
+    def build_model(self) -> Any:
+        """A fresh ``torch.nn.Module`` (the trainer seeds torch first)."""
 
-    def load_data(self) -> TaskData: ...
+    def load_data(self) -> TaskData:
+        """The train and validation tensors."""
 
-    def loss(self, outputs: Any, targets: Any) -> Any: ...
+    def loss(self, outputs: Any, targets: Any) -> Any:
+        """The scalar mean training loss of a batch."""
 
-    def metrics(self, outputs: Any, targets: Any) -> dict[str, float]: ...
+    def metrics(self, outputs: Any, targets: Any) -> dict[str, float]:
+        """Per-batch means of the validation metrics, ``loss`` included."""
 
 
 @runtime_checkable
@@ -87,10 +93,12 @@ class PopulationTask(Task, Protocol):
     """
 
     @property
-    def population_loss(self) -> Optional[Callable[[Any, Any], Any]]: ...
+    def population_loss(self) -> Optional[Callable[[Any, Any], Any]]:
+        """Member ``i``'s ``loss(outputs[i], targets[i])`` for every member at once, or None."""
 
     @property
-    def population_metrics(self) -> Optional[Callable[[Any, Any], dict[str, Any]]]: ...
+    def population_metrics(self) -> Optional[Callable[[Any, Any], dict[str, Any]]]:
+        """Member ``i``'s ``metrics`` as ``(N,)`` tensors for every member at once, or None."""
 
 
 def population_hooks(task: Task) -> tuple[Optional[Callable[[Any, Any], Any]], Optional[Callable[[Any, Any], Any]]]:

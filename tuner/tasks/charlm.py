@@ -101,6 +101,7 @@ def lm_metrics(logits: Any, targets: Any) -> dict[str, float]:
 
 
 def build_transformer(context: int, d_model: int, n_layers: int, n_heads: int) -> Any:
+    """The character-level transformer of the ``charlm`` task."""
     from tuner.tasks.charlm_model import CharTransformer
 
     return CharTransformer(len(VOCAB), context, d_model, n_layers, n_heads)

@@ -26,6 +26,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal multi-head self-attention over ``x`` (batch, time, width)."""
         *batch, length, width = x.shape
         head = width // self.n_heads
         q, k, v = (
@@ -37,6 +38,7 @@ class Block(nn.Module):
         return self.proj((weights @ v).transpose(-3, -2).reshape(*batch, length, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention then the MLP, each with a residual connection and a pre-norm."""
         x = x + self.attention(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 

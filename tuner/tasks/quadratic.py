@@ -63,6 +63,7 @@ def quadratic_metrics(outputs: Any, targets: Any) -> dict[str, float]:
 
 
 def build_linear(dim: int) -> Any:
+    """The quadratic task's model: one linear map from the features to a scalar."""
     from torch import nn
 
     return nn.Linear(dim, 1, bias=False)

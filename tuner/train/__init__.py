@@ -5,8 +5,9 @@ Names are imported on first use (PEP 562), so ``import tuner.train.progress`` do
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tuner.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tuner.train.lr_range import LRFinding, SweepConfig, find_lrs, range_test
@@ -54,8 +55,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tuner.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"tuner.train.{module}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"tuner.train.{module}" for name, module in _EXPORTS.items()})

@@ -57,6 +57,7 @@ class SweepConfig:
             raise ValueError(f"divergence_factor must be > 1, got divergence_factor={self.divergence_factor}")
 
     def lrs(self) -> list[float]:
+        """The sweep's LR at each step: geometric from ``lr_start`` to ``lr_end``."""
         ratio = self.lr_end / self.lr_start
         return [self.lr_start * ratio ** (i / (self.steps - 1)) for i in range(self.steps)]
 

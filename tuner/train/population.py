@@ -40,7 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
-from tuner.schedules import build_schedule
+from tuner.schedules import recipe_schedule
 from tuner.tasks import Task
 from tuner.tasks.base import population_hooks, stacked_cross_entropy
 from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
@@ -418,13 +418,7 @@ class _Population:
 
     def _running(self, m: _Member, eval_every: int) -> _Running:
         recipe, total = m.recipe, self.total_steps
-        schedule = build_schedule(
-            recipe.schedule,
-            total,
-            recipe.schedule_params,
-            warmup_steps=recipe.warmup_steps(total),
-            warmup_kind=recipe.warmup_kind,
-        )
+        schedule = recipe_schedule(recipe, total)
         common = self.common
         progress = RunProgress(
             common.budget,

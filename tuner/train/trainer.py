@@ -19,7 +19,7 @@ import torch
 
 from tuner.optim import build_optimizer, clip_gradients
 from tuner.recipe import Recipe
-from tuner.schedules import build_schedule
+from tuner.schedules import recipe_schedule
 from tuner.tasks import Task, TaskData
 from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 
@@ -126,13 +126,7 @@ class Trainer:
             len(self.data.train_inputs), recipe.batch_size, budget
         )
         self.optimizer = build_optimizer(self.model, recipe, self.total_steps, full_batch=recipe.batch_size is None)
-        self.schedule = build_schedule(
-            recipe.schedule,
-            self.total_steps,
-            recipe.schedule_params,
-            warmup_steps=recipe.warmup_steps(self.total_steps),
-            warmup_kind=recipe.warmup_kind,
-        )
+        self.schedule = recipe_schedule(recipe, self.total_steps)
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = RunProgress(
             budget,

@@ -204,6 +204,7 @@ class HookedRDBStorage(RDBStorage):
     ``read_trials``. Subclasses override those two (``tuner.study.storage.rdb.TunerStorage``)."""
 
     def around_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one storage call (subclasses add retries and snapshot bookkeeping)."""
         return call(*args, **kwargs)
 
     def read_trials(

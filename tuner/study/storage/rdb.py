@@ -67,6 +67,7 @@ class TunerStorage(HookedRDBStorage):
     # -- reconnecting calls --------------------------------------------------------------------------------------------
 
     def around_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one storage call: retried while the connection is lost, mirrored into a snapshot when one is held."""
         if getattr(_retrying, "active", False):  # an outer call already retries
             result = call(*args, **kwargs)
         else:
@@ -119,6 +120,7 @@ class TunerStorage(HookedRDBStorage):
     def read_trials(
         self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
     ) -> list[FrozenTrial]:
+        """The cache layer's read of a study's trials, from the snapshot while one is held for that study."""
         snapshot = self._snapshot
         if snapshot is None or snapshot.study_id != study_id:
             return super().read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
