@@ -65,6 +65,15 @@ class Budget(Strict):
         1e3, gt=1, description="a training loss above this multiple of the first loss counts as divergence"
     )
     population: Optional[int] = Field(None, gt=0, description="train this many trials at once in one vectorized pass")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, or mixed precision: bf16 (CPU or CUDA), fp16 (CUDA, with a GradScaler)"
+    )
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
+    compile: bool = Field(False, description="torch.compile the model")
+    channels_last: bool = Field(False, description="channels-last memory format for conv models (and their inputs)")
+    trial_timeout: Optional[float] = Field(
+        None, gt=0, description="a trial running longer than this many seconds fails (command trials: killed)"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> Budget:
@@ -134,7 +143,17 @@ class StudySpec(Strict):
     """A whole study file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="study name (letters, digits, _ . -)")
-    task: TaskRef
+    task: Optional[TaskRef] = Field(None, description="what tuner trains: a built-in task or a task file (or train:)")
+    train: Optional[str] = Field(
+        None,
+        description="your own training loop instead of a task: 'file.py:function' or 'package.module:function', "
+        "called with a tuner.Trial",
+    )
+    command: Optional[Union[str, list[str]]] = Field(
+        None,
+        description="your own script instead of a task, run once per trial (e.g. 'python train.py' or 'torchrun "
+        "--nproc_per_node 2 train.py'); inside it, tuner.Trial.from_env() gives the trial",
+    )
     metric: Optional[str] = Field(None, description="metric to optimize; default: the task's")
     direction: Optional[Literal["maximize", "minimize"]] = Field(
         None, description="default: the task's direction for the metric"
@@ -167,6 +186,34 @@ class StudySpec(Strict):
     @classmethod
     def _named_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: Any) -> Any:
+        if value is not None and not (value.strip() if isinstance(value, str) else value):
+            raise ValueError("must name a program to run, got an empty command")
+        return value
+
+    @model_validator(mode="after")
+    def _one_door(self) -> StudySpec:
+        given = [key for key in ("task", "train", "command") if getattr(self, key) is not None]
+        if len(given) != 1:
+            shown = {"task": self.task.name if self.task else None, "train": self.train, "command": self.command}
+            got = ", ".join(f"{key}={shown[key]!r}" for key in given) or "none of them"
+            raise ValueError(f"give exactly one of task, train or command (got {got})")
+        if self.task is None and (self.metric is None or self.direction is None):
+            door = given[0]
+            raise ValueError(
+                f"with {door}: the study needs metric and direction (the metric your code reports, "
+                f"e.g. metric: accuracy, direction: maximize); got metric={self.metric!r}, "
+                f"direction={self.direction!r}"
+            )
+        return self
+
+    @property
+    def door(self) -> str:
+        """How trials train: "task" (tuner's trainer), "train" (your function) or "command" (your script)."""
+        return "task" if self.task is not None else "train" if self.train is not None else "command"
 
     def resolved_storage(self, override: Optional[str] = None) -> str:
         """The storage URL: ``override``, the file's, ``$TUNER_STORAGE``, else the embedded default."""

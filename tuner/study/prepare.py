@@ -59,6 +59,8 @@ def prepare(
         spec, where = load_study(source), str(source)
         spec_dir = spec_dir or str(Path(source).resolve().parent)
     spec_dir = spec_dir or os.getcwd()
+    if spec.task is None:
+        raise TunerError(f"{where}: {spec.door}: not supported yet")  # the Trial API lands next (issue 14)
     try:
         task = load_task(spec.task.name, spec.task.options, base_dir=spec_dir)
         space = resolve_space(spec.space, task.default_batch_size)
