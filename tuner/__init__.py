@@ -22,7 +22,7 @@ from tuner.lazy import lazy_exports
 from tuner.version import __version__
 
 if TYPE_CHECKING:
-    from tuner.errors import TunerError, UnknownNameError
+    from tuner.errors import TrialPruned, TunerError, UnknownNameError
     from tuner.optim import OPTIMIZERS, OptimizerSpec, build_optimizer
     from tuner.recipe import Recipe, Switch
     from tuner.schedules import SCHEDULES, build_schedule
@@ -42,9 +42,12 @@ if TYPE_CHECKING:
         fit_population,
         range_test,
     )
+    from tuner.train.trial import Trial
 
 _EXPORTS: dict[str, str] = {
     "TunerError": "tuner.errors",
+    "TrialPruned": "tuner.errors",
+    "Trial": "tuner.train",
     "UnknownNameError": "tuner.errors",
     "OPTIMIZERS": "tuner.optim",
     "OptimizerSpec": "tuner.optim",
@@ -94,6 +97,8 @@ __all__ = [
     "Task",
     "TaskData",
     "TrainBudget",
+    "Trial",
+    "TrialPruned",
     "TrialRecord",
     "TunerError",
     "UnknownNameError",

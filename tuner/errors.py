@@ -21,3 +21,12 @@ def lookup(table: dict, kind: str, name: str):
         return table[name]
     except (KeyError, TypeError):
         raise UnknownNameError(kind, name, list(table)) from None
+
+
+class TrialPruned(Exception):
+    """Raised by ``tuner.Trial.report`` when the study stops the trial (the pruner, or a diverged run): let it
+    propagate out of your training function; the trial is recorded as pruned with the reason."""
+
+
+class UserCodeError(Exception):
+    """An exception raised in the user's own training code, described as ``Type: message (at file:line in fn)``."""

@@ -789,3 +789,16 @@ def recipe_schedule(recipe: Recipe, total_steps: int) -> Schedule:
         warmup_steps=recipe.warmup_steps(total_steps),
         warmup_kind=recipe.warmup_kind,
     )
+
+
+def recipe_lr_curve(recipe: Recipe, total_steps: int, points: int = 200) -> tuple[list[int], list[float]]:
+    """(steps, LR) of ``recipe`` over a run of ``total_steps``, about ``points`` of them and the last: the peak LR
+    (the switch's after the switch) times the schedule; a plateau schedule is drawn never reduced."""
+    schedule = recipe_schedule(recipe, total_steps)
+    switch_step = round(recipe.switch.at_fraction * total_steps) if recipe.switch else None
+    every = max(1, total_steps // points)
+    steps = sorted({*range(0, total_steps, every), total_steps - 1})
+    peaks = [
+        recipe.switch.lr if recipe.switch and switch_step is not None and s >= switch_step else recipe.lr for s in steps
+    ]
+    return steps, [peak * schedule(step) for peak, step in zip(peaks, steps)]

@@ -311,12 +311,25 @@ class ManagedOptimizer:
 
     def _plain_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
         loss = closure()
+        self._update(phase)
+        return loss.detach()
+
+    def apply_gradients(self, step: int, lr_multiplier: float) -> None:
+        """One optimizer step with the gradients already computed (a user's own loop called ``backward``): the LR,
+        the weight decay the torch class does not apply, the switch. Closure optimizers (lbfgs) need ``step``."""
+        phase = self._enter(step)
+        if phase.needs_closure:
+            raise TunerError(f"{phase.name} evaluates the loss itself: call optimizer.step(closure)")
+        for part in phase.parts:
+            part.set_lr(phase.peak_lr * lr_multiplier)
+        self._update(phase)
+
+    def _update(self, phase: _Phase) -> None:
         wd = self.recipe.weight_decay
         for part in phase.parts:
             part.decay.after_backward(part.params, wd)
             part.decay.before_update(part.params, part.lr, wd)
             part.optimizer.step()
-        return loss.detach()
 
     def _closure_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
         (part,) = phase.parts

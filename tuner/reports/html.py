@@ -24,6 +24,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.recipe import Recipe
+from tuner.schedules import recipe_lr_curve
 from tuner.spec import parse_study
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import quiet_libraries
@@ -206,14 +207,7 @@ def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:
 
 def lr_curve(recipe: Recipe, total_steps: int, points: int = LR_CURVE_POINTS) -> tuple[list[int], list[float]]:
     """(steps, LR) of a recipe over a run of ``total_steps``: peak LR times the schedule (plateau: never reduced)."""
-    from tuner.schedules import recipe_schedule
-
-    schedule = recipe_schedule(recipe, total_steps)
-    switch_step = round(recipe.switch.at_fraction * total_steps) if recipe.switch else None
-    every = max(1, total_steps // points)
-    steps = sorted({*range(0, total_steps, every), total_steps - 1})
-    peak = [recipe.switch.lr if switch_step is not None and s >= switch_step else recipe.lr for s in steps]
-    return steps, [p * schedule(s) for p, s in zip(peak, steps)]
+    return recipe_lr_curve(recipe, total_steps, points)
 
 
 def _lr_curves(study: optuna.Study, top: list[FrozenTrial]) -> Any:

@@ -29,6 +29,7 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState
 
+from tuner.errors import UserCodeError
 from tuner.recipe import Recipe
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import Prepared
@@ -38,7 +39,9 @@ from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import Tracker, TrialOutcome, TrialRun
-from tuner.train import Evaluation, FitResult, OnEval, TrainBudget, fit, fit_population
+from tuner.train import Evaluation, FitResult, OnEval, TrainBudget, fit, fit_population, resolve_device
+from tuner.train.command import CommandFailed, run_command
+from tuner.train.trial import Trial, TrialInfo, run_function
 
 
 class TrialResultDiscarded(UserWarning):
@@ -62,6 +65,14 @@ def outcome_of(result: FitResult, metric: str, attrs: Optional[dict] = None) -> 
     patience); PRUNED otherwise -- stopped by the pruner, or diverged -- with its last finite value."""
     attrs = {TrialKeys.TOTAL_STEPS: result.total_steps, **(attrs or {})}
     common: dict[str, Any] = dict(seconds=result.seconds, lr_curve=result.lr_curve, attrs=attrs)
+    if result.final is not None and result.status == "completed":  # the user's code said how it ended
+        if metric not in result.final:
+            return TrialOutcome(
+                "FAIL",
+                f"error: the run ended without the study's metric {metric!r} (it reported {sorted(result.final)})",
+                **common,
+            )
+        return TrialOutcome("COMPLETE", "completed", result.final[metric], **common)
     if result.status in ("completed", "early_stopped") and result.best is not None:
         reason = "completed" if result.status == "completed" else f"early stopped: {result.reason}"
         return TrialOutcome("COMPLETE", reason, result.best.metrics[metric], **common)
@@ -108,45 +119,56 @@ class TrialLifecycle:
 
     # -- a batch of trials --------------------------------------------------------------------------------------------
 
-    def run(self, size: int) -> None:
-        """Ask ``size`` trials and train them together (one: ``fit``; more: ``fit_population``), ending each."""
+    def run(self, size: int, *, stacked: bool = False) -> None:
+        """Ask ``size`` trials and train them together, ending each: with ``fit``, or with ``fit_population`` when
+        ``stacked`` (a population run, even a batch of one) or ``size > 1``."""
         fail_stale_trials(self.study)  # what study.optimize does before each trial
-        members = self._ask(size)
-        if not members:
-            return
-        pruning = Pruning(self.study, [m.trial for m in members])
-        with Heartbeats(self.study, [m.trial for m in members]):
-            self._train(members, pruning)
+        with Heartbeats(self.study) as heartbeats:  # from the moment a trial is asked: a lost start is retried
+            members = self._ask(size, heartbeats)
+            if members:
+                self._train(members, Pruning(self.study, [m.trial for m in members]), stacked or size > 1)
 
-    def _ask(self, size: int) -> list[StartedTrial]:
+    def _ask(self, size: int, heartbeats: Heartbeats) -> list[StartedTrial]:
         """``size`` started trials, asked from one snapshot of the study (a sampler would re-read every running
-        trial at each suggestion); one whose start fails is failed at once."""
-        members = []
-        with asking_from_one_snapshot(self.study) if size > 1 else contextlib.nullcontext():
-            for _ in range(size):
-                trial = self.study.ask()
-                try:
-                    members.append(self.start(trial))
-                except Exception as error:
-                    self._tell(trial, TrialOutcome("FAIL", f"error: {type(error).__name__}: {error}"))
+        trial at each suggestion). A trial whose start fails is failed (after the snapshot: what it read must not
+        move on with a trial that finished meanwhile); Ctrl-C fails every trial asked so far, and goes on."""
+        members: list[StartedTrial] = []
+        failed: list[tuple[optuna.Trial, str]] = []
+        asked: list[optuna.Trial] = []
+        try:
+            with asking_from_one_snapshot(self.study) if size > 1 else contextlib.nullcontext():
+                for _ in range(size):
+                    asked.append(self.study.ask())
+                    heartbeats.add(asked[-1])
+                    try:
+                        members.append(self.start(asked[-1]))
+                    except Exception as error:
+                        failed.append((asked[-1], failure_reason(error)))
+        except BaseException:
+            for trial in asked[len(members) + len(failed) :]:
+                failed.append((trial, "interrupted"))
+            self._fail_all(members, "interrupted", 0.0, None)
+            raise
+        finally:
+            for trial, reason in failed:
+                self._tell(trial, TrialOutcome("FAIL", reason))
         return members
 
-    def _train(self, members: list[StartedTrial], pruning: Pruning) -> None:
+    def _train(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> None:
         started = time.perf_counter()
         try:
-            results = self._fit(members, pruning)
+            results = self._fit(members, pruning, stacked)
         except KeyboardInterrupt:
             self._fail_all(members, "interrupted", time.perf_counter() - started, pruning)
             raise
         except Exception as error:  # the trials fail; the study goes on
-            self._fail_all(members, f"error: {type(error).__name__}: {error}", time.perf_counter() - started, pruning)
+            self._fail_all(members, failure_reason(error), time.perf_counter() - started, pruning)
             return
-        attrs: Optional[dict[str, Any]] = {} if len(members) == 1 else None
         for member, result in zip(members, results):
-            extra = attrs if attrs is not None else {TrialKeys.POPULATION: int(result.extras.get("population", 1))}
+            extra = {TrialKeys.POPULATION: int(result.extras.get("population", 1))} if stacked else {}
             self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
 
-    def _fit(self, members: list[StartedTrial], pruning: Pruning) -> list[FitResult]:
+    def _fit(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> list[FitResult]:
         prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
         common: dict[str, Any] = dict(
             metric=prepared.metric,
@@ -154,7 +176,10 @@ class TrialLifecycle:
             device=prepared.device,
             deterministic=prepared.spec.deterministic,
         )
-        if len(members) == 1:
+        if prepared.task is None:  # the user's own code trains: one trial at a time
+            (member,) = members
+            return [self._run_own_code(member, on_eval[0])]
+        if not stacked:
             (member,) = members
             return [fit(prepared.task, member.recipe, self.budget, on_eval=on_eval[0], seed=member.seed, **common)]
         numbers = [m.trial.number for m in members]
@@ -172,11 +197,35 @@ class TrialLifecycle:
             **common,
         )
 
-    def _fail_all(self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Pruning) -> None:
+    def _run_own_code(self, member: StartedTrial, on_eval: OnEval) -> FitResult:
+        """A ``train:`` function called with a ``tuner.Trial`` here, or a ``command:`` run with one in its process."""
+        prepared, trial = self.prepared, member.trial
+        info = TrialInfo(
+            trial.number,
+            prepared.spec.name,
+            member.recipe,
+            dict(trial.params),
+            member.seed,
+            str(resolve_device(prepared.device)),
+            self.budget,
+            prepared.metric,
+            prepared.direction,
+            prepared.spec.deterministic,
+        )
+        if prepared.train_fn is not None:
+            return run_function(prepared.train_fn, Trial(info, on_eval))
+        assert prepared.command is not None
+        return run_command(
+            prepared.command, info, on_eval, cwd=prepared.spec_dir, timeout=prepared.spec.budget.trial_timeout
+        )
+
+    def _fail_all(
+        self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Optional[Pruning]
+    ) -> None:
         for member in members:
             self._end_safely(member, TrialOutcome("FAIL", reason, seconds=seconds), pruning)
 
-    def _end_safely(self, member: StartedTrial, outcome: TrialOutcome, pruning: Pruning) -> None:
+    def _end_safely(self, member: StartedTrial, outcome: TrialOutcome, pruning: Optional[Pruning]) -> None:
         """``end``; a failure to record one trial's end is warned and the others still end (the trial stays
         RUNNING, and is failed as lost once its heartbeat stops)."""
         try:
@@ -220,9 +269,8 @@ class TrialLifecycle:
         metric = self.prepared.metric
 
         def on_eval(evaluation: Evaluation) -> bool:
-            self.tracker.log_metrics(
-                member.run, {**evaluation.metrics, "train_loss": evaluation.train_loss}, evaluation.step
-            )
+            losses = {} if evaluation.train_loss is None else {"train_loss": evaluation.train_loss}
+            self.tracker.log_metrics(member.run, {**evaluation.metrics, **losses}, evaluation.step)
             return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
 
         return on_eval
@@ -267,6 +315,13 @@ class TrialLifecycle:
             TrialResultDiscarded,
             stacklevel=3,
         )
+
+
+def failure_reason(error: BaseException) -> str:
+    """A failed trial's reason: ``error: Type: message`` (the user's code: ``... (at file:line in fn)``)."""
+    if isinstance(error, (UserCodeError, CommandFailed)):
+        return f"error: {error}"
+    return f"error: {type(error).__name__}: {error}"
 
 
 def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:

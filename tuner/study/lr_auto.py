@@ -28,7 +28,7 @@ def apply_auto_lr(
     ranges (study and MLflow), print them, and return ``prepared`` searching those ranges."""
     recorded = study.user_attrs.get(StudyKeys.LR_AUTO, {})
     missing = [name for name in prepared.space.auto_lr if name not in recorded]
-    if missing:
+    if missing and prepared.task is not None:  # prepare refuses `lr: auto` without a task
         batch_size = sweep_batch_size(prepared.space)
         findings = find_lrs(
             prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device
@@ -48,7 +48,7 @@ def apply_auto_lr(
 def with_lr_ranges(prepared: Prepared, user_attrs: Mapping[str, Any]) -> Prepared:
     """``prepared`` with the LR ranges recorded on the study in its search space; unchanged without them."""
     found = user_attrs.get(StudyKeys.LR_AUTO)
-    if not prepared.space.auto_lr or not found:
+    if not prepared.space.auto_lr or not found or prepared.task is None:
         return prepared
     ranges = {name: (row["low"], row["high"]) for name, row in found.items()}
     return replace(prepared, space=resolve_space(prepared.spec.space, prepared.task.default_batch_size, ranges))

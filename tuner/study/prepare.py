@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import optuna
 
@@ -19,22 +20,30 @@ from tuner.errors import TunerError
 from tuner.spec import StudySpec, load_study
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.tables import make_pruner, make_sampler
-from tuner.tasks import Task, load_task
+from tuner.tasks import Task, load_function, load_task
+from tuner.train.command import command_argv
+from tuner.train.trial import check_train_function
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated study: everything needed to run trials, nothing written yet."""
+    """A validated study: everything needed to run trials, nothing written yet.
+
+    Exactly one of ``task`` (tuner's trainer trains it), ``train_fn`` (the user's function, called with a
+    ``tuner.Trial``) and ``command`` (the user's script, run once per trial) is set, as the study file says.
+    """
 
     spec: StudySpec
     spec_dir: str
-    task: Task
+    task: Optional[Task]
     space: SearchSpace
     metric: str
     direction: str
     storage_url: str
     tracking_uri: str
     device: str
+    train_fn: Optional[Callable[..., Any]] = None
+    command: Optional[list[str]] = None
 
 
 def prepare(
@@ -59,32 +68,76 @@ def prepare(
         spec, where = load_study(source), str(source)
         spec_dir = spec_dir or str(Path(source).resolve().parent)
     spec_dir = spec_dir or os.getcwd()
-    if spec.task is None:
-        raise TunerError(f"{where}: {spec.door}: not supported yet")  # the Trial API lands next (issue 14)
     try:
-        task = load_task(spec.task.name, spec.task.options, base_dir=spec_dir)
-        space = resolve_space(spec.space, task.default_batch_size)
+        door = _load_door(spec, spec_dir)
+        space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
+        metric, direction = _metric_and_direction(spec, door.task)
+        _check_door(spec, space)
     except TunerError as error:
         raise TunerError(f"{where}: {error}") from None
-    metric = spec.metric or task.metric
-    if metric not in task.directions:
-        raise TunerError(
-            f"{where}: metric: unknown metric {metric!r} for task {spec.task.name!r}; "
-            f"valid metrics: {', '.join(sorted(task.directions))}"
-        )
-    direction = spec.direction or task.directions[metric]
     _check_sampler_and_pruner(spec, space, where)
     return Prepared(
         spec,
         spec_dir,
-        task,
+        door.task,
         space,
         metric,
         direction,
         spec.resolved_storage(storage),
         spec.resolved_tracking_uri(tracking_uri),
         device or spec.device,
+        door.train_fn,
+        door.command,
     )
+
+
+@dataclass(frozen=True)
+class _Door:
+    task: Optional[Task] = None
+    train_fn: Optional[Callable[..., Any]] = None
+    command: Optional[list[str]] = None
+
+
+def _load_door(spec: StudySpec, spec_dir: str) -> _Door:
+    """What trials train: the task, the user's train function, or the user's command (checked it runs)."""
+    if spec.task is not None:
+        return _Door(task=load_task(spec.task.name, spec.task.options, base_dir=spec_dir))
+    if spec.train is not None:
+        function, _, _ = load_function(spec.train, base_dir=spec_dir, kind="train")
+        check_train_function(function, f"train: {spec.train}")
+        return _Door(train_fn=function)
+    assert spec.command is not None
+    return _Door(command=command_argv(spec.command, spec_dir))
+
+
+def _metric_and_direction(spec: StudySpec, task: Optional[Task]) -> tuple[str, str]:
+    if task is None:  # train: and command: studies name both (the spec checks it)
+        assert spec.metric is not None and spec.direction is not None
+        return spec.metric, spec.direction
+    metric = spec.metric or task.metric
+    if metric not in task.directions:
+        assert spec.task is not None
+        raise TunerError(
+            f"metric: unknown metric {metric!r} for task {spec.task.name!r}; "
+            f"valid metrics: {', '.join(sorted(task.directions))}"
+        )
+    return metric, spec.direction or task.directions[metric]
+
+
+def _check_door(spec: StudySpec, space: SearchSpace) -> None:
+    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``."""
+    if spec.task is not None:
+        return
+    if spec.budget.population is not None and spec.budget.population > 1:
+        raise TunerError(
+            f"budget.population: {spec.budget.population} members need a task that tuner trains "
+            f"(a {spec.door}: study runs its own loop, one trial at a time); remove it"
+        )
+    if space.auto_lr:
+        raise TunerError(
+            f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
+            f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
+        )
 
 
 def _check_sampler_and_pruner(spec: StudySpec, space: SearchSpace, where: str) -> None:

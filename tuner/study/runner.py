@@ -162,6 +162,7 @@ def optimize(
                 timeout=options.timeout,
                 on_trial=on_trial,
             )
+        with lifecycle.optimize_loop():  # a fresh loop: a sampler's stop (the grid's) does not skip the retries
             settle_lost_trials(study, lambda waiting: run_trials(lifecycle, size=1, trials=waiting))
     finally:
         tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits
@@ -187,7 +188,7 @@ def run_trials(
             return
         batch = min(max(1, size), missing)
         asked += batch
-        lifecycle.run(batch)
+        lifecycle.run(batch, stacked=size > 1)
         if on_trial is not None:
             on_trial(study)
 

@@ -4,7 +4,7 @@ The study's spec (user attribute ``spec``) and the directory it was written in (
 the study by ``tuner run``, so a worker needs only the study name and the storage URL. With ``--gpus`` the
 worker starts one process per GPU, each pinned with ``CUDA_VISIBLE_DEVICES``; without, it trains in this
 process (on the study's ``device``, CPU on a machine without CUDA). Heartbeats, reconnects and the retry of
-a lost trial come with the storage (``tuner.study.storage.resilience``).
+a lost trial come with the storage (``tuner.study.storage``).
 """
 
 from __future__ import annotations

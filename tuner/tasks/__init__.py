@@ -5,7 +5,7 @@ Cheap to import: torch, numpy and scikit-learn are imported only when a task bui
 
 from tuner.tasks.base import PopulationTask, SimpleTask, Task, TaskData, TaskSpec
 from tuner.tasks.builtin import BUILTIN_TASKS
-from tuner.tasks.loader import check_task, is_task_file, load_task, resolve_task_file
+from tuner.tasks.loader import check_task, is_task_file, load_function, load_task, resolve_task_file
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -16,6 +16,7 @@ __all__ = [
     "TaskSpec",
     "check_task",
     "is_task_file",
+    "load_function",
     "load_task",
     "resolve_task_file",
 ]

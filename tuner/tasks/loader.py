@@ -38,14 +38,50 @@ def load_task(
     """
     options = dict(options or {})
     target, _, function = ref.rpartition(":")
-    if not (target and function.isidentifier()):  # no ":fn" part (a colon may still be a Windows drive's)
-        if not is_task_file(ref):
-            return _load_builtin(ref, options)
-        target, function = ref, DEFAULT_FUNCTION
+    if not (target and function.isidentifier()) and not is_task_file(ref):  # a colon may still be a Windows drive's
+        return _load_builtin(ref, options)
+    factory, path, folder = load_function(ref, base_dir=base_dir, kind="task", default=DEFAULT_FUNCTION)
+    where = str(path)
+    _check_options(factory, options, factory.__name__, where)
+    try:
+        with _on_sys_path(folder):
+            task = factory(**options)
+    except Exception as error:
+        raise TunerError(f"error in {factory.__name__}() of {where}: {describe_user_error(error, path)}") from error
+    return check_task(task, f"{factory.__name__}() in {where}")
+
+
+def load_function(
+    ref: str, *, base_dir: Optional[Union[str, Path]] = None, kind: str = "train", default: Optional[str] = None
+) -> tuple[Callable[..., Any], Path, Optional[Path]]:
+    """The function ``ref`` names -- ``"file.py:function"`` or ``"package.module:function"`` -- with the file it is
+    defined in and the folder to put on ``sys.path`` while calling it (None for a module). Anything wrong (a missing
+    file, an import error in it, no such function) is a ``TunerError`` saying what and where."""
+    target, _, function = ref.rpartition(":")
+    if not (target and function.isidentifier()):
+        if default is None:
+            raise TunerError(f"{kind}: expected 'file.py:function' or 'package.module:function', got {ref!r}")
+        target, function = ref, default
     if is_task_file(target):
         path = resolve_task_file(target, base_dir)
-        return _load_user(lambda: _import_file(path), path, function, options, folder=path.parent)
-    return _load_user(lambda: _import_module(target), _module_origin(target), function, options, folder=None)
+        module = _imported(lambda: _import_file(path), path, kind)
+        folder: Optional[Path] = path.parent
+    else:
+        path = _module_origin(target)
+        module = _imported(lambda: _import_module(target), path, kind)
+        folder = None
+    found = getattr(module, function, None)
+    if not callable(found):
+        defined = ", ".join(_callables(module)) or "(none)"
+        raise TunerError(f"{path} defines no function {function!r}; callables defined there: {defined}")
+    return found, path, folder
+
+
+def _imported(importer: Callable[[], ModuleType], path: Path, kind: str) -> ModuleType:
+    try:
+        return importer()
+    except Exception as error:
+        raise TunerError(f"error importing {kind} file {path}: {describe_user_error(error, path)}") from error
 
 
 def is_task_file(text: str) -> bool:
@@ -117,27 +153,6 @@ def _on_sys_path(folder: Optional[Path]) -> Iterator[None]:
     finally:
         if added and entry in sys.path:
             sys.path.remove(entry)
-
-
-def _load_user(
-    importer: Callable[[], ModuleType], path: Path, function: str, options: dict[str, Any], folder: Optional[Path]
-) -> Task:
-    where = str(path)
-    try:
-        module = importer()
-    except Exception as error:
-        raise TunerError(f"error importing task file {where}: {describe_user_error(error, path)}") from error
-    factory = getattr(module, function, None)
-    if not callable(factory):
-        defined = ", ".join(_callables(module)) or "(none)"
-        raise TunerError(f"{where} defines no function {function!r}; callables defined there: {defined}")
-    _check_options(factory, options, function, where)
-    try:
-        with _on_sys_path(folder):
-            task = factory(**options)
-    except Exception as error:
-        raise TunerError(f"error in {function}() of {where}: {describe_user_error(error, path)}") from error
-    return check_task(task, f"{function}() in {where}")
 
 
 def _callables(module: ModuleType) -> list[str]:

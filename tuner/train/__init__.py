@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tuner.train.population import PopulationFallbackWarning, fit_population
     from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
     from tuner.train.trainer import Trainer, data_on_device, fit, resolve_device, seed_everything
+    from tuner.train.trial import Trial, TrialInfo
 
 _EXPORTS = {
     "Trainer": "trainer",
@@ -21,6 +22,8 @@ _EXPORTS = {
     "fit": "trainer",
     "resolve_device": "trainer",
     "seed_everything": "trainer",
+    "Trial": "trial",
+    "TrialInfo": "trial",
     "LRFinding": "lr_range",
     "SweepConfig": "lr_range",
     "find_lrs": "lr_range",
@@ -44,6 +47,8 @@ __all__ = [
     "SweepConfig",
     "TrainBudget",
     "Trainer",
+    "Trial",
+    "TrialInfo",
     "data_on_device",
     "find_lrs",
     "fit",

@@ -57,7 +57,7 @@ class Evaluation:
     step: int  # optimizer steps done
     epoch: float
     metrics: dict[str, float]
-    train_loss: float  # mean training loss since the previous evaluation
+    train_loss: Optional[float]  # mean training loss since the previous evaluation (None: not measured)
     lr: float
 
 
@@ -74,6 +74,7 @@ class FitResult:
     steps_done: int
     seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
+    final: Optional[dict[str, float]] = None  # what the run's own code said it ended with (a user loop's return)
 
     @property
     def last(self) -> Optional[Evaluation]:
@@ -180,7 +181,9 @@ class RunProgress:
 
     # -- per evaluation ---------------------------------------------------------------------------------------------
 
-    def evaluation(self, steps_done: int, metrics: dict[str, float], train_loss: float, lr: float) -> Evaluation:
+    def evaluation(
+        self, steps_done: int, metrics: dict[str, float], train_loss: Optional[float], lr: float
+    ) -> Evaluation:
         """The ``Evaluation`` after ``steps_done`` steps."""
         return Evaluation(steps_done, steps_done / self.per_epoch, metrics, train_loss, lr)
 
@@ -226,6 +229,11 @@ class RunProgress:
             seconds,
             dict(extras or {}),
         )
+
+    def stop(self, status: Status, reason: str) -> None:
+        """End the run here with ``status`` and ``reason`` (the first reason stands)."""
+        if not self.stopped:
+            self._stop(status, reason)
 
     def _stop(self, status: Status, reason: str) -> None:
         self.status, self.reason = status, reason

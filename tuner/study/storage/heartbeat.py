@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Optional
 
 import optuna
@@ -96,21 +96,27 @@ def heartbeat_interval(study: optuna.Study) -> Optional[int]:
 
 
 class Heartbeats:
-    """``with Heartbeats(study, trials):`` records a heartbeat for each running trial now and every heartbeat
-    interval until the block ends, on one thread (a no-op when the storage has heartbeats off)."""
+    """``with Heartbeats(study) as beats:`` records a heartbeat for each trial ``beats.add(trial)`` names -- at once,
+    then every heartbeat interval until the block ends -- on one thread (a no-op when heartbeats are off)."""
 
-    def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial]) -> None:
+    def __init__(self, study: optuna.Study) -> None:
         self.storage = _optuna.study_storage(study)
         self.interval = heartbeat_interval(study)
-        self.trial_ids = [_optuna.trial_id(trial) for trial in trials]
+        self.trial_ids: list[int] = []
         self.stopped = threading.Event()
         self.thread: Optional[threading.Thread] = None
 
-    def __enter__(self) -> Heartbeats:
-        if self.interval:
-            self._beat()
+    def add(self, trial: optuna.Trial) -> None:
+        """Keep ``trial`` alive from now on (its first heartbeat is recorded at once)."""
+        if not self.interval:
+            return
+        self.trial_ids.append(_optuna.trial_id(trial))
+        self._beat(self.trial_ids[-1:])
+        if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="tuner-heartbeat", daemon=True)
             self.thread.start()
+
+    def __enter__(self) -> Heartbeats:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,10 +127,10 @@ class Heartbeats:
     def _run(self) -> None:
         assert self.interval is not None
         while not self.stopped.wait(self.interval):
-            self._beat()
+            self._beat(list(self.trial_ids))
 
-    def _beat(self) -> None:
-        for trial_id in self.trial_ids:
+    def _beat(self, trial_ids: list[int]) -> None:
+        for trial_id in trial_ids:
             try:
                 self.storage.record_heartbeat(trial_id)
             except Exception as error:  # a database outage: the calls are retried; past that, the next beat tries again

@@ -14,13 +14,15 @@ trials, params, attributes, states): the sampler draws exactly what it would hav
 (tests/study/storage/test_snapshot.py, every sampler of the table, with enqueued trials). Trials other workers
 change meanwhile are seen from the next read after the snapshot.
 
-A subclass, not methods patched onto an instance: it pickles, and passes Optuna's own storage conformance suite
+A subclass, not methods patched onto an instance: it pickles (when its heartbeat callback does: one that closes MLflow
+runs through a live tracker does not), and passes Optuna's own storage conformance suite
 (``optuna.testing.pytest_storages.StorageTestCase``, tests/study/storage/test_conformance.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -162,8 +164,10 @@ def _param(snapshot: _Snapshot, storage: TunerStorage, args: tuple, kwargs: dict
     trial_id, name, internal, distribution = args[:4]
     trial = snapshot.by_id.get(trial_id)
     if trial is not None and isinstance(distribution, BaseDistribution):
-        trial.params[name] = distribution.to_external_repr(internal)
-        trial.distributions[name] = distribution
+        changed = copy.copy(trial)  # a new object: a reader may be iterating the old one's dicts
+        changed.params = {**trial.params, name: distribution.to_external_repr(internal)}
+        changed.distributions = {**trial.distributions, name: distribution}
+        snapshot.by_id[trial_id] = changed
 
 
 def _attr(kind: str) -> Callable[..., None]:
@@ -171,15 +175,22 @@ def _attr(kind: str) -> Callable[..., None]:
         trial_id, key, value = (list(args) + [kwargs.get("key"), kwargs.get("value")])[:3]
         trial = snapshot.by_id.get(trial_id)
         if trial is not None:
-            getattr(trial, kind)[key] = value
+            changed = copy.copy(trial)
+            setattr(changed, kind, {**getattr(trial, kind), key: value})
+            snapshot.by_id[trial_id] = changed
 
     return mirror
 
 
 def _reread(snapshot: _Snapshot, storage: TunerStorage, args: tuple, kwargs: dict, result: Any) -> None:
     trial_id = args[0]
-    if trial_id in snapshot.by_id:  # a waiting trial popped by ask, a state or a reported value: read it again
-        snapshot.by_id[trial_id] = HookedRDBStorage.get_trial(storage, trial_id)
+    if trial_id not in snapshot.by_id:  # a waiting trial popped by ask, a state or a reported value: read it again
+        return
+    trial = HookedRDBStorage.get_trial(storage, trial_id)
+    if trial.state.is_finished():  # Optuna's cache must read a finished trial itself, after the snapshot: it keeps
+        del snapshot.by_id[trial_id]  # the highest finished id it has seen and never reads older ids again
+    else:
+        snapshot.by_id[trial_id] = trial
 
 
 _MIRRORS: dict[str, Callable[..., None]] = {
@@ -206,10 +217,16 @@ def is_connection_error(error: BaseException) -> bool:
     return False
 
 
+SQLITE_TRANSIENT = ("locked", "locking protocol", "disk i/o error")
+"""SQLite errors worth a retry (another process holds the file; WAL contention; a network filesystem's hiccup)."""
+
+
 def _is_local_sqlite_error(error: BaseException) -> bool:
-    """SQLite's own failures (a read-only or missing file, a full disk) are no lost connection: no retry helps."""
+    """SQLite's own lasting failures (a read-only or missing file, a full disk) are no lost connection: no retry
+    helps, so they are raised at once."""
     original = getattr(error, "orig", None)
-    return type(original).__module__ == "sqlite3" and "locked" not in str(original)
+    message = str(original).lower()
+    return type(original).__module__ == "sqlite3" and not any(text in message for text in SQLITE_TRANSIENT)
 
 
 def short_error(error: BaseException) -> str:

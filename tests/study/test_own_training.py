@@ -1,0 +1,191 @@
+"""Bring your own training: a ``train:`` function and a ``command:`` script run as trials of a real study (SQLite,
+MLflow on SQLite), recorded like tuner's own: states, reasons, values, every report, the LR curve."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.helpers import FIXTURES, mlflow_runs
+from tuner.errors import TunerError
+from tuner.study.prepare import prepare
+from tuner.study.runner import RunOptions, run_study
+
+SPACE = {"optimizers": ["adam", "momentum"], "schedules": ["constant", "cosine"], "batch_size": [64]}
+
+
+def _study_file(directory: Path, **door) -> Path:
+    for name in ("user_train.py", "user_command.py"):
+        shutil.copy(FIXTURES / name, directory / name)
+    data = {
+        "name": "own",
+        **door,
+        "metric": "accuracy",
+        "direction": "maximize",
+        "budget": {"epochs": 2, "n_trials": 3},
+        "space": SPACE,
+        "pruner": "none",
+        "seed": 0,
+    }
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def test_a_train_function_is_tuned_like_a_task(workdir: Path) -> None:
+    study = run_study(prepare(_study_file(workdir, train="user_train.py:train")), RunOptions(n_trials=3))
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        assert len(steps) == 2 and trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
+        assert trial.user_attrs["reason"] == "completed" and trial.user_attrs["total_steps"] == 2 * steps[0]
+    runs = {
+        int(r.data.tags["tuner.trial_number"]): r
+        for r in mlflow_runs(f"sqlite:///{workdir}/mlflow.db", "own")
+        if r.data.tags.get("tuner.role") == "trial"
+    }
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["tuner.state"] == "COMPLETE"
+    assert {"accuracy", "loss", "lr", "objective"} <= set(run.data.metrics)
+    assert run.data.params["optimizer"] == trials[0].user_attrs["recipe"]["optimizer"]
+
+
+def test_a_float_return_counts_and_reruns_are_identical(workdir: Path) -> None:
+    first = run_study(prepare(_study_file(workdir, train="user_train.py:train_returning_a_float")), RunOptions(1))
+    values = [t.value for t in _trials(first)]
+    (workdir / "again").mkdir()
+    again = run_study(
+        prepare(
+            _study_file(workdir / "again", train="user_train.py:train_returning_a_float"),
+            storage=f"sqlite:///{workdir}/again/tuner.db",
+            tracking_uri="none",
+        ),
+        RunOptions(1),
+    )
+    assert [t.value for t in _trials(again)] == values
+
+
+def test_failures_and_divergence_of_the_users_code_are_recorded_with_reasons(workdir: Path) -> None:
+    broken = run_study(
+        prepare(_study_file(workdir, train="user_train.py:train_that_breaks"), tracking_uri="none"),
+        RunOptions(n_trials=1),
+    )
+    (trial,) = _trials(broken)[:1]
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["reason"].startswith("error: ValueError: the data pipeline broke (at user_train.py:")
+    assert trial.user_attrs["reason"].endswith("in train_that_breaks)")
+
+    (workdir / "d").mkdir()
+    diverging = run_study(
+        prepare(
+            _study_file(workdir / "d", train="user_train.py:train_that_diverges"),
+            storage=f"sqlite:///{workdir}/d/tuner.db",
+            tracking_uri="none",
+        ),
+        RunOptions(1),
+    )
+    (trial,) = _trials(diverging)[:1]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["reason"].startswith("diverged at step 2")
+    assert trial.value == pytest.approx(0.5)  # the last finite value, never a NaN
+
+
+@pytest.mark.parametrize(
+    ("door", "message"),
+    [
+        (
+            {"train": "user_train.py:train_with_two_arguments"},
+            r"train_with_two_arguments\(trial, other\) must take one",
+        ),
+        ({"train": "user_train.py:nope"}, "defines no function 'nope'"),
+        ({"train": "missing.py:train"}, "file not found: 'missing.py'"),
+        ({"command": "python missing.py"}, "script 'missing.py' not found"),
+        ({"command": "no-such-program --flag"}, "program 'no-such-program' not found"),
+    ],
+)
+def test_bad_doors_fail_before_anything_is_written(workdir: Path, door: dict, message: str) -> None:
+    with pytest.raises(TunerError, match=message):
+        prepare(_study_file(workdir, **door))
+    assert not (workdir / "tuner.db").exists()
+
+
+def test_population_and_lr_auto_need_a_task(workdir: Path) -> None:
+    path = _study_file(workdir, train="user_train.py:train")
+    data = yaml.safe_load(path.read_text())
+    data["budget"]["population"] = 4
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TunerError, match="budget.population: 4 members need a task"):
+        prepare(path)
+    data["budget"].pop("population")
+    data["space"]["lr"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TunerError, match="lr: auto runs tuner's LR range test, which needs a task"):
+        prepare(path)
+
+
+def test_a_command_is_tuned_like_a_function_and_reports_over_the_socket(workdir: Path) -> None:
+    study = run_study(prepare(_study_file(workdir, command="python user_command.py")), RunOptions(n_trials=2))
+    trials = _trials(study)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    assert all(len(t.intermediate_values) == 2 and t.user_attrs["total_steps"] > 0 for t in trials)
+    (workdir / "fn").mkdir()
+    function = run_study(
+        prepare(
+            _study_file(workdir / "fn", train="user_train.py:train"),
+            storage=f"sqlite:///{workdir}/fn/tuner.db",
+            tracking_uri="none",
+        ),
+        RunOptions(2),
+    )
+    assert [t.value for t in trials] == [t.value for t in _trials(function)]  # the same trial, in or out of process
+    runs = [r for r in mlflow_runs(f"sqlite:///{workdir}/mlflow.db", "own") if r.data.tags.get("tuner.role") == "trial"]
+    assert all("lr" in r.data.metrics and "accuracy" in r.data.metrics for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("mode", "budget", "reason"),
+    [
+        ("crash", {}, r"error: the command exited with code 3; its last output \(.*trial.log\): about to crash"),
+        ("silent", {}, r"error: the command ended without reporting"),
+        ("sleep", {"trial_timeout": 3}, r"error: timed out after 3 s \(budget.trial_timeout\)"),
+    ],
+)
+def test_a_command_that_fails_fails_its_trial_with_the_reason(
+    workdir: Path, mode: str, budget: dict, reason: str
+) -> None:
+    path = _study_file(workdir, command=f"python user_command.py {mode}")
+    data = yaml.safe_load(path.read_text())
+    data["budget"].update(budget, n_trials=1)
+    path.write_text(yaml.safe_dump(data))
+    study = run_study(prepare(path, tracking_uri="none"), RunOptions(n_trials=1))
+    trial = _trials(study)[0]
+    assert trial.state.name == "FAIL"
+    assert __import__("re").match(reason, trial.user_attrs["reason"]), trial.user_attrs["reason"]
+
+
+def test_from_env_outside_a_command_trial_says_how_to_use_it(monkeypatch) -> None:
+    import tuner
+
+    monkeypatch.delenv("TUNER_TRIAL", raising=False)
+    with pytest.raises(TunerError, match=r"\$TUNER_TRIAL is not set"):
+        tuner.Trial.from_env()
+
+
+def test_the_cli_refuses_a_file_with_two_doors(workdir: Path, cli) -> None:
+    path = _study_file(workdir, train="user_train.py:train")
+    data = yaml.safe_load(path.read_text())
+    data["task"] = "digits-mlp"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("run", path)
+    assert result.exit_code == 2
+    assert "give exactly one of task, train or command (got task='digits-mlp', train='user_train.py:train')" in (
+        result.output
+    )
