@@ -189,3 +189,24 @@ def test_the_cli_refuses_a_file_with_two_doors(workdir: Path, cli) -> None:
     assert "give exactly one of task, train or command (got task='digits-mlp', train='user_train.py:train')" in (
         result.output
     )
+
+
+@pytest.mark.parametrize("door", [{"train": "user_train.py:train"}, {"command": "python user_command.py"}])
+def test_a_study_of_own_code_is_locked_and_regressed_by_calling_it(workdir: Path, cli, door: dict) -> None:
+    """`tuner lock` re-runs the best recipe by calling the function (or running the command) on fixed seeds; `tuner
+    regress` re-runs the lock from another folder and passes bit-identically on this CPU."""
+    study_file = _study_file(workdir, **door)
+    data = yaml.safe_load(study_file.read_text())
+    data["budget"]["n_trials"] = 2
+    study_file.write_text(yaml.safe_dump(data))
+    assert cli("run", study_file, "--tracking-uri", "none").exit_code == 0
+    lock = workdir / "locks" / "own.lock.yaml"
+    result = cli("lock", "own", "--seeds", "2", "-o", lock)
+    assert result.exit_code == 0, result.output
+    stored = yaml.safe_load(lock.read_text())
+    key = next(iter(door))
+    assert stored[key] == ("../user_train.py:train" if key == "train" else door["command"])
+    assert stored.get("workdir") == (".." if key == "command" else None)
+    regressed = cli("regress", lock)
+    assert regressed.exit_code == 0, regressed.output
+    assert "1 passed, 0 regressed" in regressed.output and "+0 " in regressed.output

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tuner.ci.lockfile import LOCK_VERSION, LockBudget, LockedRecipe, LockFile, PassRule, check_recipe
 from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, default_floor, mean_std, tolerance_for
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def build_lock(
     study: str,
-    task: TaskRef,
+    task: Optional[TaskRef],
     recipes: Sequence[Recipe],
     budget: LockBudget,
     *,
@@ -47,21 +47,24 @@ def build_lock(
     floor: Optional[float] = None,
     processes: int = 1,
     trials: Sequence[tuple[Optional[int], Optional[float]]] = (),
+    train: Optional[str] = None,
+    command: Optional[Union[str, list[str]]] = None,
 ) -> LockFile:
-    """Train each recipe on ``seeds`` fixed seeds and return the lock (a user task path is made relative to the lock
-    file's folder). A recipe that diverges or never evaluates cannot be locked: ``TunerError``."""
+    """Train each recipe on ``seeds`` fixed seeds and return the lock. What trains them is ``task``, or the user's
+    ``train`` function or ``command`` (run in ``spec_dir``); file paths are made relative to the lock file's folder.
+    A recipe that diverges, fails or never evaluates cannot be locked: ``TunerError``."""
     if seeds < 1:
         raise TunerError(f"seeds must be >= 1, got seeds={seeds}")
     for recipe in recipes:
         check_recipe(recipe)
     lock_dir = Path(lock_path).resolve().parent
-    task_ref = portable_task(task, spec_dir or os.getcwd(), lock_dir)  # what the lock stores; runs use the study's
-    seed_list = derive_seeds(seed_base, seeds)
     base_dir = spec_dir or os.getcwd()
+    stored = portable_source(task, train, command, base_dir, lock_dir)  # what the lock stores; runs use the study's
+    seed_list = derive_seeds(seed_base, seeds)
     jobs = [
         FitJob(
-            task.name,
-            dict(task.options),
+            task.name if task is not None else None,
+            dict(task.options) if task is not None else {},
             base_dir,
             recipe.to_dict(),
             budget.model_dump(),
@@ -70,6 +73,8 @@ def build_lock(
             device,
             seed,
             deterministic,
+            train,
+            command,
         )
         for recipe in recipes
         for seed in seed_list
@@ -107,7 +112,7 @@ def build_lock(
         lock_version=LOCK_VERSION,
         study=study,
         created=created_now(),
-        task=task_ref,
+        **stored,
         metric=metric,
         direction=direction,
         budget=budget,
@@ -119,16 +124,31 @@ def build_lock(
     )
 
 
-def portable_task(task: TaskRef, spec_dir: str, lock_dir: Path) -> TaskRef:
-    """A built-in or module task unchanged; a task file's path rewritten relative to the lock file's folder."""
-    target, _, function = task.name.rpartition(":")
+def portable_source(
+    task: Optional[TaskRef],
+    train: Optional[str],
+    command: Optional[Union[str, list[str]]],
+    spec_dir: str,
+    lock_dir: Path,
+) -> dict[str, Any]:
+    """What a lock stores of what trains it: a task or train file's path relative to the lock file's folder, a
+    command with the folder it runs in (``workdir``) relative to it; built-ins and modules unchanged."""
+    if task is not None:
+        return {"task": TaskRef(name=portable_ref(task.name, spec_dir, lock_dir), options=task.options)}
+    if train is not None:
+        return {"train": portable_ref(train, spec_dir, lock_dir)}
+    return {"command": command, "workdir": os.path.relpath(spec_dir, lock_dir)}
+
+
+def portable_ref(ref: str, spec_dir: str, lock_dir: Path) -> str:
+    """``file.py:function`` with the file's path made relative to ``lock_dir``; anything else unchanged."""
+    target, _, function = ref.rpartition(":")
     if not (target and function.isidentifier()):
-        target, function = task.name, ""
+        target, function = ref, ""
     if not is_task_file(target):
-        return task
-    path = resolve_task_file(target, spec_dir)
-    relative = os.path.relpath(path, lock_dir)
-    return TaskRef(name=f"{relative}:{function}" if function else relative, options=task.options)
+        return ref
+    relative = os.path.relpath(resolve_task_file(target, spec_dir), lock_dir)
+    return f"{relative}:{function}" if function else relative
 
 
 def lock_study(
@@ -150,8 +170,10 @@ def lock_study(
         )
     spec = parse_study(study.user_attrs[StudyKeys.SPEC], source=f"study {study_name!r}")
     spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
-    task = load_task(spec.task.name, spec.task.options, base_dir=spec_dir)
-    metric = study.user_attrs.get(StudyKeys.METRIC) or spec.metric or task.metric
+    metric = study.user_attrs.get(StudyKeys.METRIC) or spec.metric
+    if metric is None:
+        assert spec.task is not None  # train: and command: studies name their metric
+        metric = load_task(spec.task.name, spec.task.options, base_dir=spec_dir).metric
     direction = study.direction.name.lower()
     best = best_distinct(study, top_k)
     budget = spec.budget
@@ -174,6 +196,8 @@ def lock_study(
         seed_base=spec.seed,
         device=device or spec.device,
         trials=[(r.number, r.value) for r in best],
+        train=spec.train,
+        command=spec.command,
         **options,
     )
 

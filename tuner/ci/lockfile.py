@@ -12,10 +12,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, TEST_NAME
 from tuner.errors import TunerError
@@ -69,7 +69,12 @@ class LockFile(_Strict):
     lock_version: int
     study: str
     created: str = ""
-    task: TaskRef
+    task: Optional[TaskRef] = None
+    train: Optional[str] = Field(
+        None, description="a train function, 'file.py:fn' (relative to the lock) or 'pkg.mod:fn'"
+    )
+    command: Optional[Union[str, list[str]]] = Field(None, description="a command run once per seed")
+    workdir: Optional[str] = Field(None, description="the folder a command runs in, relative to the lock file")
     metric: str
     direction: Literal["maximize", "minimize"]
     budget: LockBudget
@@ -78,6 +83,20 @@ class LockFile(_Strict):
     rule: PassRule
     environment: dict[str, Any] = Field(default_factory=dict)
     recipes: list[LockedRecipe] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LockFile:
+        given = [key for key in ("task", "train", "command") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of task, train or command (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What trains the locked recipes, for messages: the task's name, the train function or the command."""
+        if self.task is not None:
+            return self.task.name
+        return f"train: {self.train}" if self.train is not None else f"command: {self.command}"
 
 
 def read_lock(path: str | Path) -> LockFile:

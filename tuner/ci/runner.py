@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from tuner.ci.lockfile import LockedRecipe, LockFile, read_lock, tuner_version
 from tuner.ci.rule import Verdict, judge
@@ -60,9 +60,12 @@ def environment(device: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FitJob:
-    """One training run of a locked recipe on one seed (picklable: it crosses to worker processes)."""
+    """One training run of a locked recipe on one seed (picklable: it crosses to worker processes).
 
-    task_name: str
+    It trains a task (``task_name``, ``task_options``), or calls the user's ``train`` function, or runs the user's
+    ``command`` (in ``base_dir``); task files and train files are found in ``base_dir`` too."""
+
+    task_name: Optional[str]
     task_options: dict[str, Any]
     base_dir: str
     recipe: dict[str, Any]
@@ -72,6 +75,8 @@ class FitJob:
     device: str
     seed: int
     deterministic: bool
+    train: Optional[str] = None
+    command: Optional[Union[str, list[str]]] = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,13 @@ def _task_for(job: FitJob) -> Any:
 
 
 def fit_job(job: FitJob) -> SeedResult:
-    """Train one locked recipe on one seed; the value is the best evaluation of the metric (as in tuning)."""
+    """Train one locked recipe on one seed; the value is what the study counted: the best evaluation of a task's run,
+    the final metrics of the user's own code."""
     from tuner.train import TrainBudget, fit
 
+    if job.task_name is None:
+        with _deterministic_restored():
+            return _own_code_job(job)
     with _deterministic_restored():
         result = fit(
             _task_for(job),
@@ -113,6 +122,46 @@ def fit_job(job: FitJob) -> SeedResult:
             deterministic=job.deterministic,
         )
     value = result.best.metrics[job.metric] if result.best is not None else None
+    return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
+
+
+def _own_code_job(job: FitJob) -> SeedResult:
+    """A locked recipe trained by the user's train function or command (no reports reach a study)."""
+    from tuner.errors import UserCodeError
+    from tuner.tasks import load_function
+    from tuner.train import TrainBudget, resolve_device
+    from tuner.train.command import CommandFailed, command_argv, run_command
+    from tuner.train.trial import Trial, TrialInfo, run_function
+
+    budget = TrainBudget(**job.budget)
+    info = TrialInfo(
+        0,
+        "lock",
+        Recipe.from_dict(job.recipe),
+        {},
+        job.seed,
+        str(resolve_device(job.device)),
+        budget,
+        job.metric,
+        job.direction,
+        job.deterministic,
+    )
+    try:
+        if job.train is not None:
+            function, _, _ = load_function(job.train, base_dir=job.base_dir, kind="train")
+            result = run_function(function, Trial(info))
+        else:
+            assert job.command is not None
+            result = run_command(
+                command_argv(job.command, job.base_dir),
+                info,
+                lambda evaluation: False,
+                cwd=job.base_dir,
+                timeout=job.budget.get("trial_timeout"),
+            )
+    except (UserCodeError, CommandFailed) as error:
+        return SeedResult(job.seed, None, "failed", f"error: {error}", 0.0)
+    value = result.final.get(job.metric) if result.final is not None else None
     return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
 
 
@@ -184,12 +233,13 @@ def plan_seeds(entry: LockedRecipe, count: Optional[int], study_seed_base: int =
 def jobs_for(
     lock: LockFile, lock_path: str | Path, entry: LockedRecipe, seeds: Sequence[int], device: Optional[str] = None
 ) -> list[FitJob]:
-    """One ``FitJob`` per seed for a locked recipe; relative task files are found next to the lock file."""
-    base_dir = str(Path(lock_path).resolve().parent)
+    """One ``FitJob`` per seed for a locked recipe; relative task and train files are found next to the lock file, a
+    command runs in its ``workdir``."""
+    base_dir = source_dir(lock, lock_path)
     return [
         FitJob(
-            lock.task.name,
-            dict(lock.task.options),
+            lock.task.name if lock.task is not None else None,
+            dict(lock.task.options) if lock.task is not None else {},
             base_dir,
             dict(entry.recipe),
             lock.budget.model_dump(),
@@ -198,23 +248,42 @@ def jobs_for(
             device or lock.device,
             seed,
             lock.deterministic,
+            lock.train,
+            lock.command,
         )
         for seed in seeds
     ]
 
 
+def source_dir(lock: LockFile, lock_path: str | Path) -> str:
+    """Where a lock's task or train file is found, or its command runs: next to the lock (or its ``workdir``)."""
+    folder = Path(lock_path).resolve().parent
+    return str((folder / lock.workdir).resolve() if lock.workdir else folder)
+
+
 def check_tasks(locks: Sequence[tuple[str, LockFile]]) -> None:
-    """Load every lock's task once before anything trains: an unknown task or a broken task file is a ``TunerError``."""
-    from tuner.tasks import load_task
+    """Load every lock's task (or train function, or check its command) once before anything trains: an unknown
+    task, a broken file or a missing program is a ``TunerError``."""
+    from tuner.tasks import load_function, load_task
+    from tuner.train.command import command_argv
 
     for path, lock in locks:
+        base_dir = source_dir(lock, path)
         try:
-            task = load_task(lock.task.name, lock.task.options, base_dir=str(Path(path).resolve().parent))
+            if lock.train is not None:
+                load_function(lock.train, base_dir=base_dir, kind="train")
+                continue
+            if lock.command is not None:
+                command_argv(lock.command, base_dir)
+                continue
+            assert lock.task is not None
+            task = load_task(lock.task.name, lock.task.options, base_dir=base_dir)
         except TunerError as error:
-            raise TunerError(f"{path}: task: {error}") from None
+            key = "train" if lock.train is not None else "command" if lock.command is not None else "task"
+            raise TunerError(f"{path}: {key}: {error}") from None
         if lock.metric not in task.directions:
             raise TunerError(
-                f"{path}: metric: unknown metric {lock.metric!r} for task {lock.task.name!r}; "
+                f"{path}: metric: unknown metric {lock.metric!r} for task {lock.source!r}; "
                 f"valid metrics: {', '.join(sorted(task.directions))}"
             )
 
