@@ -152,7 +152,11 @@ def dump_lock(lock: LockFile) -> str:
         f"# tuner lock file of study {lock.study!r}: re-run it with `tuner regress <this file>`.\n"
         f"# Pass rule: see `tolerance` below and the README section 'CI regression of best configs'.\n"
     )
-    return header + yaml.safe_dump(lock.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=120)
+    data = lock.model_dump(mode="json")
+    for key in ("task", "train", "command", "workdir"):  # only what trains the recipes is written
+        if data[key] is None:
+            del data[key]
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
 
 
 def write_atomically(path: str | Path, text: str) -> None:
