@@ -155,6 +155,28 @@ def test_the_grad_scaler_unscales_before_clipping(blobs) -> None:
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_trains_with_finite_metrics(blobs, precision: str) -> None:
+    budget = TrainBudget(epochs=3, precision=precision, accumulate=2)
+    check_training(blobs, budget, "cuda", 32)
+    result = fit(blobs, Recipe("adam", 1e-2, batch_size=32, clip_norm=1.0), budget, seed=0, device="cuda")
+    assert result.status == "completed"
+    assert all(math.isfinite(v) for e in result.evaluations for v in e.metrics.values())
+    assert result.best.metrics["accuracy"] >= 0.9
+
+
+@needs_cuda
+def test_a_loader_task_streams_to_cuda_as_on_the_cpu(streamed) -> None:
+    recipe, budget = Recipe("sgd", 0.1, batch_size=32), TrainBudget(epochs=2)
+    on_cuda = fit(streamed, recipe, budget, seed=0, device="cuda")
+    on_cpu = fit(streamed, recipe, budget, seed=0, device="cpu")
+    assert on_cuda.evaluations[-1].metrics == pytest.approx(on_cpu.evaluations[-1].metrics, rel=1e-3, abs=1e-4)
+
+
 # -- memory format and compilation --------------------------------------------------------------------------------
 
 

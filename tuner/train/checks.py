@@ -29,12 +29,15 @@ def check_training(
     *,
     optimizers: Iterable[str] = (),
 ) -> None:
-    """Raise a ``TunerError`` saying what to change when training ``task`` under ``budget`` on ``device`` cannot work:
+    """Raise a ``TunerError`` saying what to change when training ``task`` under ``budget`` on ``device`` cannot work.
+
+    ``batch_size`` is a trial's (e.g. the largest the space holds; None: the whole training set, or the loader's
+    choice), ``optimizers`` the catalog names trials may train with (switch targets included). Refused:
 
     * ``device`` is not on this machine (``cuda`` without CUDA, ``cuda:N`` past the last GPU);
     * ``budget.precision`` does not run on it (fp16 off CUDA, bf16 on a GPU without it);
-    * one of ``optimizers`` (catalog names, switch targets included) steps with a closure (lbfgs) and the budget
-      accumulates gradients or uses mixed precision;
+    * one of ``optimizers`` steps with a closure (lbfgs) and the budget accumulates gradients or uses mixed
+      precision;
     * a loader task's loaders yield no batch, or something else than ``(inputs, targets)`` pairs of tensors (one
       batch of each is peeked, the train loader made with ``batch_size`` and seed 0), or the train loader has no
       ``len()`` and the budget counts epochs;
@@ -48,7 +51,7 @@ def check_training(
     loaders = loaders_of(task)
     batch = _peek(loaders, budget, batch_size) if loaders is not None else None
     if budget.precision != "fp32" or budget.channels_last or budget.compile:
-        _try_step(task, budget, torch_device, batch or _first_examples(task, batch_size))
+        _try_step(task, budget, torch_device, batch if batch is not None else _first_examples(task, batch_size))
 
 
 def available_device(device: str) -> torch.device:
