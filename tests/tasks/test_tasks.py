@@ -19,7 +19,7 @@ import torch
 
 from tests.helpers import FIXTURES, ROOT
 from tuner.errors import TunerError, UnknownNameError
-from tuner.tasks import BUILTIN_TASKS, SimpleTask, TaskData, charlm, check_task, cifar, load_task
+from tuner.tasks import BUILTIN_TASKS, Loaders, SimpleTask, TaskData, charlm, check_task, cifar, load_task, loaders_of
 
 CIFAR_IMAGES_PER_BATCH = 20
 #: Metrics that are not means over examples (the chunk-average test skips them): exp of a mean.
@@ -509,6 +509,11 @@ def tiny_data() -> TaskData:
         ),
         ({"loss_fn": "mse"}, r"loss_fn must be callable, got loss_fn='mse'"),
         ({"default_batch_size": 0}, r"default_batch_size must be >= 1 or None, got default_batch_size=0"),
+        ({"data_fn": None}, r"data_fn is missing: a task needs data_fn, or train_loader_fn and val_loader_fn"),
+        ({"data_fn": None, "train_loader_fn": list}, r"val_loader_fn is missing: .* got train_loader_fn only"),
+        ({"data_fn": None, "val_loader_fn": list}, r"train_loader_fn is missing: .* got val_loader_fn only"),
+        ({"train_loader_fn": list, "val_loader_fn": list}, r"give data_fn .* or train_loader_fn and val_loader_fn"),
+        ({"data_fn": None, "train_loader_fn": "x", "val_loader_fn": list}, r"train_loader_fn must be callable or None"),
     ],
 )
 def test_simple_task_validates_at_construction(kwargs: dict, message: str) -> None:
@@ -528,6 +533,52 @@ def test_simple_task_adds_loss_and_caches_data() -> None:
     assert isinstance(task.load_data(), TaskData) and task.load_data() is task.load_data() and len(calls) == 1
     assert task.metrics(torch.ones(3), torch.zeros(3)) == {"loss": 1.0}
     assert task.directions == {"loss": "minimize"}
+
+
+def test_a_simple_task_streams_from_its_loader_fns_and_has_no_in_memory_data() -> None:
+    def train(batch_size, seed):
+        return [(torch.zeros(batch_size, 2), torch.zeros(batch_size))]
+
+    def val():
+        return [(torch.zeros(3, 2), torch.zeros(3))]
+
+    task = SimpleTask(
+        name="s", model_fn=lambda: None, loss_fn=torch.nn.functional.mse_loss, train_loader_fn=train, val_loader_fn=val
+    )
+    loaders = loaders_of(task)
+    assert loaders == Loaders(train, val) and loaders.train(4, 0)[0][0].shape == (4, 2)
+    with pytest.raises(TunerError, match=r"task 's' streams its data from loaders: it has no in-memory data"):
+        task.load_data()
+    in_memory = SimpleTask(name="m", model_fn=lambda: None, data_fn=tiny_data, loss_fn=torch.nn.functional.mse_loss)
+    assert loaders_of(in_memory) is None and loaders_of(object()) is None
+
+
+def test_a_hand_written_loader_task_needs_no_load_data() -> None:
+    class Streamed:
+        name, metric, direction, directions, default_batch_size = "h", "loss", "minimize", {"loss": "minimize"}, 8
+
+        def build_model(self): ...
+
+        def loss(self, outputs, targets): ...
+
+        def metrics(self, outputs, targets): ...
+
+        def train_loader(self, batch_size, seed): ...
+
+        def val_loader(self): ...
+
+    task = check_task(Streamed(), "make_task()")
+    assert loaders_of(task).train == task.train_loader
+    del Streamed.val_loader
+    with pytest.raises(TunerError, match=r"not a Task: missing load_data\(\)"):
+        check_task(Streamed(), "make_task()")
+
+
+def test_a_loader_task_file_loads(fixture_modules) -> None:
+    task = load_task(f"{FIXTURES / 'loader_task.py'}:make_task", {"n_val": 10})
+    inputs, targets = next(iter(loaders_of(task).train(16, 0)))
+    assert inputs.shape == (16, 4) and targets.shape == (16,)
+    assert sum(len(y) for _, y in loaders_of(task).val()) == 10
 
 
 def test_task_data_checks_example_counts() -> None:

@@ -53,14 +53,14 @@ def test_a_user_loop_with_the_built_optimizer_equals_tuners_trainer(task, name: 
     recipe, budget = RECIPES[name], TrainBudget(steps=40)
     ours = Trainer(task, recipe, budget, seed=3, device="cpu")
     batches = list(ours.batches())
-    for step, (inputs, targets) in enumerate(batches):
-        ours.train_step(step, inputs, targets)
+    for step, micro_batches in enumerate(batches):
+        ours.train_step(step, micro_batches)
     ours.optimizer.eval()
 
     theirs = Trainer(task, recipe, budget, seed=3, device="cpu")  # the same initial model
     model = theirs.model
     optimizer, scheduler = build(model, recipe, ours.total_steps)
-    for inputs, targets in batches:
+    for ((inputs, targets),) in batches:  # one micro-batch a step
         loss = task.loss(model(inputs), targets)
         optimizer.zero_grad()
         loss.backward()

@@ -298,20 +298,30 @@ class ManagedOptimizer:
         """The catalog name of the optimizer in use."""
         return self.phase.name
 
-    def step(self, step: int, lr_multiplier: float, closure: Closure) -> torch.Tensor:
+    def step(
+        self, step: int, lr_multiplier: float, closure: Closure, *, scaler: Optional[torch.amp.GradScaler] = None
+    ) -> torch.Tensor:
         """One optimizer step at LR ``peak * lr_multiplier``; ``closure`` computes the gradients.
+
+        ``scaler``: fp16's GradScaler. The closure then backpropagates the scaled loss and unscales the gradients
+        (``scaler.unscale_`` on ``active_optimizers``, before clipping); each torch optimizer steps through
+        ``scaler.step`` (skipped when a gradient is inf/NaN; a decoupled weight decay still shrinks the weights) and
+        the scaler updates its scale. Not with an optimizer that steps with a closure (lbfgs).
 
         Returns the (detached) loss the closure computed; with lbfgs, the loss of its first evaluation.
         """
         phase = self._enter(step)
         for part in phase.parts:
             part.set_lr(phase.peak_lr * lr_multiplier)
-        run = self._closure_step if phase.needs_closure else self._plain_step
-        return run(phase, closure)
+        if not phase.needs_closure:
+            return self._plain_step(phase, closure, scaler)
+        if scaler is not None:
+            raise TunerError(f"{phase.name} steps with a closure: it cannot train with fp16's GradScaler")
+        return self._closure_step(phase, closure)
 
-    def _plain_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
+    def _plain_step(self, phase: _Phase, closure: Closure, scaler: Optional[torch.amp.GradScaler]) -> torch.Tensor:
         loss = closure()
-        self._update(phase)
+        self._update(phase, scaler)
         return loss.detach()
 
     def apply_gradients(self, step: int, lr_multiplier: float) -> None:
@@ -324,12 +334,19 @@ class ManagedOptimizer:
             part.set_lr(phase.peak_lr * lr_multiplier)
         self._update(phase)
 
-    def _update(self, phase: _Phase) -> None:
+    def _update(self, phase: _Phase, scaler: Optional[torch.amp.GradScaler] = None) -> None:
+        """Apply the decay the torch class does not apply itself, then step each torch optimizer (through fp16's
+        ``scaler`` when given, which then updates its scale)."""
         wd = self.recipe.weight_decay
         for part in phase.parts:
             part.decay.after_backward(part.params, wd)
             part.decay.before_update(part.params, part.lr, wd)
-            part.optimizer.step()
+            if scaler is None:
+                part.optimizer.step()
+            else:
+                scaler.step(part.optimizer)
+        if scaler is not None:
+            scaler.update()
 
     def _closure_step(self, phase: _Phase, closure: Closure) -> torch.Tensor:
         (part,) = phase.parts

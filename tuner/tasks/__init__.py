@@ -3,12 +3,14 @@
 Cheap to import: torch, numpy and scikit-learn are imported only when a task builds its model or data.
 """
 
-from tuner.tasks.base import PopulationTask, SimpleTask, Task, TaskData, TaskSpec
+from tuner.tasks.base import Loaders, LoaderTask, PopulationTask, SimpleTask, Task, TaskData, TaskSpec, loaders_of
 from tuner.tasks.builtin import BUILTIN_TASKS
 from tuner.tasks.loader import check_task, is_task_file, load_function, load_task, resolve_task_file
 
 __all__ = [
     "BUILTIN_TASKS",
+    "LoaderTask",
+    "Loaders",
     "PopulationTask",
     "SimpleTask",
     "Task",
@@ -18,5 +20,6 @@ __all__ = [
     "is_task_file",
     "load_function",
     "load_task",
+    "loaders_of",
     "resolve_task_file",
 ]

@@ -1,24 +1,38 @@
 """The Task protocol, the data a task hands to the trainer, and ``SimpleTask``.
 
-A task is what gets trained: it builds a model, loads its (small, in-memory) data, and says how to
-score outputs. The trainer seeds torch, calls ``build_model()``, moves ``load_data()`` to the device
-once, slices mini-batches by index, and averages ``metrics()`` over validation chunks weighted by
-their size. So ``metrics`` must return per-batch *means* over examples and always include ``"loss"``.
+A task is what gets trained: it builds a model, hands over its data, and says how to score outputs. The trainer
+seeds torch, calls ``build_model()``, then takes the data one of two ways:
+
+* in memory (``load_data()``, small data sets): moved to the device once, mini-batches sliced by index;
+* streamed (``LoaderTask``: ``train_loader(batch_size, seed)`` and ``val_loader()``, e.g. ``torch.utils.data``
+  ``DataLoader``s): each batch moved to the device as it comes.
+
+Either way it averages ``metrics()`` over validation batches weighted by their size. So ``metrics`` must return
+per-batch *means* over examples and always include ``"loss"``.
 
 This module does not import torch: tensors are only touched through their methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
+
+from tuner.errors import TunerError
 
 DIRECTIONS = ("maximize", "minimize")
 
-#: What an object must have to be used as a Task (attributes, then methods).
+#: What an object must have to be used as a Task (attributes, then methods; a LoaderTask's loaders stand in for
+#: ``load_data``).
 TASK_ATTRIBUTES = ("name", "metric", "direction", "directions", "default_batch_size")
 TASK_METHODS = ("build_model", "load_data", "loss", "metrics")
+LOADER_METHODS = ("train_loader", "val_loader")
+
+TrainLoaderFactory = Callable[[Optional[int], int], Iterable[Any]]
+"""``train_loader(batch_size, seed)``: the training batches, ``(inputs, targets)`` pairs of tensors."""
+ValLoaderFactory = Callable[[], Iterable[Any]]
+"""``val_loader()``: the validation batches, ``(inputs, targets)`` pairs of tensors."""
 
 
 @dataclass
@@ -73,7 +87,7 @@ class Task(Protocol):
         """A fresh ``torch.nn.Module`` (the trainer seeds torch first)."""
 
     def load_data(self) -> TaskData:
-        """The train and validation tensors."""
+        """The train and validation tensors (a ``LoaderTask`` that streams its data may lack this method)."""
 
     def loss(self, outputs: Any, targets: Any) -> Any:
         """The scalar mean training loss of a batch."""
@@ -108,6 +122,56 @@ def population_hooks(task: Task) -> tuple[Optional[Callable[[Any, Any], Any]], O
     return None, None
 
 
+@runtime_checkable
+class LoaderTask(Protocol):
+    """A task whose data streams from loaders instead of ``load_data()`` (optional members of the Task protocol;
+    ``SimpleTask`` has them, None unless given ``train_loader_fn`` and ``val_loader_fn``).
+
+    ``train_loader(batch_size, seed)``: an iterable of ``(inputs, targets)`` pairs of tensors, e.g. a
+    ``torch.utils.data.DataLoader``. ``batch_size`` is the trial's (None: the loader's own choice); ``seed`` is the
+    trial's: the loader must seed its shuffling (and any augmentation) from it, e.g. ``DataLoader(...,
+    shuffle=True, generator=torch.Generator().manual_seed(seed))``, so that a rerun of a trial is identical. The
+    trainer calls it once a run and iterates the result once an epoch, so it must be re-iterable (a DataLoader, a
+    list; not a generator). Its ``len()``, when it has one, is the number of batches an epoch; without one the
+    budget must count steps.
+
+    ``val_loader()``: an iterable of ``(inputs, targets)`` pairs, in a fixed order; called once a run and iterated
+    once an evaluation.
+    """
+
+    @property
+    def train_loader(self) -> Optional[TrainLoaderFactory]:
+        """``train_loader(batch_size, seed)``, the training batches; or None (the task trains from ``load_data``)."""
+
+    @property
+    def val_loader(self) -> Optional[ValLoaderFactory]:
+        """``val_loader()``, the validation batches; or None (the task trains from ``load_data``)."""
+
+
+class Loaders(NamedTuple):
+    """A task's two loader factories (``LoaderTask``)."""
+
+    train: TrainLoaderFactory
+    val: ValLoaderFactory
+
+
+def loaders_of(task: Any) -> Optional[Loaders]:
+    """The task's loaders when its data streams from them (``LoaderTask``), None when it trains from
+    ``load_data()``; ``TunerError`` when it has only one of the two."""
+    if not isinstance(task, LoaderTask):
+        return None
+    train, val = task.train_loader, task.val_loader
+    if train is None and val is None:
+        return None
+    if train is None or val is None:
+        missing = "train_loader" if train is None else "val_loader"
+        raise TunerError(
+            f"task {getattr(task, 'name', '?')!r} has one loader but not {missing}: a task that streams its data "
+            "needs train_loader and val_loader"
+        )
+    return Loaders(train, val)
+
+
 def validate_directions(metric: str, direction: str, directions: Mapping[str, str]) -> None:
     """Raise ``ValueError`` unless ``direction`` is valid and ``directions[metric] == direction``."""
     for key, value in {**directions, metric: direction}.items():
@@ -122,9 +186,12 @@ def validate_directions(metric: str, direction: str, directions: Mapping[str, st
 
 
 def missing_task_members(obj: Any) -> list[str]:
-    """The Task attributes and methods ``obj`` lacks (methods must be callable)."""
+    """The Task attributes and methods ``obj`` lacks (methods must be callable; ``train_loader`` and ``val_loader``
+    stand in for ``load_data``)."""
+    streams = all(callable(getattr(obj, name, None)) for name in LOADER_METHODS)
+    methods = [name for name in TASK_METHODS if not (streams and name == "load_data")]
     missing = [name for name in TASK_ATTRIBUTES if not hasattr(obj, name)]
-    missing += [f"{name}()" for name in TASK_METHODS if not callable(getattr(obj, name, None))]
+    missing += [f"{name}()" for name in methods if not callable(getattr(obj, name, None))]
     return missing
 
 
@@ -138,27 +205,34 @@ class SimpleTask:
                               metric="accuracy", direction="maximize")
 
     ``data_fn`` returns a ``TaskData`` (or a ``(train_x, train_y, val_x, val_y)`` tuple) and is called
-    once per task object. ``metrics_fn`` may be omitted; ``"loss"`` is always added to the metrics.
+    once per task object. Data too big for memory streams instead: ``train_loader_fn(batch_size, seed)`` and
+    ``val_loader_fn()`` return iterables of ``(inputs, targets)`` batches, e.g. DataLoaders (see ``LoaderTask``:
+    the train loader must seed its shuffling from ``seed``); give them both instead of ``data_fn``.
+    ``loss_fn`` is required. ``metrics_fn`` may be omitted; ``"loss"`` is always added to the metrics.
     ``directions`` defaults to ``{"loss": "minimize", metric: direction}``.
     """
 
     name: str
     model_fn: Callable[[], Any]
-    data_fn: Callable[[], Any]
-    loss_fn: Callable[[Any, Any], Any]
+    data_fn: Optional[Callable[[], Any]] = None
+    loss_fn: Optional[Callable[[Any, Any], Any]] = None
     metrics_fn: Optional[Callable[[Any, Any], Mapping[str, Any]]] = None
     metric: str = "loss"
     direction: str = "minimize"
     directions: Mapping[str, str] = field(default_factory=dict)
     default_batch_size: Optional[int] = 64
+    train_loader_fn: Optional[TrainLoaderFactory] = None
+    val_loader_fn: Optional[ValLoaderFactory] = None
     _data: Optional[TaskData] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("model_fn", "data_fn", "loss_fn"):
+        for name in ("model_fn", "loss_fn"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable, got {name}={getattr(self, name)!r}")
-        if self.metrics_fn is not None and not callable(self.metrics_fn):
-            raise ValueError(f"metrics_fn must be callable or None, got metrics_fn={self.metrics_fn!r}")
+        for name in ("data_fn", "metrics_fn", "train_loader_fn", "val_loader_fn"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(f"{name} must be callable or None, got {name}={getattr(self, name)!r}")
+        self._check_data_source()
         self.directions = {"loss": "minimize", self.metric: self.direction, **self.directions}
         validate_directions(self.metric, self.direction, self.directions)
         if self.default_batch_size is not None and self.default_batch_size < 1:
@@ -166,26 +240,53 @@ class SimpleTask:
                 f"default_batch_size must be >= 1 or None, got default_batch_size={self.default_batch_size}"
             )
 
+    def _check_data_source(self) -> None:
+        """Exactly one source of data: ``data_fn``, or both loader fns."""
+        loaders = {name: getattr(self, name) for name in ("train_loader_fn", "val_loader_fn")}
+        given = [name for name, fn in loaders.items() if fn is not None]
+        if len(given) == 1:
+            missing = next(name for name in loaders if name not in given)
+            raise ValueError(
+                f"{missing} is missing: a task that streams its data needs train_loader_fn and "
+                f"val_loader_fn, got {given[0]} only"
+            )
+        if given and self.data_fn is not None:
+            raise ValueError("give data_fn (in-memory data) or train_loader_fn and val_loader_fn (streamed), not both")
+        if not given and self.data_fn is None:
+            raise ValueError("data_fn is missing: a task needs data_fn, or train_loader_fn and val_loader_fn")
+
     def build_model(self) -> Any:
         """A fresh model (the trainer seeds torch first)."""
         return self.model_fn()
 
     def load_data(self) -> TaskData:
         """The task's data, loaded once per task object."""
+        if self.data_fn is None:
+            raise TunerError(f"task {self.name!r} streams its data from loaders: it has no in-memory data (data_fn)")
         if self._data is None:
             data = self.data_fn()
             self._data = data if isinstance(data, TaskData) else TaskData(*data)
         return self._data
 
+    @property
+    def train_loader(self) -> Optional[TrainLoaderFactory]:
+        """Optional loader hook (``LoaderTask``): ``train_loader_fn``, or None when the task has in-memory data."""
+        return self.train_loader_fn
+
+    @property
+    def val_loader(self) -> Optional[ValLoaderFactory]:
+        """Optional loader hook (``LoaderTask``): ``val_loader_fn``, or None when the task has in-memory data."""
+        return self.val_loader_fn
+
     def loss(self, outputs: Any, targets: Any) -> Any:
         """Scalar mean loss of a batch."""
-        return self.loss_fn(outputs, targets)
+        return self.loss_fn(outputs, targets)  # type: ignore[misc]  # callable: checked in __post_init__
 
     def metrics(self, outputs: Any, targets: Any) -> dict[str, float]:
         """Per-batch means: ``metrics_fn``'s values plus ``"loss"``."""
         values = dict(self.metrics_fn(outputs, targets)) if self.metrics_fn is not None else {}
         if "loss" not in values:
-            values["loss"] = self.loss_fn(outputs, targets)
+            values["loss"] = self.loss(outputs, targets)
         return {key: _as_float(value) for key, value in values.items()}
 
     @property

@@ -1,4 +1,5 @@
-"""Training, torch only -- no Optuna, no MLflow: ``fit``, ``fit_population``, the LR range test, one ``RunProgress``.
+"""Training, torch only -- no Optuna, no MLflow: ``fit``, ``fit_population``, the LR range test, one ``RunProgress``,
+``check_training`` (what would fail in every trial, refused up front).
 
 Names are imported on first use (PEP 562), so ``import tuner.train.progress`` does not import torch.
 """
@@ -10,20 +11,24 @@ from typing import TYPE_CHECKING
 from tuner.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from tuner.train.checks import check_training
+    from tuner.train.compute import resolve_device, seed_everything
+    from tuner.train.data import data_on_device
     from tuner.train.lr_range import LRFinding, SweepConfig, find_lrs, range_test
     from tuner.train.population import PopulationFallbackWarning, fit_population
     from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
-    from tuner.train.trainer import Trainer, data_on_device, fit, resolve_device, seed_everything
+    from tuner.train.trainer import Trainer, fit
     from tuner.train.trial import Trial, TrialInfo
 
 _EXPORTS = {
     "Trainer": "trainer",
-    "data_on_device": "trainer",
     "fit": "trainer",
-    "resolve_device": "trainer",
-    "seed_everything": "trainer",
     "Trial": "trial",
     "TrialInfo": "trial",
+    "check_training": "checks",
+    "resolve_device": "compute",
+    "seed_everything": "compute",
+    "data_on_device": "data",
     "LRFinding": "lr_range",
     "SweepConfig": "lr_range",
     "find_lrs": "lr_range",
@@ -49,6 +54,7 @@ __all__ = [
     "Trainer",
     "Trial",
     "TrialInfo",
+    "check_training",
     "data_on_device",
     "find_lrs",
     "fit",

@@ -189,8 +189,8 @@ def range_test(
     trainer = Trainer(task, recipe, TrainBudget(steps=config.steps), device=device, seed=seed)
     losses: list[float] = []
     stopped = f"completed {config.steps} steps"
-    for step, (inputs, targets) in enumerate(trainer.batches()):
-        losses.append(trainer.train_step(step, inputs, targets, lr_multiplier=lrs[step] / config.lr_end))
+    for step, micro_batches in enumerate(trainer.batches()):
+        losses.append(trainer.train_step(step, micro_batches, lr_multiplier=lrs[step] / config.lr_end))
         if diverged(losses, config.steps // 10, config.divergence_factor):
             stopped = f"diverged at lr {lrs[step]:.3g} (step {step + 1})"
             break

@@ -19,7 +19,9 @@ Members that stop (pruned, diverged, early-stopped) leave the stacks at once, so
 NaN stays in its member's rows (every operation is per member). Members that cannot be stacked -- an
 optimizer without a batched rule, an optimizer switch, a model vmap cannot run (BatchNorm running statistics,
 dropout's random masks and other buffers or randomness fall back: they would not reproduce ``fit``) -- train
-sequentially with ``fit``, after one ``PopulationFallbackWarning``.
+sequentially with ``fit``, after one ``PopulationFallbackWarning``; so does every member of a task that streams its
+data from loaders, or of a budget asking for mixed precision, accumulation, ``torch.compile`` or channels-last
+(``population_blocker``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import recipe_schedule
-from tuner.tasks import Task
+from tuner.tasks import Task, loaders_of
 from tuner.tasks.base import population_hooks, stacked_cross_entropy
+from tuner.train.compute import resolve_device, seed_everything
+from tuner.train.data import EVAL_CHUNK, data_on_device
 from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 from tuner.train.stacked import StackedNet, cross_entropy_with_grad
-from tuner.train.trainer import EVAL_CHUNK, data_on_device, fit, resolve_device, seed_everything
+from tuner.train.trainer import fit
 
 OnEvaluated = Callable[[int, dict[int, dict[str, float]]], None]
 
@@ -80,6 +84,8 @@ def fit_population(
     free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
     ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
     pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
+    A task that streams from loaders, or a budget with mixed precision, accumulation, ``torch.compile`` or
+    channels-last, trains every member with ``fit`` after one ``PopulationFallbackWarning`` (``population_blocker``).
     """
     if len(seeds) != len(recipes):
         raise ValueError(f"need one seed per recipe, got {len(recipes)} recipes and {len(seeds)} seeds")
@@ -98,10 +104,27 @@ def fit_population(
         keep_params,
         on_evaluated or _nobody,
     )
-    results: dict[int, FitResult] = {}
-    for key, group in _groups(members).items():
-        results.update(_train_group(common, group, key is not None, max_members))
+    blocker = population_blocker(task, budget)
+    if blocker is not None:
+        results = _sequential(common, members, blocker)
+    else:
+        results = {}
+        for key, group in _groups(members).items():
+            results.update(_train_group(common, group, key is not None, max_members))
     return [results[i] for i in range(len(recipes))]
+
+
+def population_blocker(task: Task, budget: TrainBudget) -> Optional[str]:
+    """Why no member can train stacked, whatever its recipe -- streamed data, or steps the stacks do not compute
+    (mixed precision, gradient accumulation, ``torch.compile``, channels-last) -- or None."""
+    if loaders_of(task) is not None:
+        return "the task streams its data from loaders (a population trains on in-memory data)"
+    asked = [f"precision {budget.precision}"] if budget.precision != "fp32" else []
+    asked += [f"accumulate {budget.accumulate}"] if budget.accumulate > 1 else []
+    asked += [name for name in ("compile", "channels_last") if getattr(budget, name)]
+    if asked:
+        return f"budget {', '.join(asked)} (a population trains in fp32, one eager batch a step)"
+    return None
 
 
 def _nobody(step: int, metrics: dict[int, dict[str, float]]) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from tuner.errors import TunerError
+
 Status = Literal["completed", "early_stopped", "stopped", "diverged"]
 
 LR_CURVE_POINTS = 200
@@ -26,10 +28,14 @@ last)."""
 MIN_LOSS_SCALE = 1e-12
 """The divergence limit is ``divergence_factor * max(|first loss|, MIN_LOSS_SCALE)``."""
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""``TrainBudget.precision``: float32, or mixed precision with bfloat16 or float16 autocast."""
+
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """Length of one training run. ``eval_every`` counts epochs for an epoch budget, steps for a step budget.
+    """Length of one training run, and how its steps compute. ``eval_every`` counts epochs for an epoch budget, steps
+    for a step budget.
 
     Args:
         epochs: passes over the training set (10 when neither ``epochs`` nor ``steps`` is given).
@@ -37,6 +43,12 @@ class TrainBudget:
         eval_every: evaluate every this many epochs (epoch budget) or steps (step budget); default 1 epoch / steps//10.
         patience: stop after this many evaluations without improvement of the metric.
         divergence_factor: a training loss above this multiple of the first loss counts as divergence.
+        precision: "fp32", or mixed precision under ``torch.autocast``: "bf16" (CPU or CUDA), "fp16" (CUDA only,
+            with a ``torch.amp.GradScaler``).
+        accumulate: micro-batches per optimizer step (gradient accumulation): the recipe's batch size is the
+            micro-batch's; schedules, ``steps`` and ``eval_every`` count optimizer steps.
+        compile: ``torch.compile`` the model.
+        channels_last: the model and 4-D inputs in ``torch.channels_last`` memory format (conv models).
     """
 
     epochs: Optional[int] = None
@@ -44,10 +56,25 @@ class TrainBudget:
     eval_every: Optional[int] = None
     patience: Optional[int] = None
     divergence_factor: float = 1e3
+    precision: str = "fp32"
+    accumulate: int = 1
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 10)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={self.precision!r}")
+        if not _is_int(self.accumulate) or self.accumulate < 1:
+            raise ValueError(f"accumulate must be an integer >= 1, got accumulate={self.accumulate!r}")
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {name}={getattr(self, name)!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -55,7 +82,7 @@ class Evaluation:
     """One evaluation of a run: after ``step`` optimizer steps, its validation ``metrics``."""
 
     step: int  # optimizer steps done
-    epoch: float
+    epoch: float  # NaN when an epoch's length is unknown (a data loader without len())
     metrics: dict[str, float]
     train_loss: Optional[float]  # mean training loss since the previous evaluation (None: not measured)
     lr: float
@@ -87,9 +114,28 @@ OnEval = Callable[[Evaluation], bool]
 
 
 def plan_steps(n_train: int, batch_size: Optional[int], budget: TrainBudget) -> tuple[int, int, int]:
-    """(steps_per_epoch, total_steps, eval_every_steps) for a run over ``n_train`` examples."""
-    per_epoch = 1 if batch_size is None else max(1, math.ceil(n_train / batch_size))
-    return plan_steps_per_epoch(per_epoch, budget)
+    """(steps_per_epoch, total_steps, eval_every_steps) for a run over ``n_train`` examples in batches of
+    ``batch_size`` (None: the whole set), ``budget.accumulate`` batches an optimizer step."""
+    per_epoch, total, eval_every = plan_batches(1 if batch_size is None else math.ceil(n_train / batch_size), budget)
+    assert per_epoch is not None  # known when the batches of an epoch are
+    return per_epoch, total, eval_every
+
+
+def plan_batches(batches: Optional[int], budget: TrainBudget) -> tuple[Optional[int], int, int]:
+    """(steps_per_epoch, total_steps, eval_every_steps) for a run of ``batches`` (micro-)batches an epoch, grouped
+    ``budget.accumulate`` to an optimizer step (the last step of an epoch takes what is left).
+
+    ``batches`` None: the epoch's length is unknown (a data loader without ``len()``); the budget must then count
+    ``steps``, and the steps per epoch are None. Raises ``TunerError`` otherwise.
+    """
+    if batches is None:
+        if budget.steps is None:
+            raise TunerError(
+                "the task's train loader has no len(), so an epoch's length is unknown: set budget.steps "
+                "(and eval_every in steps) instead of epochs"
+            )
+        return None, *plan_steps_per_epoch(1, budget)[1:]
+    return plan_steps_per_epoch(max(1, math.ceil(batches / budget.accumulate)), budget)
 
 
 def plan_steps_per_epoch(per_epoch: int, budget: TrainBudget) -> tuple[int, int, int]:
@@ -117,7 +163,7 @@ class RunProgress:
         metric: the metric that ranks evaluations.
         direction: "maximize" or "minimize".
         total_steps: the run's length in optimizer steps (the evaluation cadence and the LR curve's sampling).
-        per_epoch: optimizer steps an epoch (``Evaluation.epoch``).
+        per_epoch: optimizer steps an epoch (``Evaluation.epoch``); None when unknown (a loader without ``len()``).
         eval_every: evaluate every this many optimizer steps (and at the last step).
         on_eval: hears every finite evaluation; True stops the run.
         schedule: fed the validation loss at each evaluation when it is metric-driven (has ``report``).
@@ -130,7 +176,7 @@ class RunProgress:
         direction: str,
         *,
         total_steps: int,
-        per_epoch: int = 1,
+        per_epoch: Optional[int] = 1,
         eval_every: Optional[int] = None,
         on_eval: Optional[OnEval] = None,
         schedule: Any = None,
@@ -185,7 +231,8 @@ class RunProgress:
         self, steps_done: int, metrics: dict[str, float], train_loss: Optional[float], lr: float
     ) -> Evaluation:
         """The ``Evaluation`` after ``steps_done`` steps."""
-        return Evaluation(steps_done, steps_done / self.per_epoch, metrics, train_loss, lr)
+        epoch = steps_done / self.per_epoch if self.per_epoch else math.nan
+        return Evaluation(steps_done, epoch, metrics, train_loss, lr)
 
     def evaluated(self, evaluation: Evaluation) -> bool:
         """Record ``evaluation``: feed a metric-driven schedule, check it is finite, update the best and patience, and

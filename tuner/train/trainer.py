@@ -5,14 +5,16 @@ run there (that is how pruning works). What counts as divergence, an evaluation,
 decided by ``tuner.train.progress.RunProgress``, the bookkeeping every training path shares.
 
 ``Trainer`` is the public step API of one run (``batches``, ``train_step``, ``evaluate``): ``fit`` drives it to
-the end of the budget; the LR range test (``tuner.train.lr_range``) drives it through an LR sweep.
+the end of the budget; the LR range test (``tuner.train.lr_range``) drives it through an LR sweep. Its data come from
+``tuner.train.data`` (a task's in-memory tensors or its loaders, the same way for both); how each step computes
+(mixed precision, gradient accumulation, channels-last, ``torch.compile``) from the budget (``tuner.train.compute``).
 """
 
 from __future__ import annotations
 
-import random
+import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional
 
 import torch
@@ -20,42 +22,11 @@ import torch
 from tuner.optim import build_optimizer, clip_gradients
 from tuner.recipe import Recipe
 from tuner.schedules import recipe_schedule
-from tuner.tasks import Task, TaskData
-from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
-
-EVAL_CHUNK = 4096
-"""Validation examples evaluated at once (metrics are averaged over chunks weighted by their size)."""
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """The torch device for ``device``: 'auto' picks CUDA when present."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python's and torch's generators; ``deterministic`` also asks torch for deterministic algorithms."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-_DEVICE_DATA: dict[tuple[int, str], tuple[Task, TaskData]] = {}  # the task is kept so that its id is not reused
-
-
-def data_on_device(task: Task, device: torch.device) -> TaskData:
-    """The task's data moved to ``device`` once per process (small datasets live there for every trial)."""
-    key = (id(task), str(device))
-    if key not in _DEVICE_DATA:
-        data = task.load_data()
-        moved = TaskData(
-            *(t.to(device) for t in (data.train_inputs, data.train_targets, data.val_inputs, data.val_targets))
-        )
-        _DEVICE_DATA[key] = (task, moved)
-    return _DEVICE_DATA[key][1]
+from tuner.tasks import Task
+from tuner.train.checks import available_device, check_optimizers, check_precision, recipe_optimizers
+from tuner.train.compute import Precision, forward_loss, prepare_model, seed_everything
+from tuner.train.data import Batch, data_source, to_device
+from tuner.train.progress import Evaluation, FitResult, OnEval, RunProgress, TrainBudget, plan_batches
 
 
 def fit(
@@ -77,7 +48,7 @@ def fit(
         direction: "maximize" or "minimize" (default: the task's for ``metric``).
         on_eval: hears every evaluation; returning True stops the run (status "stopped").
         device: "auto", "cpu", "cuda", "cuda:1" ...
-        seed: seeds the model's initialisation and the data order.
+        seed: seeds the model's initialisation and the data order (a loader task's ``train_loader`` gets it).
         deterministic: torch's deterministic algorithms (bit-identical reruns on CPU).
     """
     trainer = Trainer(
@@ -95,10 +66,14 @@ def fit(
 
 
 class Trainer:
-    """One training run of ``recipe`` on ``task``: model, optimizer, schedule, data order and ``RunProgress``.
+    """One training run of ``recipe`` on ``task``: model, optimizer, schedule, data and ``RunProgress``.
 
-    Built right after seeding (so the model's initialisation is the seed's). ``run()`` trains to the end of the
-    budget; ``batches()``, ``train_step()`` and ``evaluate()`` are the steps it is made of.
+    Built right after seeding (so the model's initialisation is the seed's; the data come after the model, so a
+    loader's construction cannot change it). ``run()`` trains to the end of the budget; ``batches()``,
+    ``train_step()`` and ``evaluate()`` are the steps it is made of. Raises ``TunerError`` for a device this machine
+    lacks, a precision the device cannot run, a closure optimizer (lbfgs) with accumulation or mixed precision, a
+    streamed task whose epoch length is unknown under an epoch budget (``check_training`` refuses them all before
+    a study starts).
     """
 
     def __init__(
@@ -117,17 +92,17 @@ class Trainer:
         self.task, self.recipe, self.budget = task, recipe, budget
         metric = metric or task.metric
         direction = direction or task.directions.get(metric, task.direction)
-        torch_device = resolve_device(device)
+        self.device = available_device(device)
+        check_precision(budget.precision, self.device)
+        check_optimizers(recipe_optimizers(recipe), budget)
         seed_everything(seed, deterministic)
-        self.data = data_on_device(task, torch_device)
-        self.model = task.build_model().to(torch_device)
+        self.model = prepare_model(task.build_model().to(self.device), budget)
+        self.source = data_source(task, self.device, recipe.batch_size, seed)
         self.batch_size = recipe.batch_size
-        self.per_epoch, self.total_steps, eval_every = plan_steps(
-            len(self.data.train_inputs), recipe.batch_size, budget
-        )
+        self.per_epoch, self.total_steps, eval_every = plan_batches(self.source.batches_per_epoch, budget)
         self.optimizer = build_optimizer(self.model, recipe, self.total_steps, full_batch=recipe.batch_size is None)
         self.schedule = recipe_schedule(recipe, self.total_steps)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.precision = Precision(budget.precision, self.device)
         self.progress = RunProgress(
             budget,
             metric,
@@ -146,8 +121,8 @@ class Trainer:
         started = time.perf_counter()
         progress = self.progress
         loss_sum, loss_count, step = 0.0, 0, 0
-        for step, (inputs, targets) in enumerate(self.batches()):
-            loss = self.train_step(step, inputs, targets)
+        for step, micro_batches in enumerate(self.batches()):
+            loss = self.train_step(step, micro_batches)
             if progress.check_loss(step, loss):
                 break
             loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -159,54 +134,64 @@ class Trainer:
                 break
         return progress.result(step + 1, time.perf_counter() - started)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Mini-batches for ``total_steps`` steps, reshuffled every epoch by the run's own generator."""
-        inputs, targets = self.data.train_inputs, self.data.train_targets
-        n = len(inputs)
-        order = torch.empty(0, dtype=torch.long)
-        for step in range(self.total_steps):
-            if self.batch_size is None:
-                yield inputs, targets
-                continue
-            position = step % self.per_epoch
-            if position == 0:
-                order = torch.randperm(n, generator=self.generator).to(inputs.device)
-            index = order[position * self.batch_size : (position + 1) * self.batch_size]
-            yield inputs[index], targets[index]
+    def batches(self) -> Iterator[list[Batch]]:
+        """The micro-batches of each optimizer step, on the device, for ``total_steps`` steps: ``budget.accumulate``
+        of them a step (one unless accumulating; the last step of an epoch takes what is left), epoch after epoch
+        (in-memory data reshuffled by the run's own generator, a loader iterated again)."""
+        steps = 0
+        while True:
+            epoch = iter(self.source.epoch())
+            while micro_batches := list(itertools.islice(epoch, self.budget.accumulate)):
+                yield [to_device(batch, self.device, self.budget.channels_last) for batch in micro_batches]
+                steps += 1
+                if steps == self.total_steps:
+                    return
 
-    def train_step(
-        self, step: int, inputs: torch.Tensor, targets: torch.Tensor, lr_multiplier: Optional[float] = None
-    ) -> float:
-        """One optimizer step (``step`` counts from 0) at the schedule's LR multiplier, or at ``lr_multiplier`` times
-        the peak LR when given; records the LR on the progress's curve and returns the batch's training loss."""
+    def train_step(self, step: int, micro_batches: Sequence[Batch], *, lr_multiplier: Optional[float] = None) -> float:
+        """One optimizer step (``step`` counts from 0) on ``micro_batches`` (one item of ``batches()``) at the
+        schedule's LR multiplier, or at ``lr_multiplier`` times the peak LR when given; records the LR on the
+        progress's curve and returns the step's training loss (the mean over its micro-batches)."""
         multiplier = self.schedule(step) if lr_multiplier is None else lr_multiplier
-        loss = self.optimizer.step(step, multiplier, self._closure(inputs, targets)).item()
+        closure = self._closure(micro_batches)
+        loss = self.optimizer.step(step, multiplier, closure, scaler=self.precision.scaler).item()
         self.progress.record_lr(step, self.optimizer.lr)
         return loss
 
-    def _closure(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def _closure(self, micro_batches: Sequence[Batch]) -> Callable[[], torch.Tensor]:
+        """Zero the gradients, accumulate each micro-batch's loss / their number, unscale (fp16) and clip; the loss."""
+        share = len(micro_batches)
+
         def closure() -> torch.Tensor:
             self.model.zero_grad(set_to_none=True)
-            loss = self.task.loss(self.model(inputs), targets)
-            loss.backward()
+            losses = []
+            for inputs, targets in micro_batches:
+                loss = forward_loss(self.model, self.task, inputs, targets, self.precision)
+                loss = loss if share == 1 else loss / share
+                self.precision.backward(loss)
+                losses.append(loss.detach())
+            if self.precision.scaler is not None:  # fp16: clipping must see the true gradients
+                self.precision.unscale(self.optimizer.active_optimizers)
             clip_gradients(self.model.parameters(), self.recipe.clip_norm, self.recipe.clip_value)
-            return loss.detach()
+            return sum(losses[1:], losses[0])
 
         return closure
 
     @torch.no_grad()
     def evaluate(self, steps_done: int, train_loss: float) -> Evaluation:
-        """The validation metrics after ``steps_done`` optimizer steps (weighted over chunks of ``EVAL_CHUNK``)."""
+        """The validation metrics after ``steps_done`` optimizer steps: the task's per-batch means, averaged over the
+        validation batches weighted by their size."""
         self.model.eval()
         self.optimizer.eval()
-        inputs, targets = self.data.val_inputs, self.data.val_targets
         totals: dict[str, float] = {}
-        for start in range(0, len(inputs), EVAL_CHUNK):
-            chunk_inputs, chunk_targets = inputs[start : start + EVAL_CHUNK], targets[start : start + EVAL_CHUNK]
-            metrics = self.task.metrics(self.model(chunk_inputs), chunk_targets)
+        count = 0
+        for batch in self.source.validation():
+            inputs, targets = to_device(batch, self.device, self.budget.channels_last)
+            with self.precision.autocast():
+                metrics = self.task.metrics(self.model(inputs), targets)
             for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + float(value) * len(chunk_inputs)
+                totals[name] = totals.get(name, 0.0) + float(value) * len(inputs)
+            count += len(inputs)
         self.model.train()
         self.optimizer.train()
-        metrics = {name: total / len(inputs) for name, total in totals.items()}
+        metrics = {name: total / count for name, total in totals.items()}
         return self.progress.evaluation(steps_done, metrics, train_loss, self.optimizer.lr)

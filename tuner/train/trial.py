@@ -155,7 +155,7 @@ class Trial:
         from pathlib import Path
 
         from tuner.errors import TunerError
-        from tuner.train.trainer import seed_everything
+        from tuner.train.compute import seed_everything
 
         path = os.environ.get(ENV_TRIAL)
         if not path:
@@ -305,7 +305,7 @@ def run_function(function: Callable[[Trial], Any], trial: Trial, *, deterministi
 
     ``TrialPruned`` ends it as pruned (with ``report``'s reason, or the one the function raised); any other exception
     is raised as ``UserCodeError`` naming the type, the message and where in the user's file it was raised."""
-    from tuner.train.trainer import seed_everything
+    from tuner.train.compute import seed_everything
 
     seed_everything(trial.seed, deterministic or trial.info.deterministic)
     try:
