@@ -38,6 +38,11 @@ class LockBudget(_Strict):
     eval_every: Optional[int] = Field(None, gt=0)
     patience: Optional[int] = Field(None, gt=0)
     divergence_factor: float = Field(1e3, gt=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    accumulate: int = Field(1, ge=1)
+    compile: bool = False
+    channels_last: bool = False
+    trial_timeout: Optional[float] = Field(None, gt=0, description="a command or train function's time limit")
 
 
 class PassRule(_Strict):

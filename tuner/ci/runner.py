@@ -110,11 +110,12 @@ def fit_job(job: FitJob) -> SeedResult:
     if job.task_name is None:
         with _deterministic_restored():
             return _own_code_job(job)
+    budget = {key: value for key, value in job.budget.items() if key != "trial_timeout"}
     with _deterministic_restored():
         result = fit(
             _task_for(job),
             Recipe.from_dict(job.recipe),
-            TrainBudget(**job.budget),
+            TrainBudget(**budget),
             metric=job.metric,
             direction=job.direction,
             device=job.device,
@@ -133,7 +134,7 @@ def _own_code_job(job: FitJob) -> SeedResult:
     from tuner.train.command import CommandFailed, command_argv, run_command
     from tuner.train.trial import Trial, TrialInfo, run_function
 
-    budget = TrainBudget(**job.budget)
+    budget = TrainBudget(**{key: value for key, value in job.budget.items() if key != "trial_timeout"})
     info = TrialInfo(
         0,
         "lock",

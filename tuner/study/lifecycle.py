@@ -32,14 +32,14 @@ from optuna.trial import TrialState
 from tuner.errors import UserCodeError
 from tuner.recipe import Recipe
 from tuner.study.keys import StudyKeys, TrialKeys
-from tuner.study.prepare import Prepared
+from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
 from tuner.study.storage import optimize_loop, trial_id
 from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import Tracker, TrialOutcome, TrialRun
-from tuner.train import Evaluation, FitResult, OnEval, TrainBudget, fit, fit_population, resolve_device
+from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
 from tuner.train.command import CommandFailed, run_command
 from tuner.train.trial import Trial, TrialInfo, run_function
 
@@ -52,12 +52,6 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     """A per-trial seed derived from the study seed and the trial number (stable across processes)."""
     digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def train_budget(prepared: Prepared) -> TrainBudget:
-    """The training budget of every trial of the study."""
-    budget = prepared.spec.budget
-    return TrainBudget(budget.epochs, budget.steps, budget.eval_every, budget.patience, budget.divergence_factor)
 
 
 def outcome_of(result: FitResult, metric: str, attrs: Optional[dict] = None) -> TrialOutcome:
@@ -104,7 +98,7 @@ class TrialLifecycle:
     def __init__(self, study: optuna.Study, prepared: Prepared, tracker: Tracker) -> None:
         self.study, self.prepared, self.tracker = study, prepared, tracker
         self.parent_run_id = study.user_attrs.get(StudyKeys.PARENT_RUN)
-        self.budget = train_budget(prepared)
+        self.budget = train_budget(prepared.spec.budget)
         self.stop_requested: Callable[[], bool] = lambda: False
 
     @contextlib.contextmanager

@@ -17,10 +17,13 @@ from typing import Any, Optional, Union
 import optuna
 
 from tuner.errors import TunerError
-from tuner.spec import StudySpec, load_study
+from tuner.space import Fixed, Float, Int
+from tuner.spec import Budget, StudySpec, load_study
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.tables import make_pruner, make_sampler
 from tuner.tasks import Task, load_function, load_task
+from tuner.train import TrainBudget, check_training
+from tuner.train.checks import available_device
 from tuner.train.command import command_argv
 from tuner.train.trial import check_train_function
 
@@ -73,6 +76,7 @@ def prepare(
         space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec, space)
+        _check_training(spec, door, space, device or spec.device)
     except TunerError as error:
         raise TunerError(f"{where}: {error}") from None
     _check_sampler_and_pruner(spec, space, where)
@@ -122,6 +126,41 @@ def _metric_and_direction(spec: StudySpec, task: Optional[Task]) -> tuple[str, s
             f"valid metrics: {', '.join(sorted(task.directions))}"
         )
     return metric, spec.direction or task.directions[metric]
+
+
+def train_budget(budget: Budget) -> TrainBudget:
+    """The study file's budget as every trial trains with it."""
+    return TrainBudget(
+        epochs=budget.epochs,
+        steps=budget.steps,
+        eval_every=budget.eval_every,
+        patience=budget.patience,
+        divergence_factor=budget.divergence_factor,
+        precision=budget.precision,
+        accumulate=budget.accumulate,
+        compile=budget.compile,
+        channels_last=budget.channels_last,
+    )
+
+
+def _check_training(spec: StudySpec, door: _Door, space: SearchSpace, device: str) -> None:
+    """What would fail in every trial (``check_training``): the device, the precision, lbfgs with accumulation or
+    mixed precision, a task's loaders, torch.compile; for the user's own code, the device."""
+    if door.task is None:
+        available_device(device)
+        return
+    optimizers = [*space.optimizers, *(space.switch.targets if space.switch is not None else ())]
+    check_training(
+        door.task, train_budget(spec.budget), device, largest_batch(space.shared["batch_size"]), optimizers=optimizers
+    )
+
+
+def largest_batch(dimension: Any) -> Optional[int]:
+    """The largest batch size a trial may train with (None: a full batch is among them)."""
+    values = [dimension.value] if isinstance(dimension, Fixed) else list(getattr(dimension, "options", ()))
+    if isinstance(dimension, (Int, Float)):
+        values = [int(dimension.high)]
+    return None if None in values or not values else int(max(values))
 
 
 def _check_door(spec: StudySpec, space: SearchSpace) -> None:
