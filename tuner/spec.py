@@ -144,10 +144,10 @@ class StudySpec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="study name (letters, digits, _ . -)")
     task: Optional[TaskRef] = Field(None, description="what tuner trains: a built-in task or a task file (or train:)")
-    train: Optional[str] = Field(
+    train: Optional[TaskRef] = Field(
         None,
         description="your own training loop instead of a task: 'file.py:function' or 'package.module:function', "
-        "called with a tuner.Trial",
+        "called with a tuner.Trial (or {name, options}: the options reach it as trial.options)",
     )
     command: Optional[Union[str, list[str]]] = Field(
         None,
@@ -177,7 +177,7 @@ class StudySpec(Strict):
         description=f"MLflow tracking URI; default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}; 'none' disables",
     )
 
-    @field_validator("task", mode="before")
+    @field_validator("task", "train", mode="before")
     @classmethod
     def _task_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
@@ -198,7 +198,11 @@ class StudySpec(Strict):
     def _one_door(self) -> StudySpec:
         given = [key for key in ("task", "train", "command") if getattr(self, key) is not None]
         if len(given) != 1:
-            shown = {"task": self.task.name if self.task else None, "train": self.train, "command": self.command}
+            shown = {
+                "task": self.task.name if self.task else None,
+                "train": self.train.name if self.train else None,
+                "command": self.command,
+            }
             got = ", ".join(f"{key}={shown[key]!r}" for key in given) or "none of them"
             raise ValueError(f"give exactly one of task, train or command (got {got})")
         if self.task is None and (self.metric is None or self.direction is None):

@@ -205,7 +205,7 @@ def test_a_study_of_own_code_is_locked_and_regressed_by_calling_it(workdir: Path
     assert result.exit_code == 0, result.output
     stored = yaml.safe_load(lock.read_text())
     key = next(iter(door))
-    assert stored[key] == ("../user_train.py:train" if key == "train" else door["command"])
+    assert stored[key] == ({"name": "../user_train.py:train", "options": {}} if key == "train" else door["command"])
     assert stored.get("workdir") == (".." if key == "command" else None)
     regressed = cli("regress", lock)
     assert regressed.exit_code == 0, regressed.output

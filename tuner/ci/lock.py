@@ -47,7 +47,7 @@ def build_lock(
     floor: Optional[float] = None,
     processes: int = 1,
     trials: Sequence[tuple[Optional[int], Optional[float]]] = (),
-    train: Optional[str] = None,
+    train: Optional[TaskRef] = None,
     command: Optional[Union[str, list[str]]] = None,
 ) -> LockFile:
     """Train each recipe on ``seeds`` fixed seeds and return the lock. What trains them is ``task``, or the user's
@@ -64,7 +64,7 @@ def build_lock(
     jobs = [
         FitJob(
             task.name if task is not None else None,
-            dict(task.options) if task is not None else {},
+            dict(source.options) if (source := task or train) is not None else {},
             base_dir,
             recipe.to_dict(),
             budget.model_dump(),
@@ -73,7 +73,7 @@ def build_lock(
             device,
             seed,
             deterministic,
-            train,
+            train.name if train is not None else None,
             command,
         )
         for recipe in recipes
@@ -126,7 +126,7 @@ def build_lock(
 
 def portable_source(
     task: Optional[TaskRef],
-    train: Optional[str],
+    train: Optional[TaskRef],
     command: Optional[Union[str, list[str]]],
     spec_dir: str,
     lock_dir: Path,
@@ -136,7 +136,7 @@ def portable_source(
     if task is not None:
         return {"task": TaskRef(name=portable_ref(task.name, spec_dir, lock_dir), options=task.options)}
     if train is not None:
-        return {"train": portable_ref(train, spec_dir, lock_dir)}
+        return {"train": TaskRef(name=portable_ref(train.name, spec_dir, lock_dir), options=train.options)}
     return {"command": command, "workdir": os.path.relpath(spec_dir, lock_dir)}
 
 

@@ -75,8 +75,8 @@ class LockFile(_Strict):
     study: str
     created: str = ""
     task: Optional[TaskRef] = None
-    train: Optional[str] = Field(
-        None, description="a train function, 'file.py:fn' (relative to the lock) or 'pkg.mod:fn'"
+    train: Optional[TaskRef] = Field(
+        None, description="a train function, 'file.py:fn' (relative to the lock) or 'pkg.mod:fn', and its options"
     )
     command: Optional[Union[str, list[str]]] = Field(None, description="a command run once per seed")
     workdir: Optional[str] = Field(None, description="the folder a command runs in, relative to the lock file")
@@ -101,7 +101,7 @@ class LockFile(_Strict):
         """What trains the locked recipes, for messages: the task's name, the train function or the command."""
         if self.task is not None:
             return self.task.name
-        return f"train: {self.train}" if self.train is not None else f"command: {self.command}"
+        return f"train: {self.train.name}" if self.train is not None else f"command: {self.command}"
 
 
 def read_lock(path: str | Path) -> LockFile:

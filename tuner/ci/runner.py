@@ -146,6 +146,7 @@ def _own_code_job(job: FitJob) -> SeedResult:
         job.metric,
         job.direction,
         job.deterministic,
+        dict(job.task_options),
     )
     try:
         if job.train is not None:
@@ -240,7 +241,7 @@ def jobs_for(
     return [
         FitJob(
             lock.task.name if lock.task is not None else None,
-            dict(lock.task.options) if lock.task is not None else {},
+            dict(source.options) if (source := lock.task or lock.train) is not None else {},
             base_dir,
             dict(entry.recipe),
             lock.budget.model_dump(),
@@ -249,7 +250,7 @@ def jobs_for(
             device or lock.device,
             seed,
             lock.deterministic,
-            lock.train,
+            lock.train.name if lock.train is not None else None,
             lock.command,
         )
         for seed in seeds
@@ -272,7 +273,7 @@ def check_tasks(locks: Sequence[tuple[str, LockFile]]) -> None:
         base_dir = source_dir(lock, path)
         try:
             if lock.train is not None:
-                load_function(lock.train, base_dir=base_dir, kind="train")
+                load_function(lock.train.name, base_dir=base_dir, kind="train")
                 continue
             if lock.command is not None:
                 command_argv(lock.command, base_dir)

@@ -205,6 +205,7 @@ class TrialLifecycle:
             prepared.metric,
             prepared.direction,
             prepared.spec.deterministic,
+            dict(prepared.spec.train.options) if prepared.spec.train is not None else {},
         )
         if prepared.train_fn is not None:
             return run_function(prepared.train_fn, Trial(info, on_eval))

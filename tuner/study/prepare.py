@@ -107,8 +107,8 @@ def _load_door(spec: StudySpec, spec_dir: str) -> _Door:
     if spec.task is not None:
         return _Door(task=load_task(spec.task.name, spec.task.options, base_dir=spec_dir))
     if spec.train is not None:
-        function, _, _ = load_function(spec.train, base_dir=spec_dir, kind="train")
-        check_train_function(function, f"train: {spec.train}")
+        function, _, _ = load_function(spec.train.name, base_dir=spec_dir, kind="train")
+        check_train_function(function, f"train: {spec.train.name}")
         return _Door(train_fn=function)
     assert spec.command is not None
     return _Door(command=command_argv(spec.command, spec_dir))

@@ -97,6 +97,7 @@ class Trial:
         number: the trial's number in the study.
         study_name: the study's name.
         metric: the metric the study optimizes (``report`` and your return value should include it).
+        options: the study file's ``train: {name, options}`` options (a data directory, a model size ...).
     """
 
     def __init__(self, info: TrialInfo, reporter: Optional[Reporter] = None, channel: Optional[Channel] = None) -> None:
@@ -104,6 +105,7 @@ class Trial:
         self.recipe, self.params, self.seed = info.recipe, info.params, info.seed
         self.device = torch.device(info.device)
         self.budget, self.number, self.study_name, self.metric = info.budget, info.number, info.study_name, info.metric
+        self.options = dict(info.options)
         self._reporter = reporter
         self._total_steps: Optional[int] = None
         self._progress: Optional[RunProgress] = None
