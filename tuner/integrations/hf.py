@@ -146,6 +146,7 @@ class TunerCallback(transformers.TrainerCallback):
 
             reason = broadcast_object_list([reason], from_process=0)[0]
         if reason is not None:
+            self.training = False  # the Trainer does not call on_train_end when a callback raises
             raise pruned or TrialPruned(reason)
 
 
