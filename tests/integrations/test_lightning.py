@@ -113,10 +113,25 @@ def test_a_plateau_schedule_hears_every_validation_loss(monkeypatch) -> None:
     assert result.lr_curve[-1][1] < 0.05  # the loss never falls 100-fold: cut after each validation
 
 
-def test_a_schedule_free_recipe_validates_and_ends_on_its_averaged_weights() -> None:
-    trial = make_trial(Recipe(optimizer="schedulefree_adamw", lr=3e-3, batch_size=64), epochs=1)
-    trainer, model, loaders = _fit_parts(trial, epochs=1, num_sanity_val_steps=0)
+def test_a_schedule_free_recipe_trains_on_its_training_weights_and_validates_on_its_averaged_ones() -> None:
+    modes: list[tuple[str, bool]] = []
+
+    class Modes(lightning.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            modes.append(("train", _train_mode(trainer)))
+
+        def on_validation_epoch_start(self, trainer, *args):
+            modes.append(("validate", _train_mode(trainer)))
+
+    def _train_mode(trainer) -> bool:
+        (inner,) = trainer.optimizers[0].managed.torch_optimizers
+        return inner.param_groups[0]["train_mode"]
+
+    trial = make_trial(Recipe(optimizer="schedulefree_adamw", lr=3e-3, batch_size=64), epochs=2)
+    trainer, model, loaders = _fit_parts(trial, epochs=2, num_sanity_val_steps=0)
+    trainer.callbacks.append(Modes())
     trainer.fit(model, *loaders)
-    (inner,) = trainer.optimizers[0].managed.torch_optimizers
-    assert inner.param_groups[0]["train_mode"] is False  # eval(): the averaged weights are in the model
-    assert trial.result().evaluations[0].metrics["accuracy"] > 0.5
+    assert sorted(set(modes)) == [("train", True), ("validate", False)]  # eval() before each validation only
+    assert [m for m, _ in modes].count("validate") == 2 and modes[STEPS_PER_EPOCH + 1] == ("train", True)
+    assert _train_mode(trainer) is False  # the fit ends on the averaged weights
+    assert all(e.metrics["accuracy"] > 0.5 for e in trial.result().evaluations)

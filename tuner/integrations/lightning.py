@@ -35,8 +35,8 @@ callbacks' ``on_exception`` and re-raises it), so the study records the trial as
 
 Gradient clipping is the recipe's, inside ``optimizer.step()``: leave the Trainer's ``gradient_clip_val`` unset (the
 callback warns when it is set: the gradients would be clipped twice, and the trial would not train the recipe).
-A schedule-free recipe validates its averaged weights: the callback switches the optimizer to ``eval()`` around
-each validation and at the end of the fit, and back to ``train()`` for training.
+A schedule-free recipe validates its averaged weights: the callback switches the optimizer to ``eval()`` before each
+validation and at the end of the fit, and back to ``train()`` before each training batch.
 
 Imports ``lightning`` (the ``lightning`` package, not the older ``pytorch_lightning``, whose Trainer does not take
 ``lightning`` callbacks); without it, importing this module raises ``MissingExtraError`` naming the extra.
@@ -100,8 +100,11 @@ class TunerCallback(pl.Callback):
                 stacklevel=2,
             )
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Put a schedule-free optimizer in training mode (every other recipe: nothing to do)."""
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Train a schedule-free optimizer's training weights (every other recipe: nothing to do). Switched here,
+        not at the end of a validation, so a checkpoint saved then holds the averaged weights."""
         _optimizers_to(trainer, "train")
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -114,7 +117,6 @@ class TunerCallback(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Report ``trainer.callback_metrics`` at ``trainer.global_step``; raise ``TrialPruned`` when pruned."""
-        _optimizers_to(trainer, "train")
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         logged = dict(trainer.callback_metrics)
