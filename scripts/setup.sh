@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install tuner into it.  Usage: bash scripts/setup.sh [test]
-#   "test" adds the test extras (pytest, PostgreSQL driver, optuna-dashboard).
+#   "test" adds the test extras (pytest, PostgreSQL driver, optuna-dashboard, Lightning, transformers + accelerate:
+#   tests/integrations runs the framework examples).
 # On a machine without an NVIDIA GPU, torch is pinned to the CPU build first: a plain `torch` requirement
 # would pull a multi-GB CUDA build. Once a torch >= 2.4 is installed, `pip install -e .` adds nothing to it.
 set -euo pipefail
@@ -16,6 +17,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 extras="postgres,dashboard"
-[ "${1:-}" = "test" ] && extras="test,$extras"
+[ "${1:-}" = "test" ] && extras="test,$extras,lightning,hf"
 "${PIP[@]}" -e ".[$extras]"
 echo "tuner installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
