@@ -57,3 +57,26 @@ class RecordingTask:
     def build_model(self) -> Any:
         self.model = self._task.build_model()
         return self.model
+
+
+def write_cifar(root: Path, images_per_batch: int = 20) -> Path:
+    """A tiny CIFAR-10 directory in the real "python version" format (random pixels, balanced labels)."""
+    import pickle
+
+    import numpy as np
+
+    from tuner.tasks import cifar
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in (*cifar.TRAIN_FILES, cifar.TEST_FILE):
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, size=(images_per_batch, cifar.PIXELS), dtype=np.uint8),
+            b"labels": [i % cifar.N_CLASSES for i in range(images_per_batch)],
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(images_per_batch)],
+        }
+        (root / name).write_bytes(pickle.dumps(batch))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(cifar.N_CLASSES)], b"num_vis": cifar.PIXELS}
+    (root / cifar.META_FILE).write_bytes(pickle.dumps(meta))
+    return root

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import FIXTURES, ROOT
+from tests.helpers import FIXTURES, ROOT, write_cifar
 from tuner.errors import TunerError, UnknownNameError
 from tuner.tasks import BUILTIN_TASKS, Loaders, SimpleTask, TaskData, charlm, check_task, cifar, load_task, loaders_of
 
@@ -26,23 +26,6 @@ CIFAR_IMAGES_PER_BATCH = 20
 
 
 # --- fixtures -----------------------------------------------------------------------------------
-
-
-def write_cifar(root: Path, images_per_batch: int = CIFAR_IMAGES_PER_BATCH) -> Path:
-    """A tiny CIFAR-10 directory in the real "python version" format (random pixels, balanced labels)."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in (*cifar.TRAIN_FILES, cifar.TEST_FILE):
-        batch = {
-            b"batch_label": name.encode(),
-            b"data": rng.integers(0, 256, size=(images_per_batch, cifar.PIXELS), dtype=np.uint8),
-            b"labels": [i % cifar.N_CLASSES for i in range(images_per_batch)],
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(images_per_batch)],
-        }
-        (root / name).write_bytes(pickle.dumps(batch))
-    meta = {b"label_names": [f"class{i}".encode() for i in range(cifar.N_CLASSES)], b"num_vis": cifar.PIXELS}
-    (root / cifar.META_FILE).write_bytes(pickle.dumps(meta))
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -598,3 +581,20 @@ def test_import_is_cheap() -> None:
         env={**os.environ, "PYTHONPATH": root},
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused_not_run(tmp_path: Path) -> None:
+    """A planted batch whose unpickling would call os.system: refused with the file named, the command never run."""
+    import pickle
+
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (root / cifar.TRAIN_FILES[0]).write_bytes(pickle.dumps({b"data": Exploit(), b"labels": [0]}))
+    with pytest.raises(TunerError, match=r"cannot read CIFAR-10 batch .*data_batch_1.*posix.system.*refused, not run"):
+        load_task("cifar10", {"root": str(root)}).load_data()
+    assert not marker.exists()

@@ -2,8 +2,10 @@
 
 ``root`` holds ``data_batch_1`` .. ``data_batch_5``, ``test_batch`` and ``batches.meta``; each batch is a
 pickle of a dict with ``b"data"`` (uint8, ``(N, 3072)``, channel-major 32x32 images) and ``b"labels"``.
-Nothing is ever downloaded. The batches are pickles: point ``root`` only at data you trust.
-Inputs are normalized with the per-channel mean and std of the (possibly limited) train split.
+Nothing is ever downloaded. The batches are pickles, read with an unpickler that builds only what a CIFAR-10 batch
+holds (dicts, lists, bytes, numbers and numpy arrays): a pickle that names anything else -- ``os.system`` in a
+planted file -- is refused, never run. Inputs are normalized with the per-channel mean and std of the (possibly
+limited) train split.
 """
 
 from __future__ import annotations
@@ -40,13 +42,37 @@ def check_root(root: Optional[Union[str, Path]]) -> Path:
     return path
 
 
+SAFE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+)
+"""The only globals a CIFAR-10 batch pickle refers to (numpy's array reconstruction)."""
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds CIFAR-10 batches and nothing else (see the module docstring)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which a CIFAR-10 batch never holds: refused, not run"
+            )
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[Any, Any]:
     """``(data uint8 (N, 3072), labels int64 (N,))`` from one batch pickle, or a ``TunerError`` naming the file."""
     import numpy as np
 
     try:
         with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = BatchUnpickler(handle, encoding="bytes").load()
         data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as error:  # unpickling errors come in many types
         raise TunerError(f"cannot read CIFAR-10 batch {str(path)!r}: {type(error).__name__}: {error}") from error
