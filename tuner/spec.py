@@ -71,6 +71,11 @@ class Budget(Strict):
     accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = Field(False, description="channels-last memory format for conv models (and their inputs)")
+    objective: Literal["final", "best"] = Field(
+        "final",
+        description="a trial's value: 'final', its last evaluation (what rerunning the recipe gives), or 'best', its "
+        "best evaluation (the trainer restores those weights at the end)",
+    )
     trial_timeout: Optional[float] = Field(
         None, gt=0, description="a trial running longer than this many seconds fails (command trials: killed)"
     )

@@ -42,6 +42,9 @@ class LockBudget(_Strict):
     accumulate: int = Field(1, ge=1)
     compile: bool = False
     channels_last: bool = False
+    objective: Literal["final", "best"] = Field(
+        "best", description="a seed's value: its final or best evaluation (locks made before 'objective' used best)"
+    )
     trial_timeout: Optional[float] = Field(None, gt=0, description="a command or train function's time limit")
 
 

@@ -122,7 +122,8 @@ def fit_job(job: FitJob) -> SeedResult:
             seed=job.seed,
             deterministic=job.deterministic,
         )
-    value = result.best.metrics[job.metric] if result.best is not None else None
+    counted = result.counted
+    value = counted.get(job.metric) if counted is not None and result.status != "diverged" else None
     return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
 
 
@@ -163,7 +164,8 @@ def _own_code_job(job: FitJob) -> SeedResult:
             )
     except (UserCodeError, CommandFailed) as error:
         return SeedResult(job.seed, None, "failed", f"error: {error}", 0.0)
-    value = result.final.get(job.metric) if result.final is not None else None
+    counted = result.counted if result.status != "stopped" else None
+    value = counted.get(job.metric) if counted is not None else None
     return SeedResult(job.seed, value, result.status, result.reason, result.seconds)
 
 

@@ -38,13 +38,15 @@ def ls(storage: StorageOption = None, json_output: JsonOption = False) -> None:
 def show(study: StudyArgument, storage: StorageOption = None, json_output: JsonOption = False) -> None:
     """A table of the study's trials: number, state, value, optimizer, lr, schedule, duration, reason."""
     from tuner.spec import storage_url
-    from tuner.study.records import records
+    from tuner.study.records import records, study_metric, study_objective
     from tuner.study.storage import load_existing_study
 
-    rows = [_trial_row(record) for record in records(load_existing_study(study, storage_url(storage)))]
+    loaded = load_existing_study(study, storage_url(storage))
+    rows = [_trial_row(record) for record in records(loaded)]
     if json_output:
         return print_json(rows)
-    table = _table("#", "state", "value", "optimizer", "lr", "schedule", "batch", "duration s", "reason")
+    value = f"{study_metric(loaded)} ({study_objective(loaded)})"
+    table = _table("#", "state", value, "optimizer", "lr", "schedule", "batch", "duration s", "reason")
     for row in rows:
         table.add_row(
             str(row["number"]),
@@ -82,7 +84,7 @@ def best(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
     import yaml
 
     from tuner.spec import storage_url
-    from tuner.study.records import best_record, study_metric
+    from tuner.study.records import best_record, study_metric, study_objective
     from tuner.study.storage import load_existing_study
 
     loaded = load_existing_study(study, storage_url(storage))
@@ -92,6 +94,7 @@ def best(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
         "trial": record.number,
         "value": record.value,
         "metric": study_metric(loaded),
+        "objective": study_objective(loaded),
         "direction": loaded.direction.name.lower(),
         "seed": record.seed,
         "recipe": record.to_recipe().to_dict(),

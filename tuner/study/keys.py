@@ -13,6 +13,7 @@ class TrialKeys:
     REASON = "reason"  # why it ended: "completed", "pruned at step N", "diverged at step N: ...", "worker lost" ...
     DURATION = "duration_s"  # seconds of training (a population member: of the shared pass until it finished)
     TOTAL_STEPS = "total_steps"  # the run's planned optimizer steps
+    STEPS_DONE = "steps_done"  # the optimizer steps it trained (fewer when pruned, diverged or stopped early)
     POPULATION = "population"  # how many members it was stacked with (1: trained alone)
     TRACKING_ERRORS = "tracking_errors"  # what could not be logged to MLflow
     WARM_START = "warm_start"  # "study#number" it was enqueued from
@@ -25,4 +26,5 @@ class StudyKeys:
     SPEC_DIR = "spec_dir"  # the folder the study file was in (relative task files are found there)
     PARENT_RUN = "mlflow_parent_run_id"  # the study's MLflow parent run
     METRIC = "metric"  # the metric the study optimizes
+    OBJECTIVE = "objective"  # what a trial's value is: "final" (its last evaluation) or "best"
     LR_AUTO = "lr_auto"  # optimizer -> the LR range test's finding (`lr: auto`)

@@ -55,21 +55,21 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 
 def outcome_of(result: FitResult, metric: str, attrs: Optional[dict] = None) -> TrialOutcome:
-    """How a finished run counts: COMPLETE with its best evaluation when it ran to the end (or stopped early for
-    patience); PRUNED otherwise -- stopped by the pruner, or diverged -- with its last finite value."""
-    attrs = {TrialKeys.TOTAL_STEPS: result.total_steps, **(attrs or {})}
+    """How a finished run counts: COMPLETE when it ran to the end (or stopped early for patience), its value the
+    study's objective -- its final metrics, or its best evaluation (``budget.objective``); PRUNED otherwise -- stopped
+    by the pruner, or diverged -- with its last finite value."""
+    attrs = {TrialKeys.TOTAL_STEPS: result.total_steps, TrialKeys.STEPS_DONE: result.steps_done, **(attrs or {})}
     common: dict[str, Any] = dict(seconds=result.seconds, lr_curve=result.lr_curve, attrs=attrs)
-    if result.final is not None and result.status == "completed":  # the user's code said how it ended
-        if metric not in result.final:
+    counted = result.counted
+    if result.status in ("completed", "early_stopped") and counted is not None:
+        if metric not in counted:
             return TrialOutcome(
                 "FAIL",
-                f"error: the run ended without the study's metric {metric!r} (it reported {sorted(result.final)})",
+                f"error: the run ended without the study's metric {metric!r} (it reported {sorted(counted)})",
                 **common,
             )
-        return TrialOutcome("COMPLETE", "completed", result.final[metric], **common)
-    if result.status in ("completed", "early_stopped") and result.best is not None:
         reason = "completed" if result.status == "completed" else f"early stopped: {result.reason}"
-        return TrialOutcome("COMPLETE", reason, result.best.metrics[metric], **common)
+        return TrialOutcome("COMPLETE", reason, counted[metric], **common)
     last = result.last.metrics[metric] if result.last is not None else None
     if result.status == "stopped":
         return TrialOutcome("PRUNED", f"pruned at step {result.steps_done}", last, **common)
@@ -248,7 +248,11 @@ class TrialLifecycle:
         if TrialKeys.RUN_ID in trial.user_attrs:  # a retry must not keep the lost trial's run id
             attrs[TrialKeys.RUN_ID] = ""
         write_trial(trial, attrs)
-        tags = {"tuner.seed": str(seed), "optuna.trial_id": str(trial_id(trial))}
+        tags = {
+            "tuner.seed": str(seed),
+            "optuna.trial_id": str(trial_id(trial)),
+            "tuner.objective": f"{self.budget.objective} {self.prepared.metric}",
+        }
         run = self.tracker.start_trial(
             self.parent_run_id,
             self.prepared.spec.name,

@@ -140,6 +140,7 @@ def train_budget(budget: Budget) -> TrainBudget:
         accumulate=budget.accumulate,
         compile=budget.compile,
         channels_last=budget.channels_last,
+        objective=budget.objective,
     )
 
 

@@ -132,6 +132,12 @@ def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
     return rows
 
 
+def study_objective(study: optuna.Study) -> str:
+    """What a trial's value is in this study: "final" (its last evaluation) or "best" (studies made before tuner
+    recorded it counted the best evaluation)."""
+    return str(study.user_attrs.get(StudyKeys.OBJECTIVE, "best"))
+
+
 def study_metric(study: optuna.Study) -> str:
     """The metric the study optimizes (``value`` for a study tuner did not make)."""
     return str(study.user_attrs.get(StudyKeys.METRIC, "value"))

@@ -109,6 +109,8 @@ def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
     study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
     study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
     study.set_user_attr(StudyKeys.METRIC, prepared.metric)
+    study.set_user_attr(StudyKeys.OBJECTIVE, prepared.spec.budget.objective)
+    study.set_metric_names([prepared.metric])  # optuna-dashboard shows "accuracy", not "Objective 0"
     if StudyKeys.PARENT_RUN not in study.user_attrs:
         parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
         study.set_user_attr(StudyKeys.PARENT_RUN, parent)

@@ -80,12 +80,10 @@ def fit_population(
 
     Members are grouped by what must match to stack them (the batch size, and an update rule with a batched
     implementation); each group trains in vectorized passes of at most ``max_members`` (default: what fits in
-    ``MEMORY_SHARE`` of the
-    free device memory). ``keep_params`` puts each member's final parameters in ``result.extras["params"]``.
+    ``MEMORY_SHARE`` of the free device memory). ``keep_params`` puts each member's final parameters (with
+    ``objective: best``: those of its best evaluation) in ``result.extras["params"]``.
     ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
     pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
-    A task that streams from loaders, or a budget with mixed precision, accumulation, ``torch.compile`` or
-    channels-last, trains every member with ``fit`` after one ``PopulationFallbackWarning`` (``population_blocker``).
     """
     if len(seeds) != len(recipes):
         raise ValueError(f"need one seed per recipe, got {len(recipes)} recipes and {len(seeds)} seeds")
@@ -160,6 +158,7 @@ class _Running:
     member: _Member
     schedule: Any
     progress: RunProgress
+    best_params: Optional[dict[str, torch.Tensor]] = None  # with objective "best" and keep_params
 
 
 def _groups(members: list[_Member]) -> dict[Any, list[_Member]]:
@@ -558,8 +557,11 @@ class _Population:
             if row in skip:
                 continue
             lr = r.member.recipe.lr * self.multipliers[row]
-            if r.progress.evaluated(r.progress.evaluation(step, metrics[row], train_losses[row], lr)):
+            evaluation = r.progress.evaluation(step, metrics[row], train_losses[row], lr)
+            if r.progress.evaluated(evaluation):
                 stopped.add(row)
+            if self.common.keep_params and self.common.budget.objective == "best" and r.progress.best is evaluation:
+                r.best_params = self._member_params(row)
         self.loss_sums.zero_()
         self.loss_count = 0
         return stopped
@@ -587,6 +589,9 @@ class _Population:
         rows = [self.common.task.metrics(outputs[row], targets[row]) for row in range(len(outputs))]
         return {name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in rows[0]}
 
+    def _member_params(self, row: int) -> dict[str, torch.Tensor]:
+        return {name: p[row].detach().clone() for name, p in self.params.items()}
+
     def _finish(self, rows: set[int], steps_done: int, started: float, finished: dict[int, FitResult]) -> None:
         """Hand the members at ``rows`` their results and take them out of the stacks."""
         if not rows:
@@ -596,7 +601,7 @@ class _Population:
             r = self.running[row]
             extras: dict[str, Any] = {"population": len(self.optimizer)}
             if self.common.keep_params:
-                extras["params"] = {name: p[row].detach().clone() for name, p in self.params.items()}
+                extras["params"] = r.best_params if r.best_params is not None else self._member_params(row)
             finished[r.member.index] = r.progress.result(steps_done, seconds, extras)
         keep = [row for row in range(len(self.running)) if row not in rows]
         index = torch.tensor(keep, dtype=torch.long)

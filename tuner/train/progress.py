@@ -28,6 +28,9 @@ last)."""
 MIN_LOSS_SCALE = 1e-12
 """The divergence limit is ``divergence_factor * max(|first loss|, MIN_LOSS_SCALE)``."""
 
+OBJECTIVES = ("final", "best")
+"""``TrainBudget.objective``: what a run's value is -- its last evaluation, or its best one (weights restored)."""
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 """``TrainBudget.precision``: float32, or mixed precision with bfloat16 or float16 autocast."""
 
@@ -49,6 +52,9 @@ class TrainBudget:
             micro-batch's; schedules, ``steps`` and ``eval_every`` count optimizer steps.
         compile: ``torch.compile`` the model.
         channels_last: the model and 4-D inputs in ``torch.channels_last`` memory format (conv models).
+        objective: what the run's value is: "final", its last evaluation (what a rerun of the recipe ends with), or
+            "best", its best evaluation -- the trainer then restores the weights of that evaluation at the end, so
+            the model and the value agree.
     """
 
     epochs: Optional[int] = None
@@ -60,6 +66,7 @@ class TrainBudget:
     accumulate: int = 1
     compile: bool = False
     channels_last: bool = False
+    objective: str = "final"
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None:
@@ -68,6 +75,8 @@ class TrainBudget:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={self.precision!r}")
         if not _is_int(self.accumulate) or self.accumulate < 1:
             raise ValueError(f"accumulate must be an integer >= 1, got accumulate={self.accumulate!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be 'final' or 'best', got objective={self.objective!r}")
         for name in ("compile", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {name}={getattr(self, name)!r}")
@@ -102,11 +111,22 @@ class FitResult:
     seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
     final: Optional[dict[str, float]] = None  # what the run's own code said it ended with (a user loop's return)
+    objective: str = "final"
 
     @property
     def last(self) -> Optional[Evaluation]:
         """The last evaluation (None when the run never evaluated)."""
         return self.evaluations[-1] if self.evaluations else None
+
+    @property
+    def counted(self) -> Optional[dict[str, float]]:
+        """The metrics the run's value comes from: its final metrics (what its own code said it ended with, else its
+        last evaluation), or its best evaluation when ``objective`` is "best". None: it never evaluated."""
+        if self.objective == "best":
+            return dict(self.best.metrics) if self.best is not None else None
+        if self.final is not None:
+            return dict(self.final)
+        return dict(self.last.metrics) if self.last is not None else None
 
 
 OnEval = Callable[[Evaluation], bool]
@@ -275,6 +295,7 @@ class RunProgress:
             steps_done,
             seconds,
             dict(extras or {}),
+            objective=self.budget.objective,
         )
 
     def stop(self, status: Status, reason: str) -> None:

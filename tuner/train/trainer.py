@@ -117,9 +117,11 @@ class Trainer:
         self.optimizer.train()
 
     def run(self) -> FitResult:
-        """Train for the budget, evaluating on the progress's cadence, until the end or a stop."""
+        """Train for the budget, evaluating on the progress's cadence, until the end or a stop. With
+        ``objective: best`` the model ends with the weights of its best evaluation."""
         started = time.perf_counter()
         progress = self.progress
+        best_weights: Optional[dict[str, torch.Tensor]] = None
         loss_sum, loss_count, step = 0.0, 0, 0
         for step, micro_batches in enumerate(self.batches()):
             loss = self.train_step(step, micro_batches)
@@ -130,8 +132,13 @@ class Trainer:
                 continue
             evaluation = self.evaluate(step + 1, loss_sum / loss_count)
             loss_sum, loss_count = 0.0, 0
-            if progress.evaluated(evaluation):
+            stop = progress.evaluated(evaluation)
+            if self.budget.objective == "best" and progress.best is evaluation:
+                best_weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            if stop:
                 break
+        if best_weights is not None:
+            self.model.load_state_dict(best_weights)
         return progress.result(step + 1, time.perf_counter() - started)
 
     def batches(self) -> Iterator[list[Batch]]:

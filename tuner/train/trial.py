@@ -253,9 +253,12 @@ class Trial:
     def _progress_now(self) -> RunProgress:
         if self._progress is None:
             total = self._total_steps or self.budget.steps or 1_000_000
-            budget = TrainBudget(
-                epochs=self.budget.epochs, steps=self.budget.steps, divergence_factor=self.budget.divergence_factor
-            )  # patience: your loop's to decide
+            budget = TrainBudget(  # patience: your loop's to decide
+                epochs=self.budget.epochs,
+                steps=self.budget.steps,
+                divergence_factor=self.budget.divergence_factor,
+                objective=self.budget.objective,
+            )
             self._progress = RunProgress(
                 budget, self.metric, self.info.direction, total_steps=total, on_eval=self._reporter
             )
