@@ -34,6 +34,18 @@ def run(
             "--warm-start", metavar="STUDY[:K]", help="first enqueue the top-K (default 3) recipes of an earlier study"
         ),
     ] = None,
+    fork: Annotated[
+        Optional[str],
+        typer.Option(
+            "--fork",
+            metavar="NEW_NAME",
+            help="run the file as a new study NEW_NAME, warm-started from the "
+            "study it names (when the file changed what the study is)",
+        ),
+    ] = None,
+    allow_change: Annotated[
+        bool, typer.Option("--allow-change", help="resume the study although the file changed what defines it")
+    ] = False,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
     from tuner.study.prepare import prepare
@@ -41,6 +53,8 @@ def run(
     from tuner.study.warmstart import check_source
 
     prepared = prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
+    if fork is not None:
+        prepared, warm_start = forked(prepared, fork, warm_start)
     budget = prepared.spec.budget
     if warm_start:  # a bad --warm-start fails before anything is written
         check_source(warm_start, prepared)
@@ -50,6 +64,7 @@ def run(
         jobs=jobs,
         warm_start=warm_start,
         population=population or budget.population or 1,
+        allow_change=allow_change,
     )
     try:
         with _Progress(prepared.spec.name, options.n_trials) as progress:
@@ -60,6 +75,20 @@ def run(
         )
         raise typer.Exit(130) from None
     _print_result(study, prepared.metric)
+
+
+def forked(prepared: Any, name: str, warm_start: Optional[str]) -> tuple[Any, str]:
+    """The study file run as study ``name``, warm-started from the study it names (unless ``--warm-start`` says
+    otherwise)."""
+    from dataclasses import replace
+
+    from tuner.spec import parse_study
+
+    original = prepared.spec.name
+    if name == original:
+        raise ValueError(f"--fork: {name!r} is the study the file names; give the new study another name")
+    spec = parse_study({**prepared.spec.model_dump(mode="json"), "name": name}, source=f"--fork {name!r}")
+    return replace(prepared, spec=spec), warm_start or original
 
 
 class _Progress:

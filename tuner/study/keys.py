@@ -26,5 +26,7 @@ class StudyKeys:
     SPEC_DIR = "spec_dir"  # the folder the study file was in (relative task files are found there)
     PARENT_RUN = "mlflow_parent_run_id"  # the study's MLflow parent run
     METRIC = "metric"  # the metric the study optimizes
+    DEFINITION = "definition"  # what defines the study (tuner.study.definition): a resume must not change it
+    CHANGES = "changes"  # the definition changes resumes were allowed (--allow-change), with when
     OBJECTIVE = "objective"  # what a trial's value is: "final" (its last evaluation) or "best"
     LR_AUTO = "lr_auto"  # optimizer -> the LR range test's finding (`lr: auto`)

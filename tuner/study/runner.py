@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,6 +23,7 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.spec import parse_study
+from tuner.study.definition import check_unchanged, definition
 from tuner.study.keys import StudyKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
 from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
@@ -47,6 +48,7 @@ class RunOptions:
         jobs: local processes working on the study (``run_study`` only).
         warm_start: ``OTHER_STUDY[:K]``: enqueue its top-K recipes first (``tuner.study.warmstart``).
         population: > 1: train this many trials at once in one vectorized pass.
+        allow_change: resume a study whose definition the file changes (``tuner.study.definition``).
     """
 
     n_trials: int
@@ -54,6 +56,7 @@ class RunOptions:
     jobs: int = 1
     warm_start: Optional[str] = None
     population: int = 1
+    allow_change: bool = False
 
 
 def run_study(
@@ -66,8 +69,12 @@ def run_study(
     from tuner.study.warmstart import warm_start
 
     quiet_libraries()
+    closer = LostRunCloser()
+    storage = open_storage(prepared.storage_url, on_lost=closer)  # first: an unreachable storage creates nothing
+    changes = check_resume(storage, prepared, options.allow_change)
     tracker = open_tracker(prepared.tracking_uri)
-    study = open_study(prepared, tracker)
+    closer.tracker = tracker
+    study = open_study(prepared, tracker, storage, changes)
     prepared = apply_auto_lr(study, prepared, tracker, on_message)
     if options.warm_start:
         warm_start(study, prepared, options.warm_start, on_message)
@@ -93,19 +100,48 @@ def open_tracker(tracking_uri: str) -> Tracker:
     return make_tracker(tracking_uri)
 
 
-def open_study(prepared: Prepared, tracker: Tracker) -> optuna.Study:
-    """Create the study (and its MLflow parent run) or resume it when one of that name exists."""
-    quiet_libraries()
+def check_resume(storage: Any, prepared: Prepared, allow_change: bool = False) -> list[str]:
+    """When a study of that name exists: the differences between its definition and the file's (``TunerError``
+    unless ``allow_change``; a change of direction always is). Nothing is written."""
     spec = prepared.spec
-    storage = open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
-    exists = spec.name in study_names(storage)
-    direction: Any = prepared.direction  # "maximize" or "minimize", checked by prepare
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, load_if_exists=True)
-    if exists and study.direction.name.lower() != prepared.direction:
+    if spec.name not in study_names(storage):
+        return []
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    if study.direction.name.lower() != prepared.direction:
         raise TunerError(
             f"study {spec.name!r} exists with direction {study.direction.name.lower()}, "
             f"but the study file asks for {prepared.direction}"
         )
+    wanted = definition(spec, prepared.metric, prepared.direction)
+    return check_unchanged(spec.name, stored_definition(study), wanted, allow_change)
+
+
+def stored_definition(study: optuna.Study) -> Optional[dict[str, Any]]:
+    """The definition stored on a study (computed from its stored study file for a study made before it was kept)."""
+    stored = study.user_attrs.get(StudyKeys.DEFINITION)
+    if stored is not None:
+        return dict(stored)
+    spec = study.user_attrs.get(StudyKeys.SPEC)
+    if spec is None:
+        return None
+    metric = study.user_attrs.get(StudyKeys.METRIC) or parse_study(spec).metric
+    return definition(parse_study(spec), metric, study.direction.name.lower()) if metric else None
+
+
+def open_study(prepared: Prepared, tracker: Tracker, storage: Any = None, changes: Sequence[str] = ()) -> optuna.Study:
+    """Create the study (and its MLflow parent run) or resume it when one of that name exists (``check_resume``
+    first: ``changes`` are the differences it allowed, recorded on the study)."""
+    quiet_libraries()
+    spec = prepared.spec
+    storage = storage if storage is not None else open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
+    direction: Any = prepared.direction  # "maximize" or "minimize", checked by prepare
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, load_if_exists=True)
+    if changes:
+        log = list(study.user_attrs.get(StudyKeys.CHANGES, []))
+        study.set_user_attr(
+            StudyKeys.CHANGES, [*log, {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": list(changes)}]
+        )
+    study.set_user_attr(StudyKeys.DEFINITION, definition(spec, prepared.metric, prepared.direction))
     study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
     study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
     study.set_user_attr(StudyKeys.METRIC, prepared.metric)
@@ -125,11 +161,21 @@ def join_study(study_name: str, storage_url: str, tracker: Tracker) -> optuna.St
 
 def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
     """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason)."""
+    closer = LostRunCloser()
+    closer.tracker = tracker
+    return closer
 
-    def close(run_id: str, reason: str) -> None:
-        tracker.end_trial(TrialRun(run_id), TrialOutcome("FAIL", reason))
 
-    return close
+class LostRunCloser:
+    """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason), through ``tracker`` once it is
+    set (the storage is opened before the tracker)."""
+
+    def __init__(self) -> None:
+        self.tracker: Optional[Tracker] = None
+
+    def __call__(self, run_id: str, reason: str) -> None:
+        if self.tracker is not None:
+            self.tracker.end_trial(TrialRun(run_id), TrialOutcome("FAIL", reason))
 
 
 def optimize(
