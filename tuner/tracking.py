@@ -100,7 +100,11 @@ class Tracker(Protocol):
         """Close a trial's run with its outcome; returns what could not be logged so far."""
 
     def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None:
-        """Put the best recipe and the summary on the parent run."""
+        """Put the best recipe and the summary on the parent run; it is FINISHED when no trial is running any more,
+        RUNNING while other workers are on it."""
+
+    def resume_study(self, parent_run_id: Optional[str]) -> None:
+        """The parent run is RUNNING again (a run or a worker starts on the study)."""
 
     def log_to_study(
         self,
@@ -138,6 +142,10 @@ class NullTracker:
         """Nothing is logged."""
         pass
 
+    def resume_study(self, parent_run_id: Optional[str]) -> None:
+        """Nothing is logged."""
+        pass
+
     def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
         """Nothing is logged."""
         pass
@@ -148,6 +156,9 @@ class NullTracker:
 
 
 _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+STUDY_COUNTS = ("trials", "complete", "pruned", "fail", "running", "waiting")
+"""The counts a study's summary always carries on its parent run (zeros included)."""
 
 
 class MlflowTracker:
@@ -179,19 +190,30 @@ class MlflowTracker:
         return run.info.run_id
 
     def end_study(self, parent_run_id: Optional[str], best: Optional[dict[str, Any]], summary: dict[str, Any]) -> None:
-        """Put the best recipe and the summary on the parent run (it stays open for later workers to nest under)."""
+        """Put the summary and the best recipe on the parent run, and end it (FINISHED) unless trials are still
+        running (other workers: it stays RUNNING, and the last one out ends it).
+
+        Every count is written, zeros included, so no count of an earlier summary is left standing. The best recipe
+        goes into tags ``tuner.best.<key>`` (flat, as the trials' params) and ``best_recipe.yaml``: MLflow refuses to
+        change a param once written, and the best recipe changes as the study goes on."""
         self.flush()
         if parent_run_id is None:
             return
         from mlflow.entities import Metric, RunTag
 
         now = _now_ms()
+        counts = {**dict.fromkeys(STUDY_COUNTS, 0), **summary}
         metrics = [
             Metric(f"study.{key}", float(value), now, 0)
-            for key, value in summary.items()
+            for key, value in counts.items()
             if isinstance(value, (int, float))
         ]
-        tags = [RunTag(f"tuner.summary.{key}", str(value)) for key, value in summary.items()]
+        tags = [RunTag(f"tuner.summary.{key}", str(value)) for key, value in counts.items()]
+        if best is not None:
+            tags += [
+                RunTag(f"tuner.best.{key}", str(value)[:MAX_PARAM_LENGTH])
+                for key, value in Recipe.from_dict(best).flat().items()
+            ]
         self._safe("log study summary", self.client.log_batch, parent_run_id, metrics=metrics, tags=tags)
         if best is not None:
             self._safe(
@@ -201,6 +223,15 @@ class MlflowTracker:
                 yaml.safe_dump(best, sort_keys=False),
                 "best_recipe.yaml",
             )
+        if counts["running"]:
+            self.resume_study(parent_run_id)
+        else:
+            self._safe("end study run", self.client.set_terminated, parent_run_id, "FINISHED")
+
+    def resume_study(self, parent_run_id: Optional[str]) -> None:
+        """The parent run is RUNNING again (a run or a worker starts on the study)."""
+        if parent_run_id is not None:
+            self._safe("mark study run running", self.client.update_run, parent_run_id, "RUNNING")
 
     def log_to_study(
         self,

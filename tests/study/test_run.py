@@ -138,9 +138,9 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
     interrupted = [t for t in _study(workdir).trials if t.user_attrs.get("reason") == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
 
-    short = write_study(workdir, "short.yaml", budget={"epochs": 1, "n_trials": 1})  # same study name: resumes it
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tuner", "run", str(short), "--tracking-uri", "none"],
+    short = write_study(workdir, "short.yaml", budget={"epochs": 1, "n_trials": 1}, pruner="asha")  # resumes it
+    resumed = subprocess.run(  # a shorter budget changes what the study is: said, and allowed
+        [sys.executable, "-m", "tuner", "run", str(short), "--tracking-uri", "none", "--allow-change"],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -148,8 +148,11 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
-    states = [t.state for t in _study(workdir).trials]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "re-queued 1 interrupted trial(s): #0" in resumed.stdout
+    first, retry = _study(workdir).trials
+    assert (first.state, retry.state) == (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE)
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == first.params  # the same recipe, the same seed
+    assert retry.user_attrs["seed"] == first.user_attrs["seed"]
 
 
 def _default_sigint() -> None:

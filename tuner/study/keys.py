@@ -17,6 +17,7 @@ class TrialKeys:
     POPULATION = "population"  # how many members it was stacked with (1: trained alone)
     TRACKING_ERRORS = "tracking_errors"  # what could not be logged to MLflow
     WARM_START = "warm_start"  # "study#number" it was enqueued from
+    RETRY_OF = "retry_of"  # the number of the interrupted trial it repeats
 
 
 class StudyKeys:

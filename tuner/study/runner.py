@@ -24,7 +24,7 @@ import optuna
 from tuner.errors import TunerError
 from tuner.spec import parse_study
 from tuner.study.definition import check_unchanged, definition
-from tuner.study.keys import StudyKeys
+from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
 from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
 from tuner.study.prepare import Prepared, prepare, quiet_libraries
@@ -75,6 +75,7 @@ def run_study(
     tracker = open_tracker(prepared.tracking_uri)
     closer.tracker = tracker
     study = open_study(prepared, tracker, storage, changes)
+    requeue_interrupted(study, on_message)
     prepared = apply_auto_lr(study, prepared, tracker, on_message)
     if options.warm_start:
         warm_start(study, prepared, options.warm_start, on_message)
@@ -150,13 +151,39 @@ def open_study(prepared: Prepared, tracker: Tracker, storage: Any = None, change
     if StudyKeys.PARENT_RUN not in study.user_attrs:
         parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
         study.set_user_attr(StudyKeys.PARENT_RUN, parent)
+    else:
+        tracker.resume_study(study.user_attrs[StudyKeys.PARENT_RUN])
     return study
+
+
+def requeue_interrupted(study: optuna.Study, say: Callable[[str], None] = lambda message: None) -> list[int]:
+    """Queue again, once, every trial a Ctrl-C interrupted (FAIL, reason ``interrupted``): same parameters, same seed;
+    the retry carries ``retry_of``. Returns the numbers re-queued."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(TrialKeys.RETRY_OF) for t in trials}
+    requeued = []
+    for trial in trials:
+        if (
+            trial.state == optuna.trial.TrialState.FAIL
+            and trial.user_attrs.get(TrialKeys.REASON) == "interrupted"
+            and trial.number not in retried
+            and trial.params
+        ):
+            attrs = {TrialKeys.RETRY_OF: trial.number, TrialKeys.SEED: trial.user_attrs.get(TrialKeys.SEED)}
+            study.enqueue_trial(trial.params, user_attrs={k: v for k, v in attrs.items() if v is not None})
+            requeued.append(trial.number)
+    if requeued:
+        say(f"re-queued {len(requeued)} interrupted trial(s): {', '.join(f'#{n}' for n in requeued)}")
+    return requeued
 
 
 def join_study(study_name: str, storage_url: str, tracker: Tracker) -> optuna.Study:
     """An existing study, opened for a worker (lost trials' MLflow runs closed through ``tracker``)."""
     storage = open_storage(storage_url, on_lost=lost_run_closer(tracker))
-    return optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    tracker.resume_study(study.user_attrs.get(StudyKeys.PARENT_RUN))
+    requeue_interrupted(study)
+    return study
 
 
 def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
