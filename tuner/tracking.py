@@ -106,6 +106,9 @@ class Tracker(Protocol):
     def resume_study(self, parent_run_id: Optional[str]) -> None:
         """The parent run is RUNNING again (a run or a worker starts on the study)."""
 
+    def delete_study(self, study_name: str) -> bool:
+        """Delete the study's experiment (MLflow keeps it as deleted, restorable); whether there was one."""
+
     def log_to_study(
         self,
         parent_run_id: Optional[str],
@@ -145,6 +148,10 @@ class NullTracker:
     def resume_study(self, parent_run_id: Optional[str]) -> None:
         """Nothing is logged."""
         pass
+
+    def delete_study(self, study_name: str) -> bool:
+        """Nothing is tracked: nothing to delete."""
+        return False
 
     def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
         """Nothing is logged."""
@@ -232,6 +239,14 @@ class MlflowTracker:
         """The parent run is RUNNING again (a run or a worker starts on the study)."""
         if parent_run_id is not None:
             self._safe("mark study run running", self.client.update_run, parent_run_id, "RUNNING")
+
+    def delete_study(self, study_name: str) -> bool:
+        """Delete the study's experiment (MLflow keeps it as deleted, restorable); whether there was one."""
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            return False
+        self.client.delete_experiment(experiment.experiment_id)
+        return True
 
     def log_to_study(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tuner.cli import insight, optimizers, regress, run, schedules, study, team
+from tuner.cli import housekeeping, insight, optimizers, regress, run, schedules, study, team
 
 __all__ = ["app", "main"]
 
@@ -19,9 +19,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for commands in (run.app, study.app, optimizers.app, regress.app, team.app, insight.app):
+for commands in (run.app, study.app, housekeeping.app, optimizers.app, regress.app, team.app, insight.app):
     app.add_typer(commands)
 app.add_typer(schedules.app, name="schedules")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from tuner.version import __version__
+
+        typer.echo(f"tuner {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Tune the optimizer, learning rate and schedule of PyTorch models with Optuna and MLflow."""
 
 
 def main() -> None:

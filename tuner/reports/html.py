@@ -45,14 +45,62 @@ def write_report(
     """
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
-    page = render(study, top_k=top_k)
+    output = Path(output)
+    write_page(output, render(study, top_k=top_k))
+    return _log_to_mlflow(study, output, tracking_uri)
+
+
+def write_page(output: str | Path, page: str) -> None:
+    """Write an HTML page atomically (a temporary file in the same folder, then a rename)."""
     output = Path(output)
     handle, temporary = tempfile.mkstemp(dir=output.parent.resolve(), prefix=f".{output.name}.", suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(page)
     os.chmod(temporary, 0o644)
     os.replace(temporary, output)
-    return _log_to_mlflow(study, output, tracking_uri)
+
+
+def comparison_page(rows: list[dict[str, Any]]) -> str:
+    """``tuner compare`` as one self-contained page: the table, and each study's best value against its compute."""
+    import plotly.graph_objects as go
+    import plotly.io
+    from plotly.offline import get_plotlyjs
+
+    columns = list(rows[0]) if rows else []
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    figure = go.Figure(
+        layout={
+            "title": "best value against optimizer steps trained",
+            "xaxis_title": "optimizer steps",
+            "yaxis_title": "best value",
+            "height": PLOT_HEIGHT,
+        }
+    )
+    for row in rows:
+        if row["best_value"] is not None:
+            figure.add_scatter(
+                x=[row["steps"]],
+                y=[row["best_value"]],
+                mode="markers+text",
+                text=[row["study"]],
+                textposition="top center",
+                name=row["study"],
+            )
+    plot = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False, div_id="plot-compare")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tuner compare</title>\n<style>{CSS}</style>\n"
+        f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n<h1>tuner compare</h1>\n"
+        f"<table><tr>{head}</tr>{body}</table>\n{plot}\n</body></html>\n"
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str]) -> Optional[str]:

@@ -6,6 +6,7 @@ these, so the user attributes tuner writes on a trial (``tuner.study.keys``) are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ class TrialRecord:
     reason: str = ""
     duration_s: Optional[float] = None
     total_steps: Optional[int] = None
+    steps_done: Optional[int] = None
     population: Optional[int] = None
     worker: Optional[str] = None
     run_id: Optional[str] = None
@@ -53,6 +55,7 @@ class TrialRecord:
             str(attrs.get(TrialKeys.REASON, "")),
             attrs.get(TrialKeys.DURATION),
             attrs.get(TrialKeys.TOTAL_STEPS),
+            attrs.get(TrialKeys.STEPS_DONE),
             attrs.get(TrialKeys.POPULATION),
             attrs.get(TrialKeys.WORKER),
             attrs.get(TrialKeys.RUN_ID) or None,
@@ -129,6 +132,49 @@ def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         rows.append({"name": summary.study_name, "direction": study.direction.name.lower(), **summarize(study)})
+    return rows
+
+
+def compute(study: optuna.Study) -> dict[str, Any]:
+    """What a study cost: optimizer steps trained (all its finished trials; a pruned trial its steps up to its last
+    report) and seconds of training, and its trials by state."""
+    steps = seconds = 0.0
+    for record in records(study):
+        if record.state in ("RUNNING", "WAITING"):
+            continue
+        done = record.steps_done
+        if done is None:  # a study of an older tuner: the planned steps, or the last report's step
+            last = max(record.intermediate_values, default=0)
+            done = record.total_steps if record.state == "COMPLETE" and record.total_steps else last
+        steps += done or 0
+        seconds += record.duration_s or 0.0
+    return {"steps": int(steps), "seconds": round(seconds, 1)}
+
+
+def compare(studies: Sequence[optuna.Study]) -> list[dict[str, Any]]:
+    """One row per study, side by side: metric and direction, best value, best recipe, trials by state, compute."""
+    rows = []
+    for study in studies:
+        summary = summarize(study)
+        recipe = best_recipe_or_none(study) or {}
+        rows.append(
+            {
+                "study": study.study_name,
+                "metric": study_metric(study),
+                "objective": study_objective(study),
+                "direction": study.direction.name.lower(),
+                "best_value": summary.get("best_value"),
+                "best_trial": summary.get("best_trial"),
+                "optimizer": recipe.get("optimizer"),
+                "lr": recipe.get("lr"),
+                "schedule": recipe.get("schedule"),
+                "trials": summary["trials"],
+                "complete": summary.get("complete", 0),
+                "pruned": summary.get("pruned", 0),
+                "fail": summary.get("fail", 0),
+                **compute(study),
+            }
+        )
     return rows
 
 

@@ -91,3 +91,8 @@ def load_existing_study(name: str, url: str, storage: Optional[optuna.storages.B
         listing = ", ".join(sorted(names)) or "(none)"
         raise TunerError(f"no study named {name!r} in {mask_url(url)}; studies: {listing}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def delete_study(name: str, url: str) -> None:
+    """Delete study ``name`` and its trials from the storage at ``url``."""
+    optuna.delete_study(study_name=name, storage=open_storage(url))

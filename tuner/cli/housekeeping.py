@@ -1,0 +1,102 @@
+"""Study housekeeping: ``tuner delete`` (a study and its MLflow experiment) and ``tuner compare`` (studies side by
+side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from tuner.cli._common import (
+    JsonOption,
+    StorageOption,
+    StudyArgument,
+    TrackingUriOption,
+    console,
+    fmt,
+    new_app,
+    print_json,
+    user_errors,
+)
+
+app = new_app()
+
+
+@app.command("delete")
+@user_errors
+def delete(
+    study: StudyArgument,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete a study (its trials) and its MLflow experiment (kept by MLflow as deleted, restorable)."""
+    from tuner.spec import parse_study, storage_url
+    from tuner.study.keys import StudyKeys
+    from tuner.study.runner import open_tracker
+    from tuner.study.storage import delete_study, load_existing_study
+
+    url = storage_url(storage)
+    loaded = load_existing_study(study, url)
+    spec = loaded.user_attrs.get(StudyKeys.SPEC)
+    uri = tracking_uri or (parse_study(spec).resolved_tracking_uri() if spec is not None else None)
+    if not yes:
+        typer.confirm(f"delete study {study!r} ({len(loaded.trials)} trials) and its MLflow experiment?", abort=True)
+    delete_study(study, url)
+    tracked = uri is not None and open_tracker(uri).delete_study(study)
+    typer.echo(f"deleted study {study!r}" + (" and its MLflow experiment" if tracked else ""))
+
+
+@app.command("compare")
+@user_errors
+def compare(
+    studies: Annotated[list[str], typer.Argument(metavar="STUDY...", help="two or more study names")],
+    storage: StorageOption = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="also write the comparison as an HTML page")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Studies side by side: best value and recipe, trials by state, and what they cost (optimizer steps trained,
+    seconds of training)."""
+    from tuner.spec import storage_url
+    from tuner.study.records import compare as compare_studies
+    from tuner.study.storage import load_existing_study, open_storage
+
+    url = storage_url(storage)
+    opened = open_storage(url)
+    rows = compare_studies([load_existing_study(name, url, opened) for name in studies])
+    if html is not None:
+        from tuner.reports.html import comparison_page, write_page
+
+        write_page(html, comparison_page(rows))
+    if json_output:
+        return print_json(rows)
+    _print(rows)
+    if html is not None:
+        typer.echo(f"wrote {html}")
+
+
+COLUMNS = (
+    "study",
+    "metric",
+    "best_value",
+    "optimizer",
+    "lr",
+    "schedule",
+    "trials",
+    "complete",
+    "pruned",
+    "fail",
+    "steps",
+    "seconds",
+)
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(*COLUMNS)
+    for row in rows:
+        metric = f"{row['metric']} ({row['objective']}, {'max' if row['direction'] == 'maximize' else 'min'})"
+        table.add_row(*(metric if column == "metric" else fmt(row[column]) for column in COLUMNS))
+    console().print(table)
