@@ -19,7 +19,8 @@ N_FIGURES = 6
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 6-trial study with complete and diverged (pruned) trials, and its report."""
+    """A real 12-trial study with complete and diverged (pruned) trials (5 complete at least: importances), and its
+    report."""
     from typer.testing import CliRunner
 
     from tuner.cli import app
@@ -27,7 +28,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("report")
     path = write_study(
         directory,
-        budget={"epochs": 1, "n_trials": 6},
+        budget={"epochs": 1, "n_trials": 12},
         sampler={"name": "random"},
         space={
             "optimizers": {"adam": {}, "sgd": {"lr": {"low": 5.0, "high": 100.0}}},
@@ -147,3 +148,35 @@ def test_report_bad_input_exits_2(workdir: Path, cli) -> None:
     result = cli("report", "tiny", "-o", "missing/report.html")
     assert result.exit_code == 2 and "missing" in result.stderr
     assert not list(workdir.glob("**/*.html"))
+
+
+def test_importances_are_computed_over_fields_every_trial_has(tmp_path: Path) -> None:
+    """The issue's case: an optimizer's own LR, present in one trial of six, must not get an importance; the recipe's
+    lr (every trial has one) does."""
+    import optuna
+
+    from tuner.recipe import Recipe
+    from tuner.reports.html import _importances
+
+    study = optuna.create_study(direction="maximize")
+    for number in range(8):
+        optimizer = "sgd" if number == 0 else "adam"
+        recipe = Recipe(
+            optimizer=optimizer, lr=10 ** (-1 - number / 3), schedule="constant" if number % 2 else "cosine"
+        )
+        trial = optuna.trial.create_trial(
+            params={"optimizer": optimizer, f"{optimizer}.lr": recipe.lr},
+            distributions={
+                "optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"]),
+                f"{optimizer}.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+            },
+            value=0.5 + 0.05 * number,
+            user_attrs={"recipe": recipe.to_dict()},
+        )
+        study.add_trial(trial)
+    figure = _importances(study, [])
+    names = set(figure.data[0].y)
+    assert names == {"optimizer", "lr", "schedule"} and "sgd.lr" not in names
+    few = optuna.create_study()
+    with pytest.raises(ValueError, match="importances need at least 5"):
+        _importances(few, [])

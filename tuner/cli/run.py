@@ -66,9 +66,16 @@ def run(
         population=population or budget.population or 1,
         allow_change=allow_change,
     )
+    from tuner.study.tables import describe_search
+
+    typer.echo(
+        f"study {prepared.spec.name!r}: {options.n_trials} finished trials wanted; "
+        f"{describe_search(prepared.spec.sampler, prepared.spec.pruner)}"
+    )
     try:
         with _Progress(prepared.spec.name, options.n_trials) as progress:
             study = run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
+            progress.update(study)  # a study that had its trials already shows them, not 0/N
     except KeyboardInterrupt:
         typer.echo(
             "interrupted: the running trial is marked FAIL (reason: interrupted); `tuner run` again resumes.", err=True

@@ -229,8 +229,49 @@ def _parallel(study: optuna.Study, top: list[FrozenTrial]) -> Any:
     return optuna.visualization.plot_parallel_coordinate(study)
 
 
+MIN_IMPORTANCE_TRIALS = 5
+"""Parameter importances need at least this many complete trials."""
+
+RECIPE_FEATURES = ("optimizer", "lr", "schedule", "batch_size", "weight_decay", "warmup", "clip_norm", "clip_value")
+"""What importances are computed over: the recipe's own fields, which every trial has (an optimizer's own
+parameters, ``adam.beta2``, exist only in that optimizer's trials: an importance over them compares a handful)."""
+
+
 def _importances(study: optuna.Study, top: list[FrozenTrial]) -> Any:
-    return optuna.visualization.plot_param_importances(study)
+    """fANOVA importances of the recipe fields that every complete trial has and that vary among them."""
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if TrialKeys.RECIPE in t.user_attrs
+    ]
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        raise ValueError(f"{len(complete)} complete trials; importances need at least {MIN_IMPORTANCE_TRIALS}")
+    recipes = [t.user_attrs[TrialKeys.RECIPE] for t in complete]
+    features = [
+        key
+        for key in RECIPE_FEATURES
+        if all(r.get(key) is not None for r in recipes) and len({repr(r[key]) for r in recipes}) > 1
+    ]
+    if not features:
+        raise ValueError("no recipe field varies among the complete trials")
+    derived = optuna.create_study(direction=study.direction)
+    for trial, recipe in zip(complete, recipes):
+        values = {key: recipe[key] for key in features}
+        distributions = {key: _distribution(key, [r[key] for r in recipes]) for key in features}
+        derived.add_trial(optuna.trial.create_trial(params=values, distributions=distributions, value=trial.value))
+    figure = optuna.visualization.plot_param_importances(derived)
+    figure.update_layout(
+        title=f"importance of the recipe's fields ({len(complete)} complete trials; an optimizer's "
+        f"own parameters, present in its trials only, are left out)"
+    )
+    return figure
+
+
+def _distribution(key: str, values: list[Any]) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        low, high = float(min(values)), float(max(values))
+        return FloatDistribution(low, high, log=key == "lr" and low > 0)
+    return CategoricalDistribution(sorted(set(values), key=repr))
 
 
 def _by_family(study: optuna.Study, top: list[FrozenTrial]) -> Any:

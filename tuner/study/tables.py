@@ -50,3 +50,38 @@ def _built(kind: str, spec: NamedOptions, build: Callable[[], Any]) -> Any:
         return build()
     except (TypeError, ValueError) as error:
         raise TunerError(f"{kind} {spec.name!r}: bad options {spec.options}: {error}") from None
+
+
+STARTUP_SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+}
+"""Samplers that draw their first trials at random (``n_startup_trials``) before their model takes over."""
+
+
+def describe_search(spec: NamedOptions, pruner: NamedOptions) -> str:
+    """One line for the run's start: the sampler and its random start-up trials, the pruner and its warm-up."""
+    parts = [f"sampler {spec.name}"]
+    if spec.name in STARTUP_SAMPLERS:
+        startup = spec.options.get("n_startup_trials", _default(STARTUP_SAMPLERS[spec.name], "n_startup_trials"))
+        if startup:
+            parts[0] += f" (its first {startup} trials are drawn at random)"
+    if pruner.name == "none":
+        parts.append("no pruning")
+    elif pruner.name == "median":
+        options = {"n_startup_trials": 5, "n_warmup_steps": 0, **pruner.options}
+        parts.append(
+            f"pruner median (none pruned before {options['n_startup_trials']} trials complete"
+            + (f", nor before step {options['n_warmup_steps']})" if options["n_warmup_steps"] else ")")
+        )
+    else:
+        parts.append(f"pruner {pruner.name}")
+    return "; ".join(parts)
+
+
+def _default(cls: type, name: str) -> Any:
+    import inspect
+
+    parameter = inspect.signature(cls).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
