@@ -38,6 +38,8 @@ class Float:
     log: bool = False
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"a range needs finite bounds, got low={self.low}, high={self.high}")
         if not self.low <= self.high:
             raise ValueError(f"low must be <= high, got low={self.low}, high={self.high}")
         if self.log and self.low <= 0:
@@ -100,6 +102,7 @@ class Choice:
     def __post_init__(self) -> None:
         if len(self.options) == 0:
             raise ValueError("a choice needs at least one option, got an empty list")
+        _check_finite(self.options)
         object.__setattr__(self, "options", tuple(self.options))
 
     def suggest(self, trial: TrialLike, name: str) -> Any:
@@ -153,6 +156,9 @@ class Fixed:
 
     value: Any
 
+    def __post_init__(self) -> None:
+        _check_finite([self.value])
+
     def suggest(self, trial: TrialLike, name: str) -> Any:
         """The fixed value (nothing is suggested)."""
         return self.value
@@ -176,3 +182,10 @@ def optuna_param_names(dimension: Dimension, name: str) -> list[str]:
     if isinstance(dimension, Beta):
         return [f"{name}.one_minus"]
     return [name]
+
+
+def _check_finite(values: Any) -> None:
+    """Numbers must be finite: ``.inf`` or ``.nan`` in a study file is a mistake, not a value to search."""
+    for value in values:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"values must be finite numbers, got {value!r}")

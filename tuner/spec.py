@@ -147,7 +147,9 @@ class SpaceSpec(Strict):
 class StudySpec(Strict):
     """A whole study file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="study name (letters, digits, _ . -)")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]+$", max_length=200, description="study name (letters, digits, _ . -; 200 at most)"
+    )
     task: Optional[TaskRef] = Field(None, description="what tuner trains: a built-in task or a task file (or train:)")
     train: Optional[TaskRef] = Field(
         None,
@@ -247,8 +249,9 @@ def absolute_sqlite(url: str) -> str:
     """``sqlite:///tuner.db`` relative to the current directory, made absolute so that every process (and MLflow's
     per-URI store cache) sees the same file."""
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + os.path.abspath(url[len(prefix) :])
+    path = url[len(prefix) :]
+    if url.startswith(prefix) and not path.startswith(("/", "file:")) and path != ":memory:":
+        return prefix + os.path.abspath(path)
     return url
 
 

@@ -115,8 +115,8 @@ class Tracker(Protocol):
         params: Optional[dict[str, Any]] = None,
         tags: Optional[dict[str, str]] = None,
         files: tuple[str, ...] = (),
-    ) -> None:
-        """Add params, tags and files to the parent run."""
+    ) -> bool:
+        """Add params, tags and files to the parent run; whether all of it was logged."""
 
     def flush(self) -> None:
         """Wait until everything queued has been sent."""
@@ -153,9 +153,9 @@ class NullTracker:
         """Nothing is tracked: nothing to delete."""
         return False
 
-    def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> None:
+    def log_to_study(self, parent_run_id, params=None, tags=None, files=()) -> bool:
         """Nothing is logged."""
-        pass
+        return False
 
     def flush(self) -> None:
         """Nothing is queued."""
@@ -254,18 +254,29 @@ class MlflowTracker:
         params: Optional[dict[str, Any]] = None,
         tags: Optional[dict[str, str]] = None,
         files: tuple[str, ...] = (),
-    ) -> None:
-        """Add params, tags and files (artifacts) to the study's parent run (LR ranges of ``lr: auto``, the report)."""
+    ) -> bool:
+        """Add params, tags and files (artifacts) to the study's parent run (LR ranges of ``lr: auto``, the report);
+        whether all of it was logged (a failure is warned)."""
         if parent_run_id is None:
-            return
+            return False
         from mlflow.entities import Param, RunTag
+
+        errors: list[str] = []
 
         params_list = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in (params or {}).items()]
         tags_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
         if params_list or tags_list:
-            self._safe("log study params", self.client.log_batch, parent_run_id, params=params_list, tags=tags_list)
+            self._safe(
+                "log study params",
+                self.client.log_batch,
+                parent_run_id,
+                params=params_list,
+                tags=tags_list,
+                errors=errors,
+            )
         for path in files:
-            self._safe(f"log {path}", self.client.log_artifact, parent_run_id, path)
+            self._safe(f"log {path}", self.client.log_artifact, parent_run_id, path, errors=errors)
+        return not errors
 
     def _trial_experiment_id(self, name: str) -> str:
         """The study's experiment id, looked up once per process (one query less per trial)."""

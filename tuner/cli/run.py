@@ -141,14 +141,22 @@ class _Progress:
 
 
 def _print_result(study: Any, metric: str) -> None:
-    from tuner.study.records import best_record, summarize
+    """The study's counts and best recipe; when no trial completed and some failed, why (and exit 1)."""
+    from tuner.study.records import best_record, failure_reasons, summarize
 
     summary = summarize(study)
     counts = ", ".join(f"{summary.get(k, 0)} {k}" for k in ("complete", "pruned", "fail"))
     typer.echo(f"study {study.study_name!r}: {counts}")
     if "best_value" not in summary:
-        typer.echo("no complete trial yet")
-        return
+        reasons = failure_reasons(study)
+        if not reasons:
+            typer.echo("no complete trial yet")
+            return
+        typer.echo("no trial completed; why trials failed:", err=True)
+        for _, count, example in reasons:
+            typer.echo(f"  {count} x {example}", err=True)
+        typer.echo(f"see every trial's reason: tuner show {study.study_name}", err=True)
+        raise typer.Exit(1)
     best = best_record(study)
     recipe = best.to_recipe()
     typer.echo(

@@ -17,14 +17,14 @@ def ls(storage: StorageOption = None, json_output: JsonOption = False) -> None:
     """List the studies in the storage with their trial counts and best values."""
     from tuner.spec import storage_url
     from tuner.study.records import study_summaries
-    from tuner.study.storage import open_storage
+    from tuner.study.storage import mask_url, open_storage, storage_exists
 
     url = storage_url(storage)
-    rows = study_summaries(open_storage(url))
+    rows = study_summaries(open_storage(url)) if storage_exists(url) else []
     if json_output:
         return print_json(rows)
     if not rows:
-        typer.echo(f"no studies in {url}")
+        typer.echo(f"no studies in {mask_url(url)}")
         return
     table = _table("study", "direction", "trials", "complete", "pruned", "fail", "best value")
     for row in rows:

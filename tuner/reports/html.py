@@ -28,7 +28,7 @@ from tuner.schedules import recipe_lr_curve
 from tuner.spec import parse_study
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import quiet_libraries
-from tuner.study.records import study_metric
+from tuner.study.records import reason_kind, study_metric
 from tuner.study.storage import load_existing_study
 from tuner.tracking import make_tracker
 from tuner.train.progress import LR_CURVE_POINTS
@@ -111,8 +111,7 @@ def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str])
     uri = tracking_uri or parse_study(spec).resolved_tracking_uri()
     if uri.lower() == "none":
         return None
-    make_tracker(uri).log_to_study(parent, files=(str(path),))
-    return parent
+    return parent if make_tracker(uri).log_to_study(parent, files=(str(path),)) else None
 
 
 # -- the page -------------------------------------------------------------------------------------------
@@ -196,7 +195,7 @@ def _result_html(study: optuna.Study) -> str:
 
 def reason_group(reason: str) -> str:
     """A reason without its numbers, so that alike reasons count together (``diverged at step N``)."""
-    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", reason.split(":")[0]).strip() or "(none)"
+    return reason_kind(reason)
 
 
 def _counts_html(trials: list[FrozenTrial]) -> str:

@@ -6,6 +6,7 @@ these, so the user attributes tuner writes on a trial (``tuner.study.keys``) are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -176,6 +177,25 @@ def compare(studies: Sequence[optuna.Study]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def failure_reasons(study: optuna.Study, top: int = 3) -> list[tuple[str, int, str]]:
+    """The most frequent reasons the study's failed trials give: (kind -- the reason without its numbers, how many,
+    one full example), most frequent first."""
+    failed = [
+        str(t.user_attrs.get(TrialKeys.REASON, "") or "(no reason recorded)")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    ]
+    groups: dict[str, list[str]] = {}
+    for reason in failed:
+        groups.setdefault(reason_kind(reason), []).append(reason)
+    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
+    return [(kind, len(reasons), reasons[0]) for kind, reasons in ranked]
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its numbers, so that alike reasons count together (``diverged at step N``)."""
+    return re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "N", reason.split(":")[0]).strip() or "(none)"
 
 
 def study_objective(study: optuna.Study) -> str:

@@ -26,8 +26,8 @@ def sizes(value: Union[int, Sequence[int]], name: str) -> tuple[int, ...]:
 
 def check_fraction(value: float, name: str) -> float:
     """``value`` when it is a fraction in (0, 1), else ``ValueError`` naming ``name``."""
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1), got {name}={value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {name}={value!r}")
     return float(value)
 
 

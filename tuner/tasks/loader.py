@@ -96,7 +96,10 @@ def _load_builtin(name: str, options: dict[str, Any]) -> Task:
         raise TunerError(
             f"unknown option {unknown[0]!r} for task {name!r}; valid options: {', '.join(spec.options) or '(none)'}"
         )
-    return spec.factory(**{**spec.options, **options})
+    try:
+        return spec.factory(**{**spec.options, **options})
+    except (TypeError, ValueError) as error:  # a wrong-typed or out-of-range option: say which, no traceback
+        raise TunerError(f"task {name!r}: bad options {options}: {error}") from None
 
 
 def resolve_task_file(path: Union[str, Path], base_dir: Optional[Union[str, Path]] = None) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import optuna
@@ -23,7 +24,9 @@ from tuner.study.storage.sqlite import speed_up_sqlite
 
 __all__ = [
     "TunerStorage",
+    "delete_study",
     "load_existing_study",
+    "storage_exists",
     "mask_url",
     "open_storage",
     "optimize_loop",
@@ -83,8 +86,28 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
 
 
+def sqlite_file(url: str) -> Optional[Path]:
+    """The file of a ``sqlite:///`` URL (None for another database, or SQLite in memory)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        return None
+    return Path(url[len(prefix) :].split("?", 1)[0])
+
+
+def storage_exists(url: str) -> bool:
+    """Whether there is a storage at ``url`` to read (a SQLite file that is not there has no study; reading it must
+    not create it). Other databases: assumed there (opening them says otherwise)."""
+    path = sqlite_file(url)
+    return path is None or path.is_file()
+
+
 def load_existing_study(name: str, url: str, storage: Optional[optuna.storages.BaseStorage] = None) -> optuna.Study:
-    """An existing study, or ``TunerError`` listing the studies that exist."""
+    """An existing study, or ``TunerError`` listing the studies that exist. Never creates a storage."""
+    if storage is None and not storage_exists(url):
+        raise TunerError(
+            f"no study named {name!r}: there is no study storage at {mask_url(url)} (run a study "
+            f"first with `tuner run`, or name the storage with --storage or $TUNER_STORAGE)"
+        )
     storage = storage or open_storage(url)
     names = study_names(storage)
     if name not in names:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
+from tuner.errors import TunerError
 from tuner.study.storage import _optuna
 from tuner.study.storage._optuna import HookedRDBStorage, frozen_id
 
@@ -89,7 +90,9 @@ class TunerStorage(HookedRDBStorage):
             try:
                 return call(*args, **kwargs)
             except Exception as error:
-                if not is_connection_error(error) or time.monotonic() + wait > deadline:
+                if not is_connection_error(error):
+                    raise as_storage_error(error, self.url) from error
+                if time.monotonic() + wait > deadline:
                     raise
                 name = getattr(call, "__name__", None) or getattr(getattr(call, "func", None), "__name__", "call")
                 _log.warning("storage: %s failed (%s); retrying in %.1f s", name, short_error(error), wait)
@@ -201,6 +204,28 @@ _MIRRORS: dict[str, Callable[..., None]] = {
     "set_trial_state_values": _reread,
     "set_trial_intermediate_value": _reread,
 }
+
+
+class StorageError(TunerError):
+    """The study's database refused an operation for good (a read-only file, a full disk): no retry can help."""
+
+
+def as_storage_error(error: Exception, url: str) -> Exception:
+    """A database's own lasting failure as a ``StorageError`` naming the storage (masked); anything else unchanged
+    (Optuna's errors, integrity errors Optuna itself handles)."""
+    from sqlalchemy import exc
+    from sqlalchemy.engine import make_url
+
+    seen: Optional[BaseException] = error  # Optuna wraps a failed commit in its StorageInternalError
+    while seen is not None and not isinstance(seen, exc.OperationalError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return error
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = "the study storage"
+    return StorageError(f"storage {shown}: {short_error(getattr(seen, 'orig', None) or seen)}")
 
 
 def is_connection_error(error: BaseException) -> bool:
