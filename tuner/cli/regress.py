@@ -77,7 +77,13 @@ def regress(
         Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")
     ] = None,
     seeds: Annotated[
-        Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")
+        Optional[int],
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="seeds per recipe: the first S locked ones, or all of them and fresh ones (default: the locked "
+            "ones); the test is paired over the locked seeds re-run, fresh ones are only reported",
+        ),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="local processes training the runs")] = 1,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda ... (default: the lock's)")] = None,
