@@ -110,6 +110,29 @@ def test_lock_a_tuned_study_and_regress_it_unchanged(workdir: Path, cli) -> None
     assert "all locked recipes pass" in (workdir / "out.md").read_text()
 
 
+def test_lock_trial_n_locks_that_trials_recipe(workdir: Path, cli) -> None:
+    study = write_study(
+        workdir, task={"name": "digits-mlp", "options": {"hidden": [16]}}, budget={"epochs": 1, "n_trials": 3}
+    )
+    assert cli("run", study, "--tracking-uri", "none").exit_code == 0
+    best = yaml.safe_load(cli("best", "tiny").stdout)["trial"]
+    number = next(n for n in range(3) if n != best)
+    chosen = yaml.safe_load(cli("best", "tiny", "--trial", str(number)).stdout)
+    path = workdir / "trial.lock.yaml"
+    result = cli("lock", "tiny", "--trial", str(number), "--seeds", "2", "-o", path)
+    assert result.exit_code == 0, result.output
+    (entry,) = read_lock(path).recipes
+    assert (entry.trial, entry.recipe, entry.study_value) == (number, chosen["recipe"], chosen["value"])
+
+    for args, message in [
+        (["--trial", "1", "--top-k", "2"], "--trial 1 locks one trial's recipe; it cannot be combined with --top-k 2"),
+        (["--trial", "7"], "study 'tiny' has no trial 7 (trials 0..2)"),
+    ]:
+        result = cli("lock", "tiny", *args, "-o", workdir / "refused.lock.yaml")
+        assert result.exit_code == 2 and message in result.stderr
+        assert not (workdir / "refused.lock.yaml").exists()
+
+
 def test_same_seed_same_machine_is_bit_identical(good_lock: Path) -> None:
     (case,) = regress([good_lock])
     locked = read_lock(good_lock).recipes[0]
