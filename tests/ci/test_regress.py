@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import shutil
+import statistics
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -13,7 +15,7 @@ from tests.helpers import ROOT, write_study
 from tuner.ci.lock import build_lock
 from tuner.ci.lockfile import LockBudget, dump_lock, read_lock, write_atomically
 from tuner.ci.rule import judge
-from tuner.ci.runner import derive_seeds, regress
+from tuner.ci.runner import SeedResult, derive_seeds, regress, verdict_for
 from tuner.recipe import Recipe
 from tuner.spec import TaskRef
 
@@ -108,6 +110,29 @@ def test_lock_a_tuned_study_and_regress_it_unchanged(workdir: Path, cli) -> None
     assert "all locked recipes pass" in (workdir / "out.md").read_text()
 
 
+def test_lock_trial_n_locks_that_trials_recipe(workdir: Path, cli) -> None:
+    study = write_study(
+        workdir, task={"name": "digits-mlp", "options": {"hidden": [16]}}, budget={"epochs": 1, "n_trials": 3}
+    )
+    assert cli("run", study, "--tracking-uri", "none").exit_code == 0
+    best = yaml.safe_load(cli("best", "tiny").stdout)["trial"]
+    number = next(n for n in range(3) if n != best)
+    chosen = yaml.safe_load(cli("best", "tiny", "--trial", str(number)).stdout)
+    path = workdir / "trial.lock.yaml"
+    result = cli("lock", "tiny", "--trial", str(number), "--seeds", "2", "-o", path)
+    assert result.exit_code == 0, result.output
+    (entry,) = read_lock(path).recipes
+    assert (entry.trial, entry.recipe, entry.study_value) == (number, chosen["recipe"], chosen["value"])
+
+    for args, message in [
+        (["--trial", "1", "--top-k", "2"], "--trial 1 locks one trial's recipe; it cannot be combined with --top-k 2"),
+        (["--trial", "7"], "study 'tiny' has no trial 7 (trials 0..2)"),
+    ]:
+        result = cli("lock", "tiny", *args, "-o", workdir / "refused.lock.yaml")
+        assert result.exit_code == 2 and message in result.stderr
+        assert not (workdir / "refused.lock.yaml").exists()
+
+
 def test_same_seed_same_machine_is_bit_identical(good_lock: Path) -> None:
     (case,) = regress([good_lock])
     locked = read_lock(good_lock).recipes[0]
@@ -116,9 +141,58 @@ def test_same_seed_same_machine_is_bit_identical(good_lock: Path) -> None:
 
 
 def test_unchanged_recipe_on_fresh_seeds_passes(good_lock: Path, cli) -> None:
-    result = cli("regress", good_lock, "--seeds", "7")  # 4 locked + 3 fresh seeds: Welch's test, not paired
+    result = cli("regress", good_lock, "--seeds", "7")  # 4 locked + 3 fresh seeds: paired over the 4, fresh reported
     assert result.exit_code == 0, result.output
-    assert "Welch t" in result.stdout
+    assert "over the 4 locked seeds re-run; 3 fresh seeds beyond the lock: mean 0.9" in result.stdout
+    assert "Welch" not in result.stdout and "+0 " in result.stdout  # the compared seeds are bit-identical
+
+
+def _shifted(source: Path, target: Path, tolerances: float) -> Path:
+    """The lock with every locked value ``tolerances`` tolerances better (mean recomputed, std unchanged): re-running
+    the unchanged recipe is then exactly that much worse than the lock, on every seed."""
+    data = yaml.safe_load(source.read_text())
+    entry = data["recipes"][0]
+    entry["values"] = [value + tolerances * entry["tolerance"] for value in entry["values"]]
+    entry["mean"] = statistics.fmean(entry["values"])
+    entry["std"] = statistics.stdev(entry["values"])
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+@pytest.mark.parametrize(
+    "change, seeds, scope",
+    [
+        ("3 tolerances", "2", "over the 2 locked seeds re-run"),  # fewer seeds than locked (Welch passed it)
+        ("3 tolerances", "7", "over the 4 locked seeds re-run; 3 fresh seeds beyond the lock"),  # more
+        ("lr halved", "2", "over the 2 locked seeds re-run"),  # a real change, -0.026 (2.6 tolerances) here
+    ],
+)
+def test_a_drop_of_3_tolerances_regresses_with_fewer_or_more_seeds_than_locked(
+    good_lock: Path, tmp_path: Path, cli, change: str, seeds: str, scope: str
+) -> None:
+    """The issue's case: `--seeds` below the locked count ran Welch's test of 2 new values against all 4 locked ones
+    and passed a drop of 3 tolerances (p=0.08); above it mixed re-run and fresh seeds. Now the test is paired over
+    the locked seeds that were re-run, and the fresh ones are only reported."""
+    if change == "3 tolerances":
+        lock = _shifted(good_lock, tmp_path / "better.lock.yaml", 3.0)
+    else:
+        lock = _edited(good_lock, tmp_path / "halved.lock.yaml", lr=GOOD.lr / 2)
+    result = cli("regress", lock, "--seeds", seeds)
+    assert result.exit_code == 1, result.output
+    assert "0 passed, 1 regressed" in result.stdout and scope in result.stdout
+
+
+def test_no_locked_seed_rerun_is_welch_and_says_so(good_lock: Path) -> None:
+    lock = read_lock(good_lock)
+    entry = lock.recipes[0]
+    fresh = [SeedResult(seed, value - 0.05, "completed", "", 0.0) for seed, value in zip(range(4), entry.values)]
+    verdict = verdict_for(lock, entry, fresh)
+    assert verdict.test == "Welch t" and not verdict.passed
+    assert "no locked seed was re-run: Welch's test" in verdict.reason
+    paired = verdict_for(
+        lock, entry, [SeedResult(s, v, "completed", "", 0.0) for s, v in zip(entry.seeds, entry.values)]
+    )
+    assert paired.test == "threshold" and paired.passed and paired.worse == 0.0
 
 
 REGRESSIONS = {  # measured on 8-10 seeds here: GOOD 0.945; these 0.687, 0.895, 0.874
@@ -209,6 +283,14 @@ BAD_LOCKS = {
     "bad lr": ({"recipes__0__recipe__lr": -1.0}, "recipes.0.recipe: lr must be > 0, got lr=-1.0"),
     "unknown metric": ({"metric": "f1"}, "metric: unknown metric 'f1'"),
     "seeds and values differ": ({"recipes__0__seeds": [1, 2]}, "values and seeds must have the same length"),
+    "repeated seed": ({"recipes__0__seeds": [1, 2, 2, 3]}, "recipes.0.seeds: seeds must be distinct"),
+    "mean not of values": ({"recipes__0__mean": 0.5}, "recipes.0.mean: 0.5 is not the mean of values"),
+    "std not of values": ({"recipes__0__std": 0.5}, "recipes.0.std: 0.5 is not the sample standard deviation"),
+    "nan value": ({"recipes__0__values": [0.9, math.nan, 0.9, 0.9]}, "recipes.0.values.1: Input should be a finite"),
+    "nan mean": ({"recipes__0__mean": math.nan}, "recipes.0.mean: Input should be a finite number (got nan)"),
+    "inf std": ({"recipes__0__std": math.inf}, "recipes.0.std: Input should be a finite number (got inf)"),
+    "inf tolerance": ({"recipes__0__tolerance": math.inf}, "recipes.0.tolerance: Input should be a finite number"),
+    "nan tolerance": ({"recipes__0__tolerance": math.nan}, "recipes.0.tolerance: Input should be a finite number"),
 }
 
 

@@ -214,21 +214,21 @@ def test_exported_python_reproduces_the_training_lr_sequence(workdir: Path, cli,
     namespace: dict = {}
     exec(compile(source, "exported.py", "exec"), namespace)  # the snippet must run on its own
 
+    best = json.loads(cli("best", "tiny", "--json").stdout)
+    recipe = Recipe.from_dict(best["recipe"])
+    trained = fit(load_task("digits-mlp", {"hidden": [32]}), recipe, TrainBudget(epochs=2), seed=best["seed"])
+    assert f"The trial ran {trained.total_steps} optimizer steps" in source
+
     model = torch.nn.Linear(4, 2)
     optimizer = namespace["make_optimizer"](model)
-    scheduler = namespace["make_scheduler"](optimizer)
+    scheduler = namespace["make_scheduler"](optimizer, trained.total_steps)
     exported = []
-    for _ in range(namespace["TOTAL_STEPS"]):
+    for _ in range(trained.total_steps):
         exported.append(optimizer.param_groups[0]["lr"])
         model(torch.ones(1, 4)).sum().backward()
         namespace["clip_gradients"](model)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-
-    best = json.loads(cli("best", "tiny", "--json").stdout)
-    recipe = Recipe.from_dict(best["recipe"])
-    trained = fit(load_task("digits-mlp", {"hidden": [32]}), recipe, TrainBudget(epochs=2), seed=best["seed"])
-    assert len(exported) == trained.total_steps
     for step, lr in trained.lr_curve:
         assert exported[step] == pytest.approx(lr, rel=1e-12, abs=1e-15), step

@@ -63,6 +63,46 @@ def test_never_empty(losses: list[float], note: str) -> None:
     assert note in result.note
 
 
+def test_a_sweep_that_diverged_never_proposes_an_lr_at_or_above_where_it_diverged() -> None:
+    """The issue's case: adagrad's range reached 0.314 while its sweep diverged at 0.278, so `lr: auto` searched LRs
+    known to diverge. Here the valley's range reaches its lowest loss (lr 0.2) and the sweep stopped at 0.17."""
+    stop = next(i for i, lr in enumerate(LRS) if lr >= 0.15)
+    free = suggest(LRS, CLEAN)
+    assert free.high > LRS[stop]  # without the divergence, the range would reach past it
+    capped = suggest(LRS[: stop + 1], CLEAN[: stop + 1], diverged_at=LRS[stop])
+    assert capped.high == LRS[stop - 1] < LRS[stop]  # the last LR before divergence
+    assert capped.low <= capped.lr <= capped.high and capped.lr == free.lr
+    assert "below lr 0.17" in capped.note and "where the sweep diverged" in capped.note
+    # the entrance itself beyond the cap: the suggestion comes down to it, the low stays below
+    early = suggest(LRS, CLEAN, diverged_at=free.lr)
+    assert early.lr == early.high < free.lr and early.low <= early.lr
+    # a non-finite loss is a divergence at its LR, even when the caller does not say so
+    nan_at = next(i for i, lr in enumerate(LRS) if lr >= 2 * free.lr)  # 3 x the entrance lies past it
+    blown = suggest(LRS, [*CLEAN[:nan_at], float("nan")])
+    assert blown.high == LRS[nan_at - 1] and blown.low <= blown.lr <= blown.high
+    assert "where the sweep diverged" in blown.note
+    # diverged at the very first LR: the suggestion is a tenth of it, the whole range below it
+    first = suggest(LRS, [float("inf")], diverged_at=LRS[0])
+    assert first.high < LRS[0] and first.lr == pytest.approx(LRS[0] / 10)
+
+
+def test_a_real_sweep_that_diverges_caps_its_range_below_the_divergence() -> None:
+    """sgd on digits up to lr 100, stopped as soon as the loss is 1.3x its low: the valley's 3 x entrance (4.1)
+    lies past the divergence (3.5) -- capped, the suggestion and range stay below it, and `summary()` (what
+    `lr: auto` searches) too."""
+    from tuner.tasks import load_task
+    from tuner.train.lr_range import range_test
+
+    task = load_task("digits-mlp", {"hidden": [32]})
+    config = SweepConfig(steps=100, lr_end=100.0, divergence_factor=1.3)
+    finding = range_test(task, "sgd", batch_size=64, config=config, device="cpu")
+    assert finding.stopped.startswith("diverged at lr")
+    diverged_at = finding.lrs[-1]
+    row = finding.summary()
+    assert row["low"] <= row["lr"] <= row["high"] < diverged_at
+    assert row["high"] == finding.lrs[-2] and "where the sweep diverged" in row["note"]
+
+
 def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:
     assert not diverged([2.3, 90.0, 2.2, 2.2, 2.1, 2.1], min_steps=10, factor=4)  # early spike
     assert not diverged([2.0] * 20 + [50.0, 2.0], min_steps=10, factor=4)  # one spike: median ignores it

@@ -1,8 +1,8 @@
 """``tuner lock``: re-train a study's best recipes over fixed seeds at full budget and write a lock file.
 
 ``build_lock`` locks any recipes for a task (no study needed); ``lock_study`` picks the best ``top_k`` distinct
-recipes of an Optuna study and calls it. The file format is in ``tuner.ci.lockfile``, the pass rule in
-``tuner.ci.rule``.
+recipes of an Optuna study, or one trial's recipe (``trial``), and calls it. The file format is in
+``tuner.ci.lockfile``, the pass rule in ``tuner.ci.rule``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tuner.recipe import Recipe
 from tuner.spec import TaskRef, parse_study
 from tuner.study.keys import StudyKeys
 from tuner.study.prepare import quiet_libraries
-from tuner.study.records import TrialRecord, top_records
+from tuner.study.records import TrialRecord, top_records, trial_record
 from tuner.study.storage import load_existing_study
 from tuner.tasks import is_task_file, load_task, resolve_task_file
 
@@ -159,9 +159,13 @@ def lock_study(
     top_k: int = 1,
     seeds: int = 5,
     device: Optional[str] = None,
+    trial: Optional[int] = None,
     **options: Any,
 ) -> LockFile:
-    """Lock the best ``top_k`` distinct recipes of a study (its spec and spec dir are read from the study)."""
+    """Lock the best ``top_k`` distinct recipes of a study, or trial ``trial``'s recipe (its spec and spec dir are
+    read from the study)."""
+    if trial is not None and top_k > 1:
+        raise TunerError(f"--trial {trial} locks one trial's recipe; it cannot be combined with --top-k {top_k}")
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
     if StudyKeys.SPEC not in study.user_attrs:
@@ -175,7 +179,7 @@ def lock_study(
         assert spec.task is not None  # train: and command: studies name their metric
         metric = load_task(spec.task.name, spec.task.options, base_dir=spec_dir).metric
     direction = study.direction.name.lower()
-    best = best_distinct(study, top_k)
+    best = best_distinct(study, top_k) if trial is None else [trial_record(study, trial)]
     budget = spec.budget
     return build_lock(
         study_name,

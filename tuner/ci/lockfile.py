@@ -2,28 +2,34 @@
 
 A lock file (``studies/NAME.lock.yaml``) holds the task reference and options, recipe, budget, metric and direction,
 per-seed values, mean and std, the pass rule (``tuner.ci.rule``) and each recipe's tolerance, versions, device and
-platform. ``read_lock`` validates one (a ``TunerError`` names the file, the field and the value); ``dump_lock`` writes
-keys in a fixed order and floats exactly.
+platform. ``read_lock`` validates one (a ``TunerError`` names the file, the field and the value): every number finite,
+``mean`` and ``std`` those of ``values`` (to float noise), seeds distinct; ``dump_lock`` writes keys in a fixed order
+and floats exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, TEST_NAME
+from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, TEST_NAME, mean_std
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
 from tuner.spec import TaskRef, format_validation_error, read_yaml_mapping
 from tuner.version import __version__
 
 LOCK_VERSION = 1
+RELATIVE_TOLERANCE = 1e-9
+"""How far a lock's ``mean`` and ``std`` may be from what its ``values`` give (float noise), relative."""
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -53,8 +59,8 @@ class PassRule(_Strict):
 
     test: str = TEST_NAME
     alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
-    min_effect: float = Field(DEFAULT_MIN_EFFECT, ge=0)
-    floor: float = Field(ge=0, description="absolute floor of the tolerance, in metric units")
+    min_effect: float = Field(DEFAULT_MIN_EFFECT, ge=0, allow_inf_nan=False)
+    floor: float = Field(ge=0, allow_inf_nan=False, description="absolute floor of the tolerance, in metric units")
 
 
 class LockedRecipe(_Strict):
@@ -65,10 +71,10 @@ class LockedRecipe(_Strict):
     study_value: Optional[float] = None
     recipe: dict[str, Any]
     seeds: list[int] = Field(min_length=1)
-    values: list[float] = Field(min_length=1)
-    mean: float
-    std: float = Field(ge=0)
-    tolerance: float = Field(ge=0)
+    values: list[Finite] = Field(min_length=1)
+    mean: float = Field(allow_inf_nan=False, description="the mean of values")
+    std: float = Field(ge=0, allow_inf_nan=False, description="the sample standard deviation of values")
+    tolerance: float = Field(ge=0, allow_inf_nan=False)
 
 
 class LockFile(_Strict):
@@ -132,6 +138,16 @@ def _check_entry(path: Path, index: int, entry: LockedRecipe) -> None:
         raise TunerError(
             f"{where}: values and seeds must have the same length, got {len(entry.values)} and {len(entry.seeds)}"
         )
+    if len(set(entry.seeds)) != len(entry.seeds):
+        raise TunerError(f"{where}.seeds: seeds must be distinct, got {entry.seeds}")
+    mean, std = mean_std(entry.values)
+    for key, stated, computed in (("mean", entry.mean, mean), ("std", entry.std, std)):
+        if not math.isclose(stated, computed, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12):
+            what = "mean" if key == "mean" else "sample standard deviation"
+            raise TunerError(
+                f"{where}.{key}: {stated!r} is not the {what} of values ({computed!r}); the lock was edited by hand "
+                f"or is corrupt: re-create it with `tuner lock`"
+            )
     try:
         check_recipe(recipe_of(entry))
     except (TunerError, ValueError, TypeError) as error:

@@ -11,10 +11,12 @@ locked seed-to-seed standard deviation. The check is a one-sided t-test with tha
 
     H0: true worse <= tolerance        H1: true worse > tolerance        REGRESSED when p < alpha (default 0.05)
 
-* On the locked seeds (the default) the test is **paired** (``scipy.stats.ttest_1samp`` of the per-seed
-  differences against the tolerance): same seed, same initialisation and data order, so the seed noise cancels.
-* On other seeds (``--seeds`` more or fewer than the lock holds) it is **Welch's** t-test
-  (``scipy.stats.ttest_ind(equal_var=False)``) of the new values against the locked ones.
+* The test is **paired** (``scipy.stats.ttest_1samp`` of the per-seed differences against the tolerance) over the
+  seeds both sides have: same seed, same initialisation and data order, so the seed noise cancels. ``tuner regress``
+  runs the locked seeds, the first S of them (``--seeds S`` fewer) or all of them and fresh ones (``--seeds S``
+  more); the fresh ones are reported, not tested (``tuner.ci.runner.compare``).
+* Only when no locked seed was re-run is it **Welch's** t-test (``scipy.stats.ttest_ind(equal_var=False)``) of the
+  new values against the locked ones.
 * When both sides have zero spread (a bit-identical rerun) or a side has a single seed, no test is possible and
   the rule is the plain threshold ``worse > tolerance``.
 * A run that diverges, or ends without an evaluation, is a regression by itself.
@@ -37,7 +39,10 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT = 0.5
 DEFAULT_FLOOR_FRACTION = 0.01  # the default floor: this fraction of |locked mean|
 MIN_FLOOR = 1e-9
-TEST_NAME = "one-sided t-test: REGRESSED when p(worse > tolerance) < alpha; paired on the locked seeds, Welch otherwise"
+TEST_NAME = (
+    "one-sided t-test: REGRESSED when p(worse > tolerance) < alpha; paired over the locked seeds re-run, "
+    "Welch when none is"
+)
 
 
 def tolerance_for(std: float, floor: float, min_effect: float) -> float:

@@ -1,7 +1,8 @@
 """Running locked recipes: one training run per (recipe, seed), here or in worker processes, and ``regress``.
 
 ``regress`` validates every lock, re-runs every locked recipe on its seeds and judges each with the pass rule
-(``tuner.ci.rule``). Imports no Optuna or MLflow; torch is imported by the functions that train.
+(``tuner.ci.rule``): paired over the locked seeds that were re-run (``compare``); fresh seeds beyond the lock are
+reported apart. Imports no Optuna or MLflow; torch is imported by the functions that train.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 import math
 import os
 import platform
+import statistics
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -206,6 +208,44 @@ def _init_worker(threads: int) -> None:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """What the pass rule compares for one locked recipe (``compare``).
+
+    ``locked`` and ``new`` are the values on the seeds both sides have, seed by seed (``paired``); when no locked seed
+    was re-run they are all the locked and all the new values (Welch's test, ``paired`` False). ``fresh`` are the
+    new values on seeds the lock does not hold: reported, not tested, whenever a paired test is possible."""
+
+    locked: list[float]
+    new: list[float]
+    paired: bool
+    fresh: list[float] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """How the test was made, and the fresh seeds' mean, for the verdict's reason."""
+        if self.paired:
+            scope = f"over the {len(self.new)} locked seed{'s' * (len(self.new) != 1)} re-run"
+            if self.fresh:
+                scope += (
+                    f"; {len(self.fresh)} fresh seed{'s' * (len(self.fresh) != 1)} beyond the lock: "
+                    f"mean {statistics.fmean(self.fresh):.4g} (reported, not in the test)"
+                )
+            return scope
+        return "(no locked seed was re-run: Welch's test of the new values against the locked ones)"
+
+
+def compare(entry: LockedRecipe, new: Sequence[SeedResult]) -> Comparison:
+    """Pair ``new`` with the locked values on the seeds both sides have; the other new seeds are fresh. A run without
+    a value is left out (``verdict_for`` fails the recipe on it before comparing)."""
+    locked = dict(zip(entry.seeds, entry.values))
+    values = {r.seed: float(r.value) for r in new if r.value is not None}
+    common = [seed for seed in values if seed in locked]
+    fresh = [value for seed, value in values.items() if seed not in locked]
+    if not common:
+        return Comparison(list(entry.values), fresh, paired=False)
+    return Comparison([locked[seed] for seed in common], [values[seed] for seed in common], True, fresh)
+
+
+@dataclass(frozen=True)
 class CaseResult:
     """The check of one locked recipe: locked and new values, the verdict."""
 
@@ -223,9 +263,16 @@ class CaseResult:
         """``lock_path#rank``: how the summaries name this locked recipe."""
         return f"{self.lock_path}#{self.entry.rank}"
 
+    @property
+    def compared(self) -> Comparison:
+        """The locked and new values the pass rule compared (``compare``)."""
+        return compare(self.entry, self.new)
+
 
 def plan_seeds(entry: LockedRecipe, count: Optional[int], study_seed_base: int = 0) -> list[int]:
-    """The locked seeds, or the first ``count`` of them, or all of them plus fresh ones derived after them."""
+    """The seeds ``tuner regress --seeds count`` runs: the locked seeds (``count`` None or their number), the first
+    ``count`` of them (fewer), or all of them plus fresh ones derived after them (more). The test is paired over the
+    locked ones either way (``compare``)."""
     if count is None or count == len(entry.seeds):
         return list(entry.seeds)
     if count < len(entry.seeds):
@@ -316,7 +363,7 @@ def regress(
                 entry,
                 chosen,
                 new,
-                verdict_for(lock, entry, chosen, new),
+                verdict_for(lock, entry, new),
                 sum(r.seconds for r in new),
                 environment_notes(lock.environment, here),
             )
@@ -324,8 +371,9 @@ def regress(
     return cases
 
 
-def verdict_for(lock: LockFile, entry: LockedRecipe, seeds: Sequence[int], new: Sequence[SeedResult]) -> Verdict:
-    """The pass rule for one locked recipe; a diverged or evaluation-less run fails on its own."""
+def verdict_for(lock: LockFile, entry: LockedRecipe, new: Sequence[SeedResult]) -> Verdict:
+    """The pass rule for one locked recipe over what ``compare`` pairs; a diverged or evaluation-less run fails on
+    its own."""
     broken = [r for r in new if r.value is None or r.status == "diverged"]
     if broken:
         first = broken[0]
@@ -337,14 +385,11 @@ def verdict_for(lock: LockFile, entry: LockedRecipe, seeds: Sequence[int], new: 
             "diverged",
             f"seed {first.seed}: {first.reason or first.status or 'no evaluation'}",
         )
-    return judge(
-        entry.values,
-        [r.value for r in new],
-        lock.direction,
-        entry.tolerance,
-        lock.rule.alpha,
-        paired=list(seeds) == list(entry.seeds),
+    compared = compare(entry, new)
+    verdict = judge(
+        compared.locked, compared.new, lock.direction, entry.tolerance, lock.rule.alpha, paired=compared.paired
     )
+    return replace(verdict, reason=f"{verdict.reason} {compared.describe()}")
 
 
 def environment_notes(locked: dict[str, Any], here: dict[str, Any]) -> list[str]:

@@ -16,18 +16,18 @@ def fmt(value: float) -> str:
 
 
 def table_rows(cases: Sequence[CaseResult]) -> list[dict[str, str]]:
-    """One row per locked recipe: lock, metric, locked mean±std, new mean±std, delta, tolerance, verdict."""
+    """One row per locked recipe: lock, metric, locked mean±std, new mean±std, delta, tolerance, verdict. Locked and
+    new are the values the rule compared (the locked seeds that were re-run, paired; fresh seeds are in the reason)."""
     rows = []
     for case in cases:
-        values = [r.value for r in case.new if r.value is not None]
-        new = f"{fmt(mean_std(values)[0])} ± {fmt(mean_std(values)[1])}" if values else "-"
-        delta = mean_std(values)[0] - case.entry.mean if values else math.nan
+        compared = case.compared
+        delta = mean_std(compared.new)[0] - mean_std(compared.locked)[0] if compared.new else math.nan
         rows.append(
             {
                 "lock": case.name,
                 "metric": f"{case.lock.metric} ({'max' if case.lock.direction == 'maximize' else 'min'})",
-                "locked": f"{fmt(case.entry.mean)} ± {fmt(case.entry.std)}",
-                "new": new,
+                "locked": _mean_std(compared.locked),
+                "new": _mean_std(compared.new),
                 "delta": _signed(delta),
                 "tolerance": fmt(case.verdict.tolerance),
                 "p": fmt(case.verdict.p_value),
@@ -35,6 +35,13 @@ def table_rows(cases: Sequence[CaseResult]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{fmt(mean)} ± {fmt(std)}"
 
 
 def _signed(value: float) -> str:
@@ -68,8 +75,9 @@ def markdown_summary(cases: Sequence[CaseResult]) -> str:
         lines.extend(f"  - note: {note}" for note in case.notes)
     lines.append("")
     lines.append(
-        "Rule: REGRESSED when a one-sided t-test (paired on the locked seeds) finds the new mean worse than the "
-        "locked mean by more than the tolerance, `max(floor, min_effect × locked std)`, at p < alpha."
+        "Rule: REGRESSED when a one-sided t-test (paired over the locked seeds that were re-run; fresh seeds are "
+        "reported, not tested) finds the new mean worse than the locked mean by more than the tolerance, "
+        "`max(floor, min_effect × locked std)`, at p < alpha."
     )
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,10 @@ def lock(
         Optional[Path], typer.Option("-o", "--output", help="lock file (default: studies/STUDY.lock.yaml)")
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="lock the best K distinct recipes")] = 1,
+    trial: Annotated[
+        Optional[int],
+        typer.Option("--trial", min=0, help="lock trial N's recipe instead of the best (not with --top-k)"),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="fixed seeds each recipe is trained on")] = 5,
     storage: StorageOption = None,
     device: DeviceOption = None,
@@ -35,7 +39,8 @@ def lock(
     ] = True,
     jobs: Annotated[int, typer.Option(min=1, help="local processes training the seeds")] = 1,
 ) -> None:
-    """Re-train the best recipe(s) of STUDY over fixed seeds at full budget; write a lock file for `tuner regress`."""
+    """Re-train the best recipe(s) of STUDY (or trial N's) over fixed seeds at full budget; write a lock file for
+    `tuner regress`."""
     from tuner.ci.lock import lock_study
     from tuner.ci.lockfile import dump_lock, write_atomically
     from tuner.ci.summary import fmt
@@ -47,6 +52,7 @@ def lock(
         storage_url(storage),
         path,
         top_k=top_k,
+        trial=trial,
         seeds=seeds,
         device=device,
         floor=floor,
@@ -77,7 +83,13 @@ def regress(
         Optional[Path], typer.Option("--summary", help="write a markdown summary (for a CI step summary)")
     ] = None,
     seeds: Annotated[
-        Optional[int], typer.Option("--seeds", min=1, help="seeds per recipe (default: the locked ones)")
+        Optional[int],
+        typer.Option(
+            "--seeds",
+            min=1,
+            help="seeds per recipe: the first S locked ones, or all of them and fresh ones (default: the locked "
+            "ones); the test is paired over the locked seeds re-run, fresh ones are only reported",
+        ),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="local processes training the runs")] = 1,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda ... (default: the lock's)")] = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -77,21 +77,29 @@ def _trial_row(record: Any) -> dict[str, Any]:
     }
 
 
+TrialOption = Annotated[
+    Optional[int], typer.Option("--trial", min=0, help="trial N instead of the best (any state, if it has a recipe)")
+]
+
+
 @app.command("best")
 @user_errors
-def best(study: StudyArgument, storage: StorageOption = None, json_output: JsonOption = False) -> None:
-    """The best trial's value and recipe."""
+def best(
+    study: StudyArgument, storage: StorageOption = None, json_output: JsonOption = False, trial: TrialOption = None
+) -> None:
+    """The best trial's value and recipe (or trial N's with --trial N)."""
     import yaml
 
     from tuner.spec import storage_url
-    from tuner.study.records import best_record, study_metric, study_objective
+    from tuner.study.records import best_record, study_metric, study_objective, trial_record
     from tuner.study.storage import load_existing_study
 
     loaded = load_existing_study(study, storage_url(storage))
-    record = best_record(loaded)
+    record = best_record(loaded) if trial is None else trial_record(loaded, trial)
     result = {
         "study": study,
         "trial": record.number,
+        "state": record.state,
         "value": record.value,
         "metric": study_metric(loaded),
         "objective": study_objective(loaded),
@@ -110,15 +118,18 @@ def export(
     study: StudyArgument,
     storage: StorageOption = None,
     format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml",
+    trial: TrialOption = None,
 ) -> None:
-    """Print the best recipe as YAML, JSON, or a self-contained Python snippet building the optimizer and scheduler."""
+    """Print the best recipe (or trial N's) as YAML, JSON, or a self-contained Python snippet building the optimizer
+    and scheduler."""
     from tuner.errors import lookup
-    from tuner.reports.export import EXPORTERS, best_of
+    from tuner.reports.export import EXPORTERS, best_of, trial_of
     from tuner.spec import storage_url
     from tuner.study.storage import load_existing_study
 
     exporter = lookup(EXPORTERS, "format", format)
-    typer.echo(exporter(best_of(load_existing_study(study, storage_url(storage)))).rstrip())
+    loaded = load_existing_study(study, storage_url(storage))
+    typer.echo(exporter(best_of(loaded) if trial is None else trial_of(loaded, trial)).rstrip())
 
 
 @app.command("schema")

@@ -68,7 +68,7 @@ def torch_kwargs(spec: OptimizerSpec, params: Mapping[str, Any]) -> dict[str, An
     return kwargs
 
 
-def _weight_decay_kwargs(spec: OptimizerSpec, weight_decay: float, mode: str) -> tuple[dict[str, Any], Optional[str]]:
+def weight_decay_kwargs(spec: OptimizerSpec, weight_decay: float, mode: str) -> tuple[dict[str, Any], Optional[str]]:
     """The torch kwargs for weight decay, and the mode the managed optimizer must apply itself (or None)."""
     native = spec.native_weight_decay
     if mode in native:
@@ -239,7 +239,7 @@ class _Phase:
 def _make_part(
     spec: OptimizerSpec, params: list, kwargs: dict[str, Any], lr: float, recipe: Recipe, scale: float
 ) -> _Part:
-    decay_kwargs, manual = _weight_decay_kwargs(spec, recipe.weight_decay, recipe.weight_decay_mode)
+    decay_kwargs, manual = weight_decay_kwargs(spec, recipe.weight_decay, recipe.weight_decay_mode)
     optimizer = resolve_class(spec.torch_class)(params, lr=lr * scale, **kwargs, **decay_kwargs)
     part = _Part(optimizer, params, scale, MANUAL_DECAY[manual], spec.schedule_free)
     part.train()

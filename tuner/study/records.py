@@ -90,6 +90,16 @@ def best_record(study: optuna.Study) -> TrialRecord:
     return TrialRecord.of(best_trial(study))
 
 
+def trial_record(study: optuna.Study, number: int) -> TrialRecord:
+    """Trial ``number``'s record, whatever its state (``TunerError`` when the study has no such trial)."""
+    trials = study.get_trials(deepcopy=False)
+    found = [trial for trial in trials if trial.number == number]
+    if not found:
+        numbers = f"trials 0..{len(trials) - 1}" if trials else "no trials yet"
+        raise TunerError(f"study {study.study_name!r} has no trial {number} ({numbers})")
+    return TrialRecord.of(found[0])
+
+
 def best_recipe(study: optuna.Study) -> Recipe:
     """The best complete trial's recipe."""
     return best_record(study).to_recipe()

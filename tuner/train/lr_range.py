@@ -20,6 +20,10 @@ Rule: with ``s`` the smoothed loss, ``s_min`` its minimum at ``lr_min_loss`` and
 start level, the suggestion is the first LR where ``s`` is within ``KNEE`` of ``drop`` above ``s_min`` — the
 entrance of the valley, stable under noise in its flat bottom — and the safe range is
 ``[suggestion / 10, max(lr_min_loss, 3 * suggestion)]``: past the lowest loss, training gets worse.
+
+When the sweep stopped on divergence at LR ``d``, nothing at or above ``d`` is proposed: the range's high and the
+suggestion are capped at the last LR of the sweep before ``d`` (and the low at the suggestion), and the note says so.
+A sweep that diverged at its very first LR suggests a tenth of it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from tuner.recipe import Recipe
@@ -110,14 +114,25 @@ def _centered(values: Sequence[float], window: int, reduce) -> list[float]:
     return [reduce(values[max(0, i - half) : i + half + 1]) for i in range(len(values))]
 
 
-def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+def suggest(lrs: Sequence[float], losses: Sequence[float], diverged_at: Optional[float] = None) -> Suggestion:
     """The suggested LR and safe range from a sweep's (lr, loss) points; never empty.
 
     ``losses`` may be shorter than ``lrs`` (a sweep stopped early) and may end with non-finite values.
+    ``diverged_at``: the LR at which the sweep stopped on divergence (a non-finite loss counts as divergence at its
+    LR without it); the suggestion and the whole range then lie strictly below it (module docstring).
     """
     finite = _finite_prefix(losses)
+    if len(finite) < len(losses):
+        first_bad = lrs[len(finite)]
+        diverged_at = first_bad if diverged_at is None else min(diverged_at, first_bad)
+    return _below_divergence(_suggest(lrs, finite), lrs, diverged_at)
+
+
+def _suggest(lrs: Sequence[float], finite: list[float]) -> Suggestion:
     if not finite:
-        return _fallback(lrs[0], lrs[0], "the loss was not finite at the first step; the sweep started too high")
+        return _fallback(
+            lrs[0] / 10, lrs[0] / 10, "the loss was not finite at the first step; the sweep started too high"
+        )
     s = smooth(finite)
     i_min = min(range(len(s)), key=s.__getitem__)
     start = statistics.median(finite[: max(1, len(finite) // 10)])
@@ -133,6 +148,24 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
         high=max(lrs[i_min], 3 * lr),
         lr_min_loss=lrs[i_min],
         note="valley entrance of the smoothed loss",
+    )
+
+
+def _below_divergence(found: Suggestion, lrs: Sequence[float], diverged_at: Optional[float]) -> Suggestion:
+    """``found`` with its high and LR capped at the sweep's last LR below ``diverged_at`` (and its low at the LR)."""
+    if diverged_at is None:
+        return found
+    below = [lr for lr in lrs if lr < diverged_at]
+    if not below or found.high <= max(below):  # diverged at the first LR: the fallback lies below it already
+        return found
+    cap = max(below)
+    lr = min(found.lr, cap)
+    return replace(
+        found,
+        lr=lr,
+        low=min(found.low, lr),
+        high=cap,
+        note=f"{found.note}; capped at lr {cap:.3g}, below lr {diverged_at:.3g} where the sweep diverged",
     )
 
 
@@ -189,10 +222,11 @@ def range_test(
     trainer = Trainer(task, recipe, TrainBudget(steps=config.steps), device=device, seed=seed)
     losses: list[float] = []
     stopped = f"completed {config.steps} steps"
+    diverged_at: Optional[float] = None
     for step, micro_batches in enumerate(trainer.batches()):
         losses.append(trainer.train_step(step, micro_batches, lr_multiplier=lrs[step] / config.lr_end))
         if diverged(losses, config.steps // 10, config.divergence_factor):
-            stopped = f"diverged at lr {lrs[step]:.3g} (step {step + 1})"
+            stopped, diverged_at = f"diverged at lr {lrs[step]:.3g} (step {step + 1})", lrs[step]
             break
     finite = _finite_prefix(losses)
     return LRFinding(
@@ -202,7 +236,7 @@ def range_test(
         losses,
         smooth(finite) if finite else [],
         stopped,
-        suggest(lrs, losses),
+        suggest(lrs, losses, diverged_at),
     )
 
 
