@@ -362,13 +362,21 @@ class ManagedOptimizer:
         part.optimizer.step(penalized)
         return losses[0].detach()
 
-    def _enter(self, step: int) -> _Phase:
+    def begin(self, step: int, *, hand_over: bool = True) -> None:
+        """Enter the phase of optimizer step ``step`` before its gradients are computed (a user's own loop computes
+        them before ``apply_gradients``). ``hand_over=False`` when the weights already are the later phase's (loaded
+        from a checkpoint)."""
+        self._enter(step, hand_over=hand_over)
+
+    def _enter(self, step: int, *, hand_over: bool = True) -> _Phase:
         if self.switch_step is not None and self._active == 0 and step >= self.switch_step:
-            for part in self._phases[0].parts:
-                part.eval()  # a schedule-free first optimizer hands over its averaged weights x
+            if hand_over:
+                for part in self._phases[0].parts:
+                    part.eval()  # a schedule-free first optimizer hands over its averaged weights x
             self._active = 1
-            for part in self._phases[1].parts:
-                part.train()
+            if hand_over:
+                for part in self._phases[1].parts:
+                    part.train()
         return self.phase
 
     def train(self) -> None:

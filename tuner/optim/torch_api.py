@@ -52,6 +52,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
         self.managed = build_optimizer(module, recipe, total_steps, full_batch=full_batch)
         super().__init__(self.managed.params, {"lr": recipe.lr})
         self.recipe, self.total_steps, self.steps_taken = recipe, total_steps, 0
+        self.managed.begin(0)
 
     @property
     def lr_multiplier(self) -> float:
@@ -83,6 +84,8 @@ class RecipeOptimizer(torch.optim.Optimizer):
 
             loss = self.managed.step(self.steps_taken, multiplier, clipped)
         self.steps_taken += 1
+        # The next step's gradients are the user's to compute: a switch must hand over the weights before them.
+        self.managed.begin(self.steps_taken)
         return loss
 
     def train(self) -> None:
@@ -112,6 +115,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
         self.steps_taken = int(state_dict["steps_taken"])
         self.param_groups[0]["lr"] = float(state_dict["lr"])
+        self.managed.begin(self.steps_taken, hand_over=False)  # the model's weights are already the saved ones
 
 
 class RecipeScheduler(torch.optim.lr_scheduler.LRScheduler):
