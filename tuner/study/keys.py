@@ -16,6 +16,7 @@ class TrialKeys:
     POPULATION = "population"  # how many members it was stacked with (1: trained alone)
     TRACKING_ERRORS = "tracking_errors"  # what could not be logged to MLflow
     WARM_START = "warm_start"  # "study#number" it was enqueued from
+    GRID_POINT = "grid_point"  # the grid point it runs (a key of tuner.study.grid.Grid), on a grid study's trials
 
 
 class StudyKeys:
@@ -26,3 +27,4 @@ class StudyKeys:
     PARENT_RUN = "mlflow_parent_run_id"  # the study's MLflow parent run
     METRIC = "metric"  # the metric the study optimizes
     LR_AUTO = "lr_auto"  # optimizer -> the LR range test's finding (`lr: auto`)
+    GRID = "grid"  # a grid study's grid: size, points a range, LR points
