@@ -121,6 +121,26 @@ def test_two_workers_and_populations_share_the_grid(workdir: Path) -> None:
     assert max(t.user_attrs[TrialKeys.POPULATION] for t in study.trials) == 3  # trained stacked
 
 
+def test_a_grid_larger_than_n_trials_is_refused_unless_partial(workdir: Path, cli) -> None:
+    path = write_study(workdir, budget={"steps": 5, "n_trials": 5}, space=SMALL, sampler=SMALL_GRID)
+    refused = cli("run", path)
+    assert refused.exit_code == 2
+    assert "the grid has 18 points, more than n_trials (5)" in refused.stderr
+    assert "--allow-partial-grid" in refused.stderr
+    assert not (workdir / "tuner.db").exists() and not (workdir / "mlflow.db").exists()
+
+    partial = cli("run", path, "--allow-partial-grid", "--tracking-uri", "none")
+    assert partial.exit_code == 0, partial.output
+    assert partial.output.splitlines()[0] == (
+        "grid: 18 points over 4 branches (optimizer x schedule), 2 values a range, 3 LR values"
+    )
+    more = cli("run", path, "--allow-partial-grid", "--n-trials", "8", "--tracking-uri", "none")
+    assert more.exit_code == 0, more.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8  # 5, then 3 points more
+    assert len(_points_run(study)) == 8
+
+
 def test_an_interrupted_point_is_queued_again_a_failed_one_is_not(workdir: Path) -> None:
     space = prepare(write_study(workdir, space=SMALL, sampler=SMALL_GRID)).space
     study = optuna.create_study(study_name="g", storage=open_storage(f"sqlite:///{workdir / 'g.db'}"))
