@@ -20,6 +20,7 @@ from tuner.study.keys import TrialKeys
 from tuner.study.prepare import prepare
 from tuner.study.runner import RunOptions, run_study
 from tuner.study.storage import open_storage
+from tuner.study.tables import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -176,3 +177,19 @@ def test_the_order_is_shuffled_by_the_seed(workdir: Path) -> None:
         enqueue_grid(study, space, NamedOptions(**SMALL_GRID), seed=seed, n_trials=100)
         orders.append([t.user_attrs[TrialKeys.GRID_POINT] for t in study.trials])
     assert orders[0] == orders[1] != orders[2] and sorted(orders[0]) == sorted(orders[2])
+
+
+def test_without_a_refusing_storage_the_grid_stops_at_the_first_trial_it_cannot_fix(workdir: Path) -> None:
+    """On a storage that cannot refuse new trials (in memory), the sampler fails the first trial no point fixes and
+    stops the study, as Optuna's grid sampler does; a queued trial without a grid key (a retry) runs as any other."""
+    path = write_study(workdir, space={**SMALL, "optimizers": ["sgd"], "schedules": ["constant"]}, sampler=SMALL_GRID)
+    space = prepare(path).space
+    study = optuna.create_study(sampler=make_sampler(NamedOptions(**SMALL_GRID), 0, space))
+    enqueue_grid(study, space, NamedOptions(**SMALL_GRID), seed=0, n_trials=100)  # sgd's 3 LRs
+    study.enqueue_trial({"sgd.lr": 0.5})  # queued without a grid key, as a retry is
+
+    def objective(trial: optuna.Trial) -> float:
+        return space.sample(trial).lr
+
+    study.optimize(objective, n_trials=10, catch=(TunerError,))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 + [TrialState.FAIL]

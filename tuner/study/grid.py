@@ -219,9 +219,10 @@ def point_key(params: Mapping[str, Any]) -> str:
 
 
 class GridQueueSampler(optuna.samplers.BaseSampler):
-    """The sampler of a grid study: it never samples -- every parameter of a grid trial is fixed by the point it was
-    enqueued with (``enqueue_grid``). A trial that is no grid point (the storage could not refuse it: not a
-    ``TunerStorage``) fails, and the sampler stops the study as Optuna's own grid sampler does when its grid is done.
+    """The sampler of a grid study: it never samples -- every parameter of a queued trial is fixed by the point it was
+    enqueued with (``enqueue_grid``; a retry of a queued trial has its parameters too). Asked to sample, it knows the
+    queue was empty (the storage could not refuse the trial: not a ``TunerStorage``): that trial fails, and the
+    sampler stops the study as Optuna's own grid sampler does when its grid is done.
 
     Args:
         space: the study's search space; ``grid`` is built from it at once (bad options fail here).
@@ -239,6 +240,7 @@ class GridQueueSampler(optuna.samplers.BaseSampler):
     ) -> None:
         points, lr_points = grid_options({"points": points, "lr_points": lr_points})
         self.grid = build_grid(space, points, lr_points)
+        self.exhausted = False  # set when asked to sample: a trial came from no queued point
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return {}
@@ -249,6 +251,7 @@ class GridQueueSampler(optuna.samplers.BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
     ) -> Any:
+        self.exhausted = True
         if TrialKeys.GRID_POINT in trial.user_attrs:
             raise TunerError(
                 f"grid point of trial {trial.number} does not fix {param_name!r}: it was queued for another space "
@@ -259,7 +262,7 @@ class GridQueueSampler(optuna.samplers.BaseSampler):
     def after_trial(
         self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Optional[Sequence[float]]
     ) -> None:
-        if TrialKeys.GRID_POINT not in trial.user_attrs:
+        if self.exhausted:
             study.stop()
 
 
