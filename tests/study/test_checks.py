@@ -45,6 +45,7 @@ REFUSED = [
         ["space.optimizers.muon", "2-D weight matrices"],
     ),
     ("optimizer-value", {"space": {**ONE, "optimizers": {"adam": {"eps": -1.0}}}}, ["space.optimizers.adam", "eps=-1"]),
+    ("clipping-value", {"space": {**ONE, "clip_norm": [1.0, -1.0]}}, ["space.clip_norm", "clip_norm=-1.0"]),
     ("warmup-fraction-past-1", {"space": {**ONE, "warmup": 1.5}}, ["space.warmup", "fraction in [0, 1)", "1.5"]),
     (
         "warmup-float-range-past-1",

@@ -7,6 +7,7 @@ for the shortest and the longest run -- so that what passes here does not fail t
 * the run's length: optimizer steps a trial for each batch size of the space, planned as the trainer plans them
   (``plan_batches``) from the task's training-set size, or its train loader's ``len()``, the budget's epochs or
   steps and ``accumulate``;
+* the shared dimensions: every value makes a valid recipe (weight decay >= 0, clipping > 0, batch size >= 1);
 * every optimizer of the space and every switch target: lbfgs (``full_batch_only``) only with ``batch_size: null``;
   built with ``build_optimizer`` on the task's model (built once) at the ends of its ranges -- muon needs 2-D weight
   matrices, sparse_adam a sparse embedding, every hyperparameter value must be valid;
@@ -95,6 +96,7 @@ def check_study(spec: StudySpec, task: Optional[Task], space: SearchSpace, budge
     """Every check of the module docstring, in order; returns the plan. Raises ``TunerError``."""
     lengths, basis = run_lengths(task, space, budget) if task is not None else ((), "")
     runs = _distinct_runs(lengths) or [RunLength(None, NOMINAL_STEPS)]
+    check_shared(space)
     check_optimizers(task, space, runs, spec.space.batch_size is None)
     check_warmup(space, runs)
     check_schedules(space, runs)
@@ -162,7 +164,17 @@ def _run_words(run: RunLength) -> str:
     return f"a trial with {size} runs {run.steps} optimizer steps: {run.basis}"
 
 
-# -- optimizers ------------------------------------------------------------------------------------------------------
+# -- shared dimensions and optimizers --------------------------------------------------------------------------------
+
+SHARED_VALUES = ("batch_size", "weight_decay", "weight_decay_mode", "clip_norm", "clip_value")
+"""Shared dimensions whose every probed value a recipe must accept (warmup: ``check_warmup``)."""
+
+
+def check_shared(space: SearchSpace) -> None:
+    """Every probed value of the shared dimensions makes a valid recipe (weight decay >= 0, clipping > 0 ...)."""
+    for name in SHARED_VALUES:
+        for value in _values(space.shared[name]):
+            _try(f"space.{name}", {}, partial(Recipe, optimizer="sgd", lr=1.0, **{name: value}))
 
 
 def check_optimizers(task: Optional[Task], space: SearchSpace, runs: list[RunLength], default_batch: bool) -> None:
