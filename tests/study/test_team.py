@@ -127,9 +127,11 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
 
     trials = _trials(url, "team")
     by_state = {
-        state: [t for t in trials if t.state.name == state] for state in ("COMPLETE", "FAIL", "RUNNING", "WAITING")
+        state: [t for t in trials if t.state.name == state]
+        for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
     }
-    assert len(by_state["COMPLETE"]) >= N_TRIALS, outputs
+    finished = by_state["COMPLETE"] + by_state["PRUNED"]  # a random LR may diverge (pruned), depending on the order
+    assert len(finished) >= N_TRIALS, outputs
     assert not by_state["RUNNING"] and not by_state["WAITING"], outputs
     lost = next(t for t in trials if t.number == lost.number)
     assert lost.state.name == "FAIL" and lost.user_attrs["reason"] == "worker lost"
@@ -137,20 +139,20 @@ def test_three_workers_survive_a_sigkill_and_a_postgres_restart(postgres, mlflow
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert len(retries) == 1, "the lost trial is retried exactly once"
     retry = retries[0]
-    assert retry.state.name == "COMPLETE" and retry.params == lost.params
+    assert retry.state.name in ("COMPLETE", "PRUNED") and retry.params == lost.params
     assert (
         retry.user_attrs["recipe"] == lost.user_attrs["recipe"] and retry.user_attrs["seed"] == lost.user_attrs["seed"]
     )
     assert not retry.user_attrs["worker"].endswith(f":{victim.pid}")
-    recipes = [json.dumps([t.user_attrs["recipe"], t.user_attrs["seed"]], sort_keys=True) for t in by_state["COMPLETE"]]
-    assert len(set(recipes)) == len(recipes), "no completed trial is duplicated"
+    recipes = [json.dumps([t.user_attrs["recipe"], t.user_attrs["seed"]], sort_keys=True) for t in finished]
+    assert len(set(recipes)) == len(recipes), "no finished trial is duplicated"
 
     runs = mlflow_runs(mlflow_server.uri, "team")
     parents = [r for r in runs if r.data.tags.get("tuner.role") == "study"]
     children = [r for r in runs if r.data.tags.get("tuner.role") == "trial"]
     assert len(parents) == 1
     assert sorted(int(r.data.tags["tuner.trial_number"]) for r in children) == sorted(t.number for t in trials)
-    expected = {t.number: ("FINISHED" if t.state.name == "COMPLETE" else "FAILED", t.state.name) for t in trials}
+    expected = {t.number: ("FAILED" if t.state.name == "FAIL" else "FINISHED", t.state.name) for t in trials}
     for run in children:
         number = int(run.data.tags["tuner.trial_number"])
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
