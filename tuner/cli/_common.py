@@ -52,7 +52,11 @@ def user_errors(command: F) -> F:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` to stderr and exit with ``code``."""
+    """Print ``error: message`` to stderr (any URL in it masked) and exit with ``code``."""
+    if "://" in message:
+        from tuner.study.storage.redact import mask_text
+
+        message = mask_text(message)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
