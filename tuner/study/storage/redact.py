@@ -43,7 +43,14 @@ def mask_url(url: str) -> str:
 
 def mask_text(text: str) -> str:
     """``text`` with every URL in it masked by ``mask_url``."""
-    return _URL.sub(lambda match: mask_url(match.group(0)), text) if "://" in text else text
+    return _URL.sub(_mask_match, text) if "://" in text else text
+
+
+def _mask_match(match: re.Match) -> str:
+    """A URL found in text, masked; punctuation after it (``... at http://host/api: refused``) is the text's."""
+    found = match.group(0)
+    url = found.rstrip(".,;:!?)]}")
+    return mask_url(url) + found[len(url) :]
 
 
 def redact(data: Any) -> Any:
