@@ -106,6 +106,19 @@ def test_a_worker_with_its_own_study_file_runs_that_file_not_the_database(team: 
     assert "study 'tiny': 1 complete" in result.output  # the file's own n_trials (1), not the edited 3
 
 
+def test_a_resumed_run_trains_its_own_file_and_reads_the_stored_one_as_data(team: Path, cli) -> None:
+    _edit(team, **EDITS["task module"])
+    url = f"sqlite:///{team / 'tuner.db'}"
+    result = cli("run", team / "tiny.yaml", "--storage", url, "--tracking-uri", "none")
+    assert result.exit_code == 0, result.output
+    _edit(team, **EDITS["task module"])  # the run stored its own file again: edit it once more
+    study = optuna.load_study(study_name="tiny", storage=url)
+    study.set_user_attr("definition", None)  # a study of an older tuner: its definition is read off the stored file
+    result = cli("run", team / "tiny.yaml", "--storage", url, "--tracking-uri", "none")
+    assert result.exit_code == 2 and 'task.name: "subprocess:getoutput" -> "digits-mlp"' in result.stderr
+    assert not (team / "MARKER").exists()
+
+
 def test_a_study_file_that_defines_another_study_is_refused(team: Path, cli) -> None:
     url = f"sqlite:///{team / 'tuner.db'}"
     changed = {**TINY_STUDY, "budget": {"epochs": 3, "n_trials": 1}}
@@ -117,6 +130,8 @@ def test_a_study_file_that_defines_another_study_is_refused(team: Path, cli) -> 
     (team / "other.yaml").write_text(yaml.safe_dump({**changed, "name": "other"}))
     result = cli("worker", "tiny", "--storage", url, "--file", team / "other.yaml")
     assert result.exit_code == 2 and "defines study 'other', not 'tiny'" in result.stderr
+    result = cli("worker", "tiny", "--file", team / "missing.yaml")
+    assert result.exit_code == 2 and "missing.yaml: study file not found" in result.stderr
 
 
 def test_a_task_file_allowed_by_pattern_runs(team: Path, cli, monkeypatch) -> None:
