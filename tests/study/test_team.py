@@ -299,22 +299,15 @@ def test_a_gpu_that_does_not_exist_exits_2(cli, gpus, message):
 
 
 def test_gpu_workers_are_pinned_one_per_gpu():
-    from tuner.study.worker import WorkerOptions, gpu_worker_command, gpu_worker_env, parse_gpus
+    from tuner.study.worker import WorkerOptions, gpu_worker_command, parse_gpus
 
     assert parse_gpus("0,1", available=2) == [0, 1]
     with pytest.raises(Exception, match="listed twice"):
         parse_gpus("1,1", available=2)
-    options = WorkerOptions("team", "postgresql://u:pw@h/db", n_trials=8, tracking_uri="http://u:pw@m:5000")
-    command = gpu_worker_command(options)
-    assert command[1:] == ["-m", "tuner", "worker", "team", "--n-trials", "8", "--device", "cuda"]
-    env = gpu_worker_env(options, "1")  # the URLs go by environment: a command line is visible in ps
-    assert (env["TUNER_STORAGE"], env["MLFLOW_TRACKING_URI"], env["CUDA_VISIBLE_DEVICES"]) == (
-        "postgresql://u:pw@h/db",
-        "http://u:pw@m:5000",
-        "1",
-    )
+    command = gpu_worker_command(WorkerOptions("team", "postgresql://u:pw@h/db", n_trials=8))
+    assert command[1:] == ["-m", "tuner", "worker", "team", "--urls-from-env", "--n-trials", "8", "--device", "cuda"]
     with_file = gpu_worker_command(WorkerOptions("team", "sqlite:///t.db", study_file="team.yaml"))
-    assert with_file[5:7] == ["--file", os.path.abspath("team.yaml")]  # the children allow what their parent does
+    assert with_file[6:8] == ["--file", os.path.abspath("team.yaml")]  # the children allow what their parent does
 
 
 # -- docker-compose parity --------------------------------------------------------------------------------------

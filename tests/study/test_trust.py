@@ -4,7 +4,6 @@ allow it); what the worker's own side names -- a built-in task, ``--file``, ``$T
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -191,13 +190,28 @@ def test_a_command_pattern_without_its_folder_is_a_clear_error(monkeypatch) -> N
         allowed_patterns("cmd:python train.py")
 
 
-def test_gpu_children_inherit_what_their_parent_allows(monkeypatch) -> None:
-    from tuner.study.worker import WorkerOptions, gpu_worker_command, gpu_worker_env
+def test_gpu_children_inherit_what_their_parent_allows(team: Path, monkeypatch) -> None:
+    """``--gpus`` children (here one, on the CPU) run with their parent's ``--file`` or allow-list and URLs, none of
+    which is on their command line."""
+    from tuner.study.worker import WorkerOptions, gpu_worker_command, run_gpu_workers
 
-    monkeypatch.setenv("TUNER_ALLOWED_TASKS", "mypkg.*")
-    options = WorkerOptions("tiny", "sqlite:///t.db", study_file="tiny.yaml")
-    assert gpu_worker_env(options, "0")["TUNER_ALLOWED_TASKS"] == "mypkg.*"
-    assert gpu_worker_command(options)[5:7] == ["--file", os.path.abspath("tiny.yaml")]
+    url = f"sqlite:///{team / 'tuner.db'}"
+    _edit(team, **EDITS["task file"])
+    elsewhere = {**yaml.safe_load((team / "tiny.yaml").read_text()), "storage": f"sqlite:///{team / 'other.db'}"}
+    (team / "elsewhere.yaml").write_text(yaml.safe_dump(elsewhere))  # --storage beats it, in the children too
+    with_file = WorkerOptions("tiny", url, tracking_uri="none", device="cpu", study_file=str(team / "elsewhere.yaml"))
+    assert not any("sqlite" in word or word == "none" for word in gpu_worker_command(with_file))
+    assert run_gpu_workers(with_file, [0]) == 0
+    code = team / "code"
+    code.mkdir()
+    shutil.copy(FIXTURES / "user_task.py", code / "user_task.py")
+    _edit(team, task={"name": "code/user_task.py:make_task", "options": {}})
+    allowed = WorkerOptions("tiny", url, n_trials=1, tracking_uri="none", device="cpu")
+    with pytest.raises(TunerError, match="has not allowed"):
+        run_gpu_workers(allowed, [0])  # refused once, in the parent, before any child starts
+    monkeypatch.setenv("TUNER_ALLOWED_TASKS", f"{code}/*.py")
+    assert run_gpu_workers(allowed, [0]) == 0
+    assert not (team / "MARKER").exists() and not (team / "other.db").exists()
 
 
 def test_a_worker_sends_mlflow_data_where_its_own_side_says(team: Path, monkeypatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -35,6 +36,7 @@ def worker(
     tracking_uri: TrackingUriOption = None,
     device: DeviceOption = None,
     study_file: StudyFileOption = None,
+    urls_from_env: Annotated[bool, typer.Option("--urls-from-env", hidden=True)] = False,
 ) -> None:
     """Join an existing study and run its trials until it holds its target of finished trials.
 
@@ -43,6 +45,8 @@ def worker(
     from tuner.study.records import summarize
     from tuner.study.worker import WorkerOptions, parse_gpus, run_gpu_workers, run_worker
 
+    if urls_from_env:  # a --gpus child: its parent resolved both and put them in the environment, not on argv
+        storage, tracking_uri = os.environ["TUNER_STORAGE"], os.environ["MLFLOW_TRACKING_URI"]
     url = own_storage_url(storage, study_file)
     options = WorkerOptions(study, url, n_trials, timeout, tracking_uri, device, study_file and str(study_file))
     if gpus is not None:

@@ -111,8 +111,9 @@ def gpu_count() -> int:
 
 def gpu_worker_command(options: WorkerOptions) -> list[str]:
     """The ``tuner worker`` command line one pinned child runs (no ``--gpus``: it trains in its own process). URLs
-    are not on it (``ps`` shows command lines): they go in the child's environment (``gpu_worker_env``)."""
-    command = [sys.executable, "-m", "tuner", "worker", options.study]
+    are not on it (``ps`` shows command lines): the child takes the ones its parent resolved from its environment
+    (``--urls-from-env``, ``gpu_worker_env``)."""
+    command = [sys.executable, "-m", "tuner", "worker", options.study, "--urls-from-env"]
     for flag, value in (
         ("--file", os.path.abspath(options.study_file) if options.study_file is not None else None),
         ("--n-trials", options.n_trials),
@@ -124,24 +125,26 @@ def gpu_worker_command(options: WorkerOptions) -> list[str]:
     return command
 
 
-def gpu_worker_env(options: WorkerOptions, visible_device: str) -> dict[str, str]:
+def gpu_worker_env(prepared: Prepared, visible_device: str) -> dict[str, str]:
     """A pinned child's environment: this one's (``$TUNER_ALLOWED_TASKS`` included, so the child allows what its
-    parent does), with the storage URL, the tracking URI when given, and its GPU."""
-    env = {**os.environ, "TUNER_STORAGE": options.storage_url, "CUDA_VISIBLE_DEVICES": visible_device}
-    if options.tracking_uri is not None:
-        env["MLFLOW_TRACKING_URI"] = options.tracking_uri
-    return env
+    parent does), with the storage URL and tracking URI its parent resolved, and its GPU."""
+    return {
+        **os.environ,
+        "TUNER_STORAGE": prepared.storage_url,
+        "MLFLOW_TRACKING_URI": prepared.tracking_uri,
+        "CUDA_VISIBLE_DEVICES": visible_device,
+    }
 
 
 def run_gpu_workers(options: WorkerOptions, gpus: list[int]) -> int:
     """Start one child per GPU (``CUDA_VISIBLE_DEVICES=<gpu>``), wait for all; the worst exit code wins.
     SIGINT/SIGTERM are passed on so each child marks its running trial FAIL before exiting."""
-    prepare_stored(options)  # bad study names and unreachable storage fail here, once, before any child starts
+    prepared = prepare_stored(options)  # bad names, unreachable storage, code not allowed: once, before any child
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = [v.strip() for v in visible.split(",")] if visible else None
     children = []
     for gpu in gpus:
-        env = gpu_worker_env(options, physical[gpu] if physical else str(gpu))
+        env = gpu_worker_env(prepared, physical[gpu] if physical else str(gpu))
         children.append(subprocess.Popen(gpu_worker_command(options), env=env))
 
     def pass_on(signum: int, frame: Any) -> None:
