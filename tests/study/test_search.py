@@ -58,13 +58,6 @@ def test_fixed_values_and_overrides() -> None:
     assert recipe.weight_decay == 1e-4 and recipe.clip_norm == 5.0
 
 
-def test_grid_lists_every_parameter() -> None:
-    space = _space(optimizers=["adam", "sgd"], schedules=["constant"])
-    grid = space.grid(points_per_range=2)
-    assert grid["optimizer"] == ["adam", "sgd"]
-    assert len(grid["sgd.lr"]) == 2 and "adam.beta2.one_minus" in grid
-
-
 def test_switch_is_searched_with_its_own_lr_and_fraction() -> None:
     space = _space(
         optimizers=["adam"],

@@ -195,7 +195,7 @@ def test_builtin_unknown_option_names_it_and_the_valid_ones() -> None:
     "name, options, message",
     [
         ("digits-mlp", {"hidden": [32, 0]}, r"hidden must be .* got hidden=\[32, 0\]"),
-        ("digits-mlp", {"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\), got val_fraction=1.5"),
+        ("digits-mlp", {"val_fraction": 1.5}, r"val_fraction must be a number in \(0, 1\), got val_fraction=1.5"),
         ("digits-cnn", {"channels": [4, 4, 4, 4]}, r"too many conv layers for 8x8 images"),
         ("quadratic", {"min_eig": 2.0}, r"0 < min_eig <= max_eig, got min_eig=2.0, max_eig=1.0"),
         ("quadratic", {"n": 10}, r"n must be >= dim .* got n=10, dim=50"),
@@ -204,7 +204,7 @@ def test_builtin_unknown_option_names_it_and_the_valid_ones() -> None:
     ],
 )
 def test_builtin_bad_option_values_are_reported(name: str, options: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(TunerError, match=message):  # a user error: exit 2 with the message, no traceback
         load_task(name, options)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from tuner.cli import housekeeping, insight, optimizers, regress, run, schedules, study, team
+from tuner.cli import check, housekeeping, insight, optimizers, regress, run, schedules, study, team
 
 __all__ = ["app", "main"]
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for commands in (run.app, study.app, housekeeping.app, optimizers.app, regress.app, team.app, insight.app):
+for commands in (run.app, check.app, study.app, housekeeping.app, optimizers.app, regress.app, team.app, insight.app):
     app.add_typer(commands)
 app.add_typer(schedules.app, name="schedules")
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tuner.cli._common import DeviceOption, StorageOption, TrackingUriOption, new_app, user_errors
+from tuner.cli.check import AllowPartialGridOption, print_check
 
 app = new_app()
 
@@ -46,8 +47,14 @@ def run(
     allow_change: Annotated[
         bool, typer.Option("--allow-change", help="resume the study although the file changed what defines it")
     ] = False,
+    allow_partial_grid: AllowPartialGridOption = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="check the study and print what it searches (as `tuner check`); write nothing"),
+    ] = False,
 ) -> None:
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
+    from tuner.study.grid import check_grid_run
     from tuner.study.prepare import prepare
     from tuner.study.runner import RunOptions, run_study
     from tuner.study.warmstart import check_source
@@ -65,7 +72,14 @@ def run(
         warm_start=warm_start,
         population=population or budget.population or 1,
         allow_change=allow_change,
+        allow_partial_grid=allow_partial_grid,
     )
+    if dry_run:
+        return print_check(prepared, options.n_trials, allow_partial_grid, warm_start)
+    grid = prepared.plan.grid
+    if grid is not None:  # the grid's size, before anything else
+        check_grid_run(grid, options.n_trials, allow_partial_grid, warm_start)
+        typer.echo(grid.describe())
     from tuner.study.tables import describe_search
 
     typer.echo(
@@ -73,7 +87,8 @@ def run(
         f"{describe_search(prepared.spec.sampler, prepared.spec.pruner)}"
     )
     try:
-        with _Progress(prepared.spec.name, options.n_trials) as progress:
+        total = options.n_trials if grid is None else min(options.n_trials, grid.size)
+        with _Progress(prepared.spec.name, total) as progress:
             study = run_study(prepared, options, on_trial=progress.update, on_message=typer.echo)
             progress.update(study)  # a study that had its trials already shows them, not 0/N
     except KeyboardInterrupt:

@@ -66,26 +66,55 @@ def dashboard(
     storage: StorageOption = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 8080,
     host: Annotated[
-        str, typer.Option(help="interface to bind (0.0.0.0 exposes it; put the auth proxy in front)")
+        str, typer.Option(help="interface to bind; beyond loopback (0.0.0.0, a LAN address) --auth is required")
     ] = "127.0.0.1",
     tracking_uri: TrackingUriOption = None,
+    auth: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="TUNER_DASHBOARD_AUTH",
+            show_envvar=True,
+            help="USER:HASH: require HTTP basic auth; HASH is a bcrypt hash from --hash-password (prefer the env)",
+        ),
+    ] = None,
+    allow_writes: Annotated[
+        bool,
+        typer.Option("--allow-writes", help="let the dashboard change studies (create, rename, delete, tell, notes)"),
+    ] = False,
+    hash_password: Annotated[
+        bool,
+        typer.Option("--hash-password", help="read a password (prompt, or a line of stdin), print its hash for --auth"),
+    ] = False,
 ) -> None:
-    """Serve optuna-dashboard on the study storage, and print how to open the MLflow UI."""
-    from tuner.errors import TunerError
+    """Serve optuna-dashboard on the study storage, read-only unless --allow-writes, and print how to open the MLflow
+    UI. Bound beyond loopback it requires basic auth (--auth USER:HASH or $TUNER_DASHBOARD_AUTH)."""
     from tuner.spec import storage_url
+    from tuner.study import dashboard as guard
     from tuner.study.prepare import quiet_libraries
-    from tuner.study.storage import mask_url, open_storage
+    from tuner.study.storage import mask_url
 
-    try:
-        import optuna_dashboard
-    except ImportError:
-        raise TunerError("optuna-dashboard is not installed: pip install 'tuner[dashboard]'") from None
+    if hash_password:
+        typer.echo(guard.hash_password(_read_password()))
+        return
+    credentials = guard.parse_auth(auth) if auth else None
+    guard.require_auth_beyond_loopback(host, credentials)
     url = storage_url(storage)
-    opened = open_storage(url)
+    app = guard.dashboard_app(url, credentials, allow_writes)
     quiet_libraries()
-    typer.echo(f"optuna-dashboard on {mask_url(url)}: http://{host}:{port}/dashboard/")
+    access = "read-write" if allow_writes else "read-only"
+    access += f", basic auth as {credentials.user!r}" if credentials else ""
+    typer.echo(f"optuna-dashboard on {mask_url(url)}: http://{host}:{port}/dashboard/ ({access})")
     typer.echo(mlflow_hint(tracking_uri))
-    optuna_dashboard.run_server(opened, host=host, port=port)
+    guard.serve(app, host, port)
+
+
+def _read_password() -> str:
+    """A password typed twice at a terminal, or the first line of stdin when it is a pipe."""
+    import sys
+
+    if sys.stdin.isatty():
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def mlflow_hint(uri: Optional[str]) -> str:

@@ -18,6 +18,7 @@ class TrialKeys:
     TRACKING_ERRORS = "tracking_errors"  # what could not be logged to MLflow
     WARM_START = "warm_start"  # "study#number" it was enqueued from
     RETRY_OF = "retry_of"  # the number of the interrupted trial it repeats
+    GRID_POINT = "grid_point"  # the grid point it runs (a key of tuner.study.grid.Grid), on a grid study's trials
 
 
 class StudyKeys:
@@ -31,3 +32,4 @@ class StudyKeys:
     CHANGES = "changes"  # the definition changes resumes were allowed (--allow-change), with when
     OBJECTIVE = "objective"  # what a trial's value is: "final" (its last evaluation) or "best"
     LR_AUTO = "lr_auto"  # optimizer -> the LR range test's finding (`lr: auto`)
+    GRID = "grid"  # a grid study's grid: size, points a range, LR points

@@ -34,7 +34,7 @@ from tuner.recipe import Recipe
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
-from tuner.study.storage import optimize_loop, trial_id
+from tuner.study.storage import QueueEmpty, optimize_loop, trial_id
 from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
 from tuner.study.storage.redact import mask_text
@@ -133,7 +133,11 @@ class TrialLifecycle:
         try:
             with asking_from_one_snapshot(self.study) if size > 1 else contextlib.nullcontext():
                 for _ in range(size):
-                    asked.append(self.study.ask())
+                    try:
+                        asked.append(self.study.ask())
+                    except QueueEmpty:  # a grid study whose every point is taken: this batch is what is left
+                        self.stop_requested = lambda: True
+                        break
                     heartbeats.add(asked[-1])
                     try:
                         members.append(self.start(asked[-1]))

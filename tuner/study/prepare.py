@@ -1,7 +1,10 @@
 """``prepare``: a study file checked completely -- names, ranges, task, metric, sampler, pruner -- with nothing written.
 
 Everything that can be wrong with what the user asked for fails here, as a ``TunerError`` naming the file, the field
-and the value, before a study, an MLflow run or a file exists.
+and the value, before a study, an MLflow run or a file exists: what the file says (``tuner.spec``), the names and
+ranges of the space (``tuner.study.search``), what cannot train at all (``check_training``), and every optimizer,
+schedule, warmup, pruner and sampler setting against the run's length (``tuner.study.checks``, whose findings --
+steps a trial per batch size, the grid -- come back as ``Prepared.plan``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import optuna
 from tuner.errors import TunerError
 from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
+from tuner.study.checks import StudyPlan, check_study
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.storage.redact import mask_output
-from tuner.study.tables import make_pruner, make_sampler
 from tuner.tasks import Task, load_function, load_task
 from tuner.train import TrainBudget, check_training
 from tuner.train.checks import available_device
@@ -48,6 +51,7 @@ class Prepared:
     device: str
     train_fn: Optional[Callable[..., Any]] = None
     command: Optional[list[str]] = None
+    plan: StudyPlan = StudyPlan()  # what the checks found: steps a trial per batch size, the grid
 
 
 def prepare(
@@ -78,9 +82,10 @@ def prepare(
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec, space)
         _check_training(spec, door, space, device or spec.device)
+        quiet_libraries()
+        plan = check_study(spec, door.task, space, train_budget(spec.budget))
     except TunerError as error:
         raise TunerError(f"{where}: {error}") from None
-    _check_sampler_and_pruner(spec, space, where)
     return Prepared(
         spec,
         spec_dir,
@@ -93,6 +98,7 @@ def prepare(
         device or spec.device,
         door.train_fn,
         door.command,
+        plan,
     )
 
 
@@ -179,19 +185,6 @@ def _check_door(spec: StudySpec, space: SearchSpace) -> None:
             f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
             f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
         )
-
-
-def _check_sampler_and_pruner(spec: StudySpec, space: SearchSpace, where: str) -> None:
-    """Build both once: an unknown name or bad options fail before the study exists."""
-    quiet_libraries()
-    for field, build in (
-        ("sampler", lambda: make_sampler(spec.sampler, spec.seed, space)),
-        ("pruner", lambda: make_pruner(spec.pruner)),
-    ):
-        try:
-            build()
-        except TunerError as error:
-            raise TunerError(f"{where}: {field}: {error}") from None
 
 
 def quiet_libraries() -> None:

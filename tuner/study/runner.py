@@ -4,7 +4,7 @@
 ``jobs - 1`` local worker processes and works on the study itself; ``optimize`` is what every process runs (``tuner
 worker`` too): trials one at a time, or ``population`` at once, through the one trial life cycle
 (``tuner.study.lifecycle``), until the study holds ``n_trials`` finished (complete or pruned) trials, ``timeout``
-passes or the sampler has nothing left (an exhausted grid).
+passes or the sampler has nothing left (an exhausted grid: ``tuner.study.grid``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import optuna
 from tuner.errors import TunerError
 from tuner.spec import parse_study
 from tuner.study.definition import check_unchanged, definition, storable
+from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
 from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
@@ -49,6 +50,7 @@ class RunOptions:
         warm_start: ``OTHER_STUDY[:K]``: enqueue its top-K recipes first (``tuner.study.warmstart``).
         population: > 1: train this many trials at once in one vectorized pass.
         allow_change: resume a study whose definition the file changes (``tuner.study.definition``).
+        allow_partial_grid: a grid study may have more points than ``n_trials`` (a random ``n_trials`` of them run).
     """
 
     n_trials: int
@@ -57,6 +59,7 @@ class RunOptions:
     warm_start: Optional[str] = None
     population: int = 1
     allow_change: bool = False
+    allow_partial_grid: bool = False
 
 
 def run_study(
@@ -69,6 +72,8 @@ def run_study(
     from tuner.study.warmstart import warm_start
 
     quiet_libraries()
+    grid = grid_of(prepared.space, prepared.spec.sampler)
+    check_grid_run(grid, options.n_trials, options.allow_partial_grid, options.warm_start)
     closer = LostRunCloser()
     storage = open_storage(prepared.storage_url, on_lost=closer)  # first: an unreachable storage creates nothing
     changes = check_resume(storage, prepared, options.allow_change)
@@ -79,6 +84,8 @@ def run_study(
     prepared = apply_auto_lr(study, prepared, tracker, on_message)
     if options.warm_start:
         warm_start(study, prepared, options.warm_start, on_message)
+    if is_grid(prepared.spec.sampler):  # the grid's points are the queue every worker takes trials from
+        enqueue_grid(study, prepared.space, prepared.spec.sampler, prepared.spec.seed, options.n_trials, on_message)
     workers = _start_workers(prepared, options) if options.jobs > 1 else []
     share_cpu_threads(options.jobs)
     try:
@@ -169,7 +176,11 @@ def requeue_interrupted(study: optuna.Study, say: Callable[[str], None] = lambda
             and trial.number not in retried
             and trial.params
         ):
-            attrs = {TrialKeys.RETRY_OF: trial.number, TrialKeys.SEED: trial.user_attrs.get(TrialKeys.SEED)}
+            attrs = {
+                TrialKeys.RETRY_OF: trial.number,
+                TrialKeys.SEED: trial.user_attrs.get(TrialKeys.SEED),
+                TrialKeys.GRID_POINT: trial.user_attrs.get(TrialKeys.GRID_POINT),
+            }
             study.enqueue_trial(trial.params, user_attrs={k: v for k, v in attrs.items() if v is not None})
             requeued.append(trial.number)
     if requeued:
@@ -228,7 +239,7 @@ def optimize(
     lifecycle = TrialLifecycle(study, prepared, tracker)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        with lifecycle.optimize_loop():
+        with lifecycle.optimize_loop(), grid_trials_only(study, prepared.spec.sampler):
             run_trials(
                 lifecycle,
                 size=options.population,
@@ -237,7 +248,8 @@ def optimize(
                 timeout=options.timeout,
                 on_trial=on_trial,
             )
-        with lifecycle.optimize_loop():  # a fresh loop: a sampler's stop (the grid's) does not skip the retries
+        # a fresh loop: a sampler's stop (the grid's) does not skip the retries
+        with lifecycle.optimize_loop(), grid_trials_only(study, prepared.spec.sampler):
             settle_lost_trials(study, lambda waiting: run_trials(lifecycle, size=1, trials=waiting))
     finally:
         tracker.flush()  # the last trials' MLflow runs are closed before this process moves on or exits

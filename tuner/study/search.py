@@ -18,7 +18,7 @@ from tuner.errors import TunerError, UnknownNameError
 from tuner.optim import OPTIMIZERS
 from tuner.recipe import Recipe, Switch
 from tuner.schedules import SCHEDULES
-from tuner.space import Beta, Choice, Dimension, Fixed, Float, Int, TrialLike, optuna_param_names
+from tuner.space import Beta, Choice, Dimension, Fixed, Float, Int, TrialLike
 from tuner.spec import SpaceSpec
 
 _LOG_BY_DEFAULT = ("weight_decay", "clip_norm", "clip_value")
@@ -63,23 +63,6 @@ class SearchSpace:
             schedule_params=schedule_params,
             **shared,
         )
-
-    def grid(self, points_per_range: int = 3) -> dict[str, list[Any]]:
-        """Every Optuna parameter with its grid values (for the grid sampler)."""
-        grid: dict[str, list[Any]] = {}
-        if len(self.optimizers) > 1:
-            grid["optimizer"] = list(self.optimizers)
-        if len(self.schedules) > 1:
-            grid["schedule"] = list(self.schedules)
-        entries = [(e.name, e.params) for e in [*self.optimizers.values(), *self.schedules.values()]]
-        for prefix, params in [*entries, ("", self.shared)]:
-            for name, dim in params.items():
-                full = f"{prefix}.{name}" if prefix else name
-                for optuna_name in optuna_param_names(dim, full):
-                    grid[optuna_name] = (
-                        dim.optuna_grid(points_per_range) if isinstance(dim, Beta) else dim.grid(points_per_range)
-                    )
-        return grid
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The sampler and pruner tables: the names a study file may use, and how each is built.
 
-``SAMPLERS[name](seed, space, **options)`` and ``PRUNERS[name](**options)``. ``make_sampler`` and ``make_pruner``
-build them; an unknown name (listing the valid ones) or bad options are a ``TunerError``. ``tuner.study.prepare``
-builds both before anything is written, so a bad sampler or pruner never leaves an empty study behind.
+``SAMPLERS[name](seed, space, **options)`` and ``PRUNERS[name](**options)``; the grid is tuner's own
+(``tuner.study.grid``: one sub-grid per optimizer x schedule branch, run from the study's queue). ``make_sampler``
+and ``make_pruner`` build them; an unknown name (listing the valid ones) or bad options are a ``TunerError``.
+``tuner.study.prepare`` builds both before anything is written (``tuner.study.checks``), so a bad sampler or pruner
+never leaves an empty study behind.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import optuna
 
 from tuner.errors import TunerError, lookup
 from tuner.spec import NamedOptions
+from tuner.study.grid import GridQueueSampler, grid_options
 from tuner.study.search import SearchSpace
 
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, space, **o: optuna.samplers.TPESampler(seed=seed, **{"multivariate": True, "group": True, **o}),
     "random": lambda seed, space, **o: optuna.samplers.RandomSampler(seed=seed, **o),
-    "grid": lambda seed, space, points=3, **o: optuna.samplers.GridSampler(space.grid(points), seed=seed, **o),
+    "grid": lambda seed, space, **o: GridQueueSampler(space, seed=seed, **grid_kwargs(o)),
     "gp": lambda seed, space, **o: optuna.samplers.GPSampler(seed=seed, **o),
     "cmaes": lambda seed, space, **o: optuna.samplers.CmaEsSampler(seed=seed, **o),
     "qmc": lambda seed, space, **o: optuna.samplers.QMCSampler(seed=seed, **o),
@@ -31,6 +34,12 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "hyperband": lambda **o: optuna.pruners.HyperbandPruner(**o),
     "none": lambda **o: optuna.pruners.NopPruner(),
 }
+
+
+def grid_kwargs(options: dict[str, Any]) -> dict[str, int]:
+    """The grid sampler's options, checked (``points``, ``lr_points``; see ``tuner.study.grid``)."""
+    points, lr_points = grid_options(options)
+    return {"points": points, "lr_points": lr_points}
 
 
 def make_sampler(spec: NamedOptions, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:

@@ -19,17 +19,19 @@ import optuna
 from tuner.errors import TunerError
 from tuner.study.storage._optuna import optimize_loop, trial_id
 from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
-from tuner.study.storage.rdb import TunerStorage, short_error
+from tuner.study.storage.rdb import QueueEmpty, TunerStorage, only_queued_trials, short_error
 from tuner.study.storage.redact import mask_text, mask_url, redact
 from tuner.study.storage.sqlite import speed_up_sqlite
 
 __all__ = [
+    "QueueEmpty",
     "TunerStorage",
     "delete_study",
     "load_existing_study",
     "storage_exists",
     "mask_text",
     "mask_url",
+    "only_queued_trials",
     "open_storage",
     "optimize_loop",
     "redact",

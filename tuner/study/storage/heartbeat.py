@@ -143,19 +143,32 @@ def settle_lost_trials(study: optuna.Study, run_trials: Callable[[int], None]) -
     Stale trials are normally failed (and re-queued once) when a worker starts its next trial; when the study reaches
     its target before a dead worker's grace period has passed, nobody would start one. So before a worker leaves it
     waits, while other trials are RUNNING, up to one grace period: lost ones become FAIL ("worker lost") and the
-    re-queued copies are run here (``run_trials(n)``). Trials of live workers simply finish meanwhile.
+    re-queued copies are run here (``run_trials(n)``): one trial for each retry, taken from the queue in its order (a
+    grid's point queued before the retry goes first; the retry, a point of the same grid, then waits for the next
+    run). Trials of live workers simply finish meanwhile; other queued trials (a grid's points past ``n_trials``, a
+    warm start's recipes) wait for a later run.
     """
     backend: Any = _optuna.rdb_backend(_optuna.study_storage(study))
     interval, grace = getattr(backend, "heartbeat_interval", None), getattr(backend, "grace_period", None)
     if not interval or not grace:
         return
     deadline = time.monotonic() + grace + 2 * interval
+    counted: set[int] = set()  # retries already answered with a trial run here (it may have popped another)
     while time.monotonic() < deadline:
         fail_stale_trials(study)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        waiting = states.count(optuna.trial.TrialState.WAITING)
-        if waiting:
-            run_trials(waiting)
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        retries = {t.number for t in trials if t.state == optuna.trial.TrialState.WAITING and _is_retry(t)} - counted
+        if retries:
+            counted |= retries
+            run_trials(len(retries))
         elif optuna.trial.TrialState.RUNNING not in states:
             return
         time.sleep(interval)
+
+
+def _is_retry(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a queued trial is the retry of a trial whose worker was lost."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial) is not None

@@ -14,6 +14,11 @@ trials, params, attributes, states): the sampler draws exactly what it would hav
 (tests/study/storage/test_snapshot.py, every sampler of the table, with enqueued trials). Trials other workers
 change meanwhile are seen from the next read after the snapshot.
 
+Queued trials only. Inside ``with storage.queued_only(study_id):`` creating a trial of that study that is not
+enqueued (what ``study.ask()`` does when no trial waits in the queue) raises ``QueueEmpty`` before anything is
+written; enqueuing (a trial made from a template) goes on. A grid study runs this way: its points are the queue, and a
+worker that finds it empty stops instead of running an extra trial.
+
 A subclass, not methods patched onto an instance: it pickles (when its heartbeat callback does: one that closes MLflow
 runs through a live tracker does not), and passes Optuna's own storage conformance suite
 (``optuna.testing.pytest_storages.StorageTestCase``, tests/study/storage/test_conformance.py).
@@ -41,6 +46,10 @@ _log = logging.getLogger(__name__)
 _retrying = threading.local()  # set while a call is being retried: the calls it makes are not retried again
 
 
+class QueueEmpty(Exception):
+    """No trial waits in the queue of a study that runs queued trials only (``TunerStorage.queued_only``)."""
+
+
 class TunerStorage(HookedRDBStorage):
     """``RDBStorage`` with reconnecting calls and population snapshots (see the module docstring).
 
@@ -61,17 +70,20 @@ class TunerStorage(HookedRDBStorage):
     ) -> None:
         self.reconnect_seconds = reconnect_seconds
         self._snapshot: Optional[_Snapshot] = None
+        self._queued_only: set[int] = set()
         super().__init__(url, engine_kwargs=engine_kwargs, **options)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        state["_snapshot"] = None
+        state["_snapshot"], state["_queued_only"] = None, set()
         return state
 
     # -- reconnecting calls --------------------------------------------------------------------------------------------
 
     def around_call(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one storage call: retried while the connection is lost, mirrored into a snapshot when one is held."""
+        if self._queued_only and _creates_unqueued_trial(call, args, kwargs, self._queued_only):
+            raise QueueEmpty(f"no trial is queued in study id {args[0] if args else kwargs.get('study_id')}")
         if getattr(_retrying, "active", False):  # an outer call already retries
             result = call(*args, **kwargs)
         else:
@@ -108,6 +120,20 @@ class TunerStorage(HookedRDBStorage):
             return self.around_call(call, *args, **kwargs)
 
         return retried
+
+    # -- queued trials only -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def queued_only(self, study_id: int) -> Iterator[None]:
+        """While inside, a new trial of ``study_id`` that is not enqueued raises ``QueueEmpty`` (nothing is written)."""
+        if study_id in self._queued_only:  # nested: the outer block goes on
+            yield
+            return
+        self._queued_only.add(study_id)
+        try:
+            yield
+        finally:
+            self._queued_only.discard(study_id)
 
     # -- snapshots ----------------------------------------------------------------------------------------------
 
@@ -224,6 +250,16 @@ def as_storage_error(error: Exception, url: str) -> Exception:
     return StorageError(f"storage {mask_url(url)}: {short_error(getattr(seen, 'orig', None) or seen)}")
 
 
+def _creates_unqueued_trial(call: Callable[..., Any], args: tuple, kwargs: dict, studies: set[int]) -> bool:
+    """Whether a storage call creates a trial of one of ``studies`` from no template (``ask`` with nothing queued)."""
+    name = getattr(getattr(call, "func", call), "__name__", "")
+    if name not in ("create_new_trial", "_create_new_trial"):
+        return False
+    study_id = args[0] if args else kwargs.get("study_id")
+    template = args[1] if len(args) > 1 else kwargs.get("template_trial")
+    return template is None and study_id in studies
+
+
 def is_connection_error(error: BaseException) -> bool:
     """Whether ``error`` (or what it wraps) is a lost or refused database connection, worth a retry."""
     from sqlalchemy import exc
@@ -266,4 +302,16 @@ def asking_from_one_snapshot(study: Any) -> Iterator[None]:
         yield
         return
     with backend.snapshot(_optuna.study_id(study)):
+        yield
+
+
+@contextlib.contextmanager
+def only_queued_trials(study: Any) -> Iterator[None]:
+    """While inside, ``study.ask()`` pops a queued trial or raises ``QueueEmpty``: it never creates one (see the module
+    docstring). A storage that cannot (not a ``TunerStorage``) creates trials as usual."""
+    backend = _optuna.rdb_backend(_optuna.study_storage(study))
+    if not isinstance(backend, TunerStorage):
+        yield
+        return
+    with backend.queued_only(_optuna.study_id(study)):
         yield
