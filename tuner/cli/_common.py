@@ -23,7 +23,8 @@ TrackingUriOption = Annotated[
     Optional[str],
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; 'none' disables)",
+        help="MLflow tracking URI (default: the study file's or $MLFLOW_TRACKING_URI -- the variable first for a study "
+        "read from the database -- else sqlite:///mlflow.db; 'none' disables)",
     ),
 ]
 DeviceOption = Annotated[
