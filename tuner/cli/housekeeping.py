@@ -32,15 +32,16 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
     """Delete a study (its trials) and its MLflow experiment (kept by MLflow as deleted, restorable)."""
-    from tuner.spec import parse_study, storage_url
+    from tuner.spec import storage_url
     from tuner.study.keys import StudyKeys
     from tuner.study.runner import open_tracker
     from tuner.study.storage import delete_study, load_existing_study
+    from tuner.study.trust import study_tracking_uri
 
     url = storage_url(storage)
     loaded = load_existing_study(study, url)
-    spec = loaded.user_attrs.get(StudyKeys.SPEC)
-    uri = tracking_uri or (parse_study(spec).resolved_tracking_uri() if spec is not None else None)
+    tracked_here = tracking_uri is not None or StudyKeys.SPEC in loaded.user_attrs
+    uri = study_tracking_uri(loaded, tracking_uri) if tracked_here else None
     if not yes:
         typer.confirm(f"delete study {study!r} ({len(loaded.trials)} trials) and its MLflow experiment?", abort=True)
     delete_study(study, url)

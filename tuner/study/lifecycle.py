@@ -37,6 +37,7 @@ from tuner.study.pruning import Pruning
 from tuner.study.storage import QueueEmpty, optimize_loop, trial_id
 from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
+from tuner.study.storage.redact import mask_text
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import Tracker, TrialOutcome, TrialRun
 from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
@@ -321,10 +322,11 @@ class TrialLifecycle:
 
 
 def failure_reason(error: BaseException) -> str:
-    """A failed trial's reason: ``error: Type: message`` (the user's code: ``... (at file:line in fn)``)."""
+    """A failed trial's reason: ``error: Type: message`` (the user's code: ``... (at file:line in fn)``), any URL in it
+    masked (the study and MLflow keep it)."""
     if isinstance(error, (UserCodeError, CommandFailed)):
-        return f"error: {error}"
-    return f"error: {type(error).__name__}: {error}"
+        return mask_text(f"error: {error}")
+    return mask_text(f"error: {type(error).__name__}: {error}")
 
 
 def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:

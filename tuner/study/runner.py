@@ -23,7 +23,7 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.spec import parse_study
-from tuner.study.definition import check_unchanged, definition
+from tuner.study.definition import check_unchanged, definition, storable
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
@@ -150,13 +150,13 @@ def open_study(prepared: Prepared, tracker: Tracker, storage: Any = None, change
             StudyKeys.CHANGES, [*log, {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": list(changes)}]
         )
     study.set_user_attr(StudyKeys.DEFINITION, definition(spec, prepared.metric, prepared.direction))
-    study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
+    study.set_user_attr(StudyKeys.SPEC, storable(spec))
     study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
     study.set_user_attr(StudyKeys.METRIC, prepared.metric)
     study.set_user_attr(StudyKeys.OBJECTIVE, prepared.spec.budget.objective)
     study.set_metric_names([prepared.metric])  # optuna-dashboard shows "accuracy", not "Objective 0"
     if StudyKeys.PARENT_RUN not in study.user_attrs:
-        parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
+        parent = tracker.start_study(spec.name, storable(spec))
         study.set_user_attr(StudyKeys.PARENT_RUN, parent)
     else:
         tracker.resume_study(study.user_attrs[StudyKeys.PARENT_RUN])

@@ -1,4 +1,4 @@
-"""Where studies live: opening storages, masking URLs, listing and loading studies.
+"""Where studies live: opening storages, listing and loading studies; masking URLs (``redact.py``).
 
 ``TunerStorage`` (``rdb.py``) is Optuna's ``RDBStorage`` with reconnecting calls and population snapshots;
 ``heartbeat.py`` keeps running trials alive and retries those of dead workers; ``sql.py`` writes a trial's values in
@@ -20,6 +20,7 @@ from tuner.errors import TunerError
 from tuner.study.storage._optuna import optimize_loop, trial_id
 from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
 from tuner.study.storage.rdb import QueueEmpty, TunerStorage, only_queued_trials, short_error
+from tuner.study.storage.redact import mask_text, mask_url, redact
 from tuner.study.storage.sqlite import speed_up_sqlite
 
 __all__ = [
@@ -28,10 +29,12 @@ __all__ = [
     "delete_study",
     "load_existing_study",
     "storage_exists",
+    "mask_text",
     "mask_url",
     "only_queued_trials",
     "open_storage",
     "optimize_loop",
+    "redact",
     "study_names",
     "trial_id",
 ]
@@ -71,16 +74,6 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.study.storage import _optuna
+from tuner.study.storage.redact import redact
 
 
 def write_trial(
@@ -41,8 +42,9 @@ def write_trial(
     As with ``trial.report``, a step already reported keeps its first value. Attributes must be JSON, values
     convert to float and steps to non-negative ints: ``TypeError``/``ValueError`` before anything is written.
     Raises Optuna's ``UpdateFinishedTrialError`` when the trial has finished (another worker failed it as lost).
+    Any URL in an attribute (an MLflow error in ``tracking_errors``) is stored with its credentials masked.
     """
-    attrs = dict(user_attrs or {})
+    attrs = redact(dict(user_attrs or {}))
     encoded = {key: json.dumps(value) for key, value in attrs.items()}  # not JSON: TypeError, nothing written
     values = _new_values(trial, intermediate_values or {})
     if not attrs and not values:
