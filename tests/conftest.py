@@ -45,6 +45,17 @@ def postgres():
     server.close()
 
 
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """An ``mlflow server`` on SQLite for the module (``stop``/``start``, ``pause``/``resume`` make outages)."""
+    from tests.service_fixtures import MlflowServer
+
+    root = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def cli():
     """Invoke the real ``tuner`` Typer app in-process."""

@@ -11,7 +11,6 @@ import warnings
 import pytest
 
 from tests.helpers import ROOT, mlflow_runs
-from tests.service_fixtures import MlflowServer
 from tuner.recipe import Recipe
 from tuner.schedules import build_schedule
 from tuner.tracking import TrialOutcome, simplify_curve
@@ -72,14 +71,6 @@ def test_a_local_store_logs_inline_and_links_the_run_before_start_trial_returns(
     assert {r.info.run_id for r in mlflow_runs(uri, "inline")} == {parent, run.run_id}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("server")
-    started = MlflowServer(f"sqlite:///{root / 'server.db'}", root / "artifacts")
-    yield started
-    started.close()
-
-
 def _trial(tracker: MlflowTracker, parent, number: int, study: str = "outage"):
     run = tracker.start_trial(parent, study, number, RECIPE, {"tuner.seed": str(number)})
     tracker.log_metrics(run, {"accuracy": number / 10}, 10)
@@ -100,23 +91,23 @@ def _check_runs(uri: str, study: str, numbers: dict[int, tuple[str, str]]) -> No
             assert run.data.metrics["accuracy"] == run.data.metrics["objective"] == number / 10
 
 
-def test_while_the_server_is_down_calls_wait_on_disk_and_arrive_in_order_when_it_is_back(server, tmp_path):
+def test_while_the_server_is_down_calls_wait_on_disk_and_arrive_in_order_when_it_is_back(mlflow_server, tmp_path):
     spool = tmp_path / "spool"
-    tracker = MlflowTracker(server.uri, spool_dir=spool, retry=(0.2, 1.0))
+    tracker = MlflowTracker(mlflow_server.uri, spool_dir=spool, retry=(0.2, 1.0))
     parent = tracker.start_study("outage", {"name": "outage"})
     first = _trial(tracker, parent, 0)
     assert tracker.flush() and first.errors == []
-    server.stop()  # connections refused
+    mlflow_server.stop()  # connections refused
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         during = [_trial(tracker, parent, number) for number in (1, 2, 3)]  # none of them waits for the server
         assert not tracker.flush()  # one more try failed: the calls wait in the spool
     assert list(spool.glob("*.jsonl")) and all(run.run_id is None for run in during)
     assert all(run.errors[0].startswith(UNREACHABLE) for run in during)
-    server.start()
+    mlflow_server.start()
     assert tracker.flush()
     assert not list(spool.glob("*.jsonl"))
-    _check_runs(server.uri, "outage", dict.fromkeys(range(4), ("FINISHED", "COMPLETE")))
+    _check_runs(mlflow_server.uri, "outage", dict.fromkeys(range(4), ("FINISHED", "COMPLETE")))
     assert all(run.run_id is not None for run in during)
 
 
@@ -138,21 +129,23 @@ os._exit(0)
 
 
 def test_what_a_dead_process_left_in_the_spool_is_sent_by_the_next_one_and_its_open_runs_fail(
-    server, tmp_path, monkeypatch
+    mlflow_server, tmp_path, monkeypatch
 ):
     spool = tmp_path / "spool"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
-    server.pause()  # requests time out; the server may still carry out those it got once it resumes
+    mlflow_server.pause()  # requests time out; the server may still carry out those it got once it resumes
     try:
-        subprocess.run([sys.executable, "-c", LEFT_BEHIND, server.uri, str(spool)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-c", LEFT_BEHIND, mlflow_server.uri, str(spool)], check=True, cwd=ROOT)
     finally:
-        server.resume()
+        mlflow_server.resume()
     assert len(list(spool.glob("*.jsonl"))) == 1
-    tracker = MlflowTracker(server.uri, spool_dir=spool)
+    tracker = MlflowTracker(mlflow_server.uri, spool_dir=spool)
     _trial(tracker, None, 2, study="left")  # this process's own work; what the dead one left goes with it
     assert tracker.flush() and not list(spool.glob("*.jsonl"))
-    _check_runs(server.uri, "left", {0: ("FINISHED", "COMPLETE"), 1: ("FAILED", "FAIL"), 2: ("FINISHED", "COMPLETE")})
-    (lost,) = [r for r in mlflow_runs(server.uri, "left") if r.data.tags["tuner.trial_number"] == "1"]
+    _check_runs(
+        mlflow_server.uri, "left", {0: ("FINISHED", "COMPLETE"), 1: ("FAILED", "FAIL"), 2: ("FINISHED", "COMPLETE")}
+    )
+    (lost,) = [r for r in mlflow_runs(mlflow_server.uri, "left") if r.data.tags["tuner.trial_number"] == "1"]
     assert lost.data.tags["tuner.reason"] == "worker lost"
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT, TINY_STUDY, mlflow_runs
-from tests.service_fixtures import MlflowServer, free_port
+from tests.service_fixtures import free_port
 
 N_TRIALS = 24
 TEAM_ENV = {
@@ -30,14 +30,6 @@ TEAM_ENV = {
     "OMP_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
 }
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
-    yield server
-    server.close()
 
 
 def _tuner(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
