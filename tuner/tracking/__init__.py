@@ -49,7 +49,7 @@ STUDY_COUNTS = ("trials", "complete", "pruned", "fail", "running", "waiting")
 StudySummary = Callable[[], tuple[Optional[dict[str, Any]], dict[str, Any]]]
 """Reads the study when called: (its best recipe or None, its counts by state and best value)."""
 
-RunLinker = Callable[[str, dict[str, Any]], None]
+OnRunCreated = Callable[[str, dict[str, Any]], None]
 """``link(run_id, link)``: record a trial's new run id on the trial that ``link`` (from ``start_trial``) names."""
 
 
@@ -86,7 +86,7 @@ class Tracker(Protocol):
     ``on_run_created`` (set by the study's side) is called with each trial run's id once it exists -- when
     ``start_trial`` queued it, or later, or in another process that sent what a dead one left."""
 
-    on_run_created: Optional[RunLinker]
+    on_run_created: Optional[OnRunCreated]
 
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
         """Create the study's experiment and parent run; returns the parent run id (None when not tracked)."""
@@ -138,7 +138,7 @@ class Tracker(Protocol):
 class NullTracker:
     """Tracks nothing (``tracking_uri: none``)."""
 
-    on_run_created: Optional[RunLinker] = None
+    on_run_created: Optional[OnRunCreated] = None
 
     def start_study(self, study_name: str, spec: dict[str, Any]) -> Optional[str]:
         """No parent run: None."""

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import yaml
 
 from tuner.recipe import Recipe
-from tuner.tracking import LOST_REASON, STUDY_COUNTS, RunLinker, StudySummary, TrialOutcome, TrialRun
+from tuner.tracking import LOST_REASON, STUDY_COUNTS, OnRunCreated, StudySummary, TrialOutcome, TrialRun
 from tuner.tracking.calls import Call, CallQueue, short_error
 from tuner.tracking.curve import simplify_curve
 from tuner.tracking.spool import Entry, Spool
@@ -87,7 +87,7 @@ class MlflowTracker:
                 os.environ.setdefault(name, value)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self.on_run_created: Optional[RunLinker] = None
+        self.on_run_created: Optional[OnRunCreated] = None
         self._experiment_ids: dict[str, str] = {}
         self._run_ids: dict[str, str] = {}  # run key -> MLflow run id
         self._runs: dict[str, TrialRun] = {}  # this process's runs not created yet
