@@ -26,10 +26,9 @@ from typing import Any, Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.study.keys import StudyKeys
 from tuner.study.prepare import Prepared, quiet_libraries
-from tuner.study.records import best_recipe_or_none, summarize
 from tuner.study.runner import RunOptions, join_study, open_tracker, optimize
+from tuner.study.runs import end_study
 from tuner.study.storage import load_existing_study
 from tuner.study.trust import prepare_own
 
@@ -68,7 +67,7 @@ def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study
     try:
         optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
     finally:
-        tracker.end_study(study.user_attrs.get(StudyKeys.PARENT_RUN), best_recipe_or_none(study), summarize(study))
+        end_study(study, tracker)
     return study
 
 

@@ -8,6 +8,8 @@ one transaction; ``sqlite.py`` tunes the embedded SQLite files; ``_optuna.py`` h
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -17,13 +19,14 @@ from typing import Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.study.storage._optuna import optimize_loop, trial_id
-from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
+from tuner.study.storage._optuna import optimize_loop, rdb_backend, trial_id
+from tuner.study.storage.heartbeat import LostTrial, WorkerLost, env_seconds, heartbeat_settings
 from tuner.study.storage.rdb import QueueEmpty, TunerStorage, only_queued_trials, short_error
 from tuner.study.storage.redact import mask_text, mask_url, redact
 from tuner.study.storage.sqlite import speed_up_sqlite
 
 __all__ = [
+    "LostTrial",
     "QueueEmpty",
     "TunerStorage",
     "delete_study",
@@ -35,20 +38,21 @@ __all__ = [
     "open_storage",
     "optimize_loop",
     "redact",
+    "storage_key",
     "study_names",
     "trial_id",
 ]
 
 
 def open_storage(
-    url: str, attempts: int = 3, wait: float = 1.0, on_lost: Optional[Callable[[str, str], None]] = None
+    url: str, attempts: int = 3, wait: float = 1.0, on_lost: Optional[Callable[[LostTrial], None]] = None
 ) -> TunerStorage:
     """A ``TunerStorage`` for ``url`` with heartbeats (``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_GRACE_PERIOD``) and
     reconnecting calls (``TUNER_RECONNECT_SECONDS``), opened with a few tries (a database restarting, two processes
     creating the schema at once); still unreachable, it is a ``TunerError`` naming the URL with its password masked.
 
     Args:
-        on_lost: ``on_lost(mlflow_run_id, reason)`` closes the MLflow run of a trial whose worker was lost.
+        on_lost: ``on_lost(LostTrial)`` closes the MLflow run of a trial whose worker was lost.
     """
     speed_up_sqlite()
     interval, grace = heartbeat_settings()
@@ -74,6 +78,14 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
+
+
+def storage_key(storage: optuna.storages.BaseStorage) -> str:
+    """A name of the database behind ``storage`` that every process opening it agrees on (a hash of its URL without
+    the password); a storage without a URL gets a name for this process only."""
+    backend = rdb_backend(storage)
+    name = mask_url(backend.url) if backend is not None else f"{os.getpid()}:{id(storage)}"
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -77,6 +77,17 @@ def force_user_attr(backend: Any, trial_id: int, key: str, value: Any) -> bool:
     return bool(_retried(backend, _optuna.force_user_attr)(backend, trial_id, key, value))
 
 
+def record_user_attr(storage: Any, trial_id: int, key: str, value: Any) -> None:
+    """Set a user attribute on a trial whether it is running or has finished (an MLflow run created late, for a
+    trial that ended meanwhile)."""
+    try:
+        storage.set_trial_user_attr(trial_id, key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        backend = _optuna.rdb_backend(storage)
+        if backend is not None:
+            force_user_attr(backend, trial_id, key, value)
+
+
 def _new_values(trial: optuna.Trial, values: Mapping[int, float]) -> dict[int, float]:
     """``values`` checked and converted as ``trial.report`` does, less the steps the trial already reported (a step
     given twice, e.g. 1 and "1", keeps its first value)."""
