@@ -84,6 +84,15 @@ def _finished(url: str, name: str) -> int:
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in _trials(url, name))
 
 
+def _outage_recorded(url: str, name: str) -> bool:
+    """Whether a finished trial says its tracking waited for the server."""
+    return any(
+        t.user_attrs.get("tracking_errors", [""])[0].startswith("MLflow unreachable")
+        for t in _trials(url, name)
+        if t.state.name in ("COMPLETE", "PRUNED")
+    )
+
+
 def _states(url: str, name: str) -> dict[str, list]:
     trials = _trials(url, name)
     states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -141,7 +150,12 @@ def test_three_workers_survive_a_sigkill_a_pause_an_mlflow_outage_and_a_postgres
         mlflow_server.pause()
         done_at_outage = _finished(url, "team")
         assert done_at_outage <= N_TRIALS - 6, "too few trials left for the outage to end before the study does"
-        _wait_for(lambda: _finished(url, "team") >= done_at_outage + 2, 120, "trials in the outage", [runner])
+        _wait_for(
+            lambda: _finished(url, "team") >= done_at_outage + 2 and _outage_recorded(url, "team"),
+            120,
+            "trials in the outage, one recording it (a call first waits 2 s to time out)",
+            [runner],
+        )
         mlflow_server.resume()
         _wait_for(
             lambda: any(t.number == paused.number for t in _states(url, "team")["FAIL"]),
