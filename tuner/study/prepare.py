@@ -171,7 +171,7 @@ def largest_batch(dimension: Any) -> Optional[int]:
 
 
 def _check_door(spec: StudySpec, space: SearchSpace) -> None:
-    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``."""
+    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``, ``save_model``."""
     if spec.task is not None:
         return
     if spec.budget.population is not None and spec.budget.population > 1:
@@ -183,6 +183,12 @@ def _check_door(spec: StudySpec, space: SearchSpace) -> None:
         raise TunerError(
             f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
             f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
+        )
+    if spec.save_model:
+        raise TunerError(
+            f"save_model: true keeps the weights of models tuner's trainer trains (a task); with {spec.door}: your "
+            f"code owns the model -- put its state_dict() in trial.checkpoint(...) and keep_best keeps the best "
+            f"trials' checkpoints; remove save_model"
         )
 
 
