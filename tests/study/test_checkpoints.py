@@ -2,11 +2,12 @@
 (SIGKILL) or interrupted (SIGINT, Ctrl-C) costs only the work since the last checkpoint -- the retry resumes from it
 and ends bit-identical to an uninterrupted trial, its curve whole, its MLflow run tagged with the trial it resumed;
 folders of pruned and failed trials go, the best ``keep_best`` stay; ``save_model`` keeps the best weights, which
-``tuner export --format checkpoint`` writes; an unwritable ``checkpoint_dir`` exits 2 before anything is written."""
+``tuner export --format checkpoint`` writes (an unwritable ``checkpoint_dir``: tests/test_spec.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,29 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint_and_ends_bit_identical(
     assert sorted(m.step for m in history) == [10, 20, 30, 40, 50, 60]
 
 
+def test_a_ctrl_c_d_train_function_resumes_through_trial_restore(workdir, monkeypatch):
+    shutil.copy(FIXTURES / "user_train.py", workdir / "user_train.py")
+    own = {
+        "train": "user_train.py:train_with_checkpoints",
+        "metric": "accuracy",
+        "direction": "maximize",
+        "budget": {"epochs": 3, "n_trials": 1, "checkpoint_every": 1},
+        "space": {"optimizers": {"adam": {"lr": 0.003}}, "schedules": ["plateau"], "batch_size": 128},
+    }
+    study_file = _study_file(workdir, name="own", task=None, **own)
+    monkeypatch.setenv("TUNER_TEST_INTERRUPT_AFTER", "2")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(prepare(study_file, tracking_uri="none"), RunOptions(n_trials=1))
+    monkeypatch.delenv("TUNER_TEST_INTERRUPT_AFTER")
+    study = run_study(prepare(study_file, tracking_uri="none"), RunOptions(n_trials=1))
+    whole = run_study(prepare(_study_file(workdir, name="whole", task=None, **own), tracking_uri="none"), RunOptions(1))
+    interrupted, retry = _trials(study)
+    assert interrupted.user_attrs["reason"] == "interrupted" and retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["resumed_from"] == {"trial": 0, "step": 2 * 11}
+    assert retry.value == _trials(whole)[0].value
+    assert retry.intermediate_values == _trials(whole)[0].intermediate_values
+
+
 def mlflow_client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -184,16 +208,6 @@ def test_only_the_best_complete_trials_keep_their_folders_and_the_best_model_is_
     assert gone.exit_code == 2 and "is gone (keep_best" in gone.output
     missing = cli("export", "keep", "--format", "checkpoint")
     assert missing.exit_code == 2 and "give -o PATH" in missing.output
-
-
-def test_an_unwritable_checkpoint_dir_exits_2_before_anything_is_written(workdir, cli):
-    (workdir / "a-file").write_text("")
-    study_file = _study_file(workdir, checkpoint_dir="a-file/checkpoints")
-    result = cli("run", study_file)
-    assert result.exit_code == 2
-    assert "checkpoint_dir: cannot write checkpoints to 'a-file/checkpoints'" in result.output
-    assert "a-file is not a folder" in result.output
-    assert not (workdir / "tuner.db").exists() and not (workdir / "mlflow.db").exists()
 
 
 def test_save_model_with_your_own_loop_exits_2(workdir):

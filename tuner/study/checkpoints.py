@@ -30,7 +30,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import optuna
 
@@ -39,7 +39,6 @@ from tuner.recipe import Recipe
 from tuner.spec import DEFAULT_CHECKPOINT_DIR, StudySpec
 from tuner.study.definition import definition
 from tuner.study.keys import TrialKeys
-from tuner.study.prepare import Prepared
 from tuner.study.records import top_records
 from tuner.tracking import Tracker, TrialOutcome
 from tuner.train import FitResult
@@ -48,11 +47,15 @@ from tuner.train.checkpoint import (
     Checkpointer,
     CheckpointEvery,
     CheckpointPlan,
+    CheckpointWarning,
     find_checkpoint,
     remove_folder,
     unwritable,
 )
 from tuner.version import __version__
+
+if TYPE_CHECKING:
+    from tuner.study.prepare import Prepared
 
 INTERRUPTED = "interrupted"
 """The reason of a trial Ctrl-C stopped (its folder is kept for its retry)."""
@@ -70,6 +73,15 @@ def check_checkpoint_dir(spec: StudySpec) -> None:
     if why is not None:
         shown = spec.checkpoint_dir or DEFAULT_CHECKPOINT_DIR
         raise TunerError(f"checkpoint_dir: cannot write checkpoints to {shown!r}: {why}")
+
+
+def delete_checkpoints(spec: StudySpec) -> Optional[Path]:
+    """Remove the study's checkpoint folder (``tuner delete``); the folder, or None when there was none here."""
+    folder = study_folder(spec)
+    if not folder.is_dir():
+        return None
+    remove_folder(folder)
+    return folder
 
 
 def checkpoint_every(spec: StudySpec) -> CheckpointEvery:
@@ -107,6 +119,7 @@ class StudyCheckpoints:
         self.study, self.tracker, self.parent_run_id = study, tracker, parent_run_id
         self.root = study_folder(spec)
         self.every, self.keep_best, self.save_model = checkpoint_every(spec), spec.keep_best, spec.save_model
+        self.explicit_every, self.warned = spec.budget.checkpoint_every is not None, False
         defined = json.dumps(definition(spec, prepared.metric, prepared.direction), sort_keys=True)
         self.identity = {
             "format": CHECKPOINT_FORMAT,
@@ -123,6 +136,14 @@ class StudyCheckpoints:
         """The checkpoints of a trial about to train: its plan, and -- ``resumable`` (it trains alone) and a retry --
         the newest usable checkpoint of the trials it repeats, already read."""
         remove_folder(self.folder(trial.number))  # left by a deleted study of the same name, if anything
+        if not resumable and self.explicit_every and not self.warned:
+            self.warned = True
+            warnings.warn(
+                "budget.checkpoint_every: members of a population are not checkpointed (a stack's rows cannot go on "
+                "alone or join a new stack mid-run); a lost or interrupted member's retry starts over",
+                CheckpointWarning,
+                stacklevel=3,
+            )
         identity = {**self.identity, "recipe": recipe.to_dict(), "seed": seed}
         repeats = repeated_trials(self.study, trial)
         found = find_checkpoint([self.folder(n) for n in repeats], identity) if resumable and repeats else None

@@ -22,6 +22,7 @@ import optuna
 from tuner.errors import TunerError
 from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
+from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.tasks import Task, load_function, load_task
@@ -81,6 +82,7 @@ def prepare(
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec, space)
         _check_training(spec, door, space, device or spec.device)
+        check_checkpoint_dir(spec)
         quiet_libraries()
         plan = check_study(spec, door.task, space, train_budget(spec.budget))
     except TunerError as error:

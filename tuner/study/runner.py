@@ -23,7 +23,6 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.spec import parse_study
-from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.definition import check_unchanged, definition
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
@@ -75,7 +74,6 @@ def run_study(
     quiet_libraries()
     grid = grid_of(prepared.space, prepared.spec.sampler)
     check_grid_run(grid, options.n_trials, options.allow_partial_grid, options.warm_start)
-    check_checkpoint_dir(prepared.spec)  # before anything is written
     closer = LostRunCloser()
     storage = open_storage(prepared.storage_url, on_lost=closer)  # first: an unreachable storage creates nothing
     changes = check_resume(storage, prepared, options.allow_change)

@@ -23,7 +23,6 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.spec import parse_study
-from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.keys import StudyKeys
 from tuner.study.prepare import Prepared, prepare, quiet_libraries
 from tuner.study.records import best_recipe_or_none, summarize
@@ -66,7 +65,6 @@ def prepare_stored(options: WorkerOptions) -> Prepared:
 def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
     """Run trials of the stored study in this process until it holds its target of finished trials."""
     prepared = prepare_stored(options)
-    check_checkpoint_dir(prepared.spec)
     quiet_libraries()
     tracker = open_tracker(prepared.tracking_uri)
     study = join_study(prepared.spec.name, prepared.storage_url, tracker)
