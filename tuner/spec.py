@@ -19,16 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from tuner.errors import TunerError
 
@@ -59,7 +50,7 @@ class CheckpointMinutes(Strict):
     minutes: float = Field(gt=0, allow_inf_nan=False, description="minutes of training between checkpoints")
 
 
-CheckpointEvery = Annotated[
+CheckpointCadence = Annotated[
     Union[
         Annotated[int, Field(gt=0, strict=True), Tag("evaluations")],
         Annotated[CheckpointMinutes, Tag("time")],
@@ -105,7 +96,7 @@ class Budget(Strict):
     trial_timeout: Optional[float] = Field(
         None, gt=0, description="a trial running longer than this many seconds fails (command trials: killed)"
     )
-    checkpoint_every: Optional[CheckpointEvery] = Field(
+    checkpoint_every: Optional[CheckpointCadence] = Field(
         None,
         description="write a trial's checkpoint after every this many evaluations, or {minutes: M} of training "
         "(default: every 10 minutes, so short trials write none)",

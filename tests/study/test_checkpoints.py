@@ -210,6 +210,26 @@ def test_only_the_best_complete_trials_keep_their_folders_and_the_best_model_is_
     assert missing.exit_code == 2 and "give -o PATH" in missing.output
 
 
+def test_population_members_keep_their_model_but_are_not_checkpointed(workdir):
+    from tuner.train.checkpoint import CheckpointWarning
+
+    task = str(FIXTURES / "user_task.py:make_task")  # no dropout: the members train stacked
+    budget = {"steps": 30, "eval_every": 10, "n_trials": 4, "checkpoint_every": 1}
+    space = {"optimizers": {"adam": {"lr": {"low": 1e-3, "high": 1e-1, "log": True}}}, "schedules": ["constant"]}
+    study_file = _study_file(
+        workdir, name="pop", task=task, budget=budget, space={**space, "batch_size": 32}, save_model=True
+    )
+    with pytest.warns(CheckpointWarning, match="members of a population are not checkpointed"):
+        study = run_study(prepare(study_file, tracking_uri="none"), RunOptions(n_trials=4, population=4))
+    best = study.best_trial
+    assert best.user_attrs["population"] == 4
+    folder = workdir / "checkpoints" / "pop"
+    assert [p.name for p in folder.iterdir()] == [str(best.number)]
+    assert [p.name for p in (folder / str(best.number)).iterdir()] == ["model.pt"]  # weights, no checkpoint
+    model = load_task(task).build_model()
+    model.load_state_dict(torch.load(best.user_attrs["model"], weights_only=True))
+
+
 def test_save_model_with_your_own_loop_exits_2(workdir):
     from tuner.errors import TunerError
 
