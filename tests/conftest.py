@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,22 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test its own cache directory: MLflow calls a test left in the spool stay out of the others (and of the
+    user's ~/.cache); the MLflow settings a tracker gives its process are undone after each test."""
+    from tuner.tracking.mlflow_tracker import CLIENT_ENV
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    saved = {name: os.environ.get(name) for name in CLIENT_ENV}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on 127.0.0.1 for the session (``create_database(name)`` gives each test its own URL)."""
@@ -24,6 +41,17 @@ def postgres():
 
     server = PostgresServer()
     server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """An ``mlflow server`` on SQLite for the module (``stop``/``start``, ``pause``/``resume`` make outages)."""
+    from tests.service_fixtures import MlflowServer
+
+    root = tmp_path_factory.mktemp("mlflow")
+    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
     yield server
     server.close()
 

@@ -13,6 +13,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -102,13 +103,14 @@ class PostgresServer:
 
 
 class MlflowServer:
-    """``mlflow server`` with lean settings (one worker, no job execution) on a backend store URI."""
+    """``mlflow server`` with lean settings (one worker, no job execution) on a backend store URI; ``stop`` and
+    ``start`` again on the same port make an outage."""
 
     def __init__(self, backend_uri: str, artifacts: Path, port: Optional[int] = None) -> None:
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = artifacts.parent / f"mlflow-{self.port}.log"
-        command = [
+        self.command = [
             str(Path(sys.executable).with_name("mlflow")),
             "server",
             "--backend-store-uri",
@@ -122,11 +124,28 @@ class MlflowServer:
             "--workers",
             "1",
         ]
+        self.start()
+
+    def start(self, wait: bool = True) -> None:
+        """Start the server (``wait``: until it answers)."""
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.process = subprocess.Popen(
-            command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.command, stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
+
+    def stop(self) -> None:
+        """Stop the server: from now on connections are refused."""
+        self.close()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted, nothing answers; requests time out."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Unfreeze a paused server: it answers at once, and serves the requests that waited."""
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def wait_ready(self, seconds: float = 180) -> None:
         deadline = time.monotonic() + seconds
@@ -143,7 +162,8 @@ class MlflowServer:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            os.killpg(self.process.pid, signal.SIGCONT)  # a paused server would not stop
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:

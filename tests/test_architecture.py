@@ -4,7 +4,7 @@
 * no import cycle among tuner's modules;
 * no ``from x import _private`` across modules (a private module only from inside its own package);
 * heavy dependencies live in their homes: optuna and sqlalchemy under ``study/`` (optuna's plots in ``reports/``),
-  mlflow in ``tracking.py``, typer in ``cli/``;
+  mlflow in ``tracking/``, typer in ``cli/``;
 * private Optuna and torch names (``x._name``) only in ``study/storage/_optuna.py`` and ``_torch.py``;
 * ``tuner --help`` and ``import tuner`` import neither torch nor optuna nor mlflow.
 """

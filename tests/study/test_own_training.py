@@ -201,7 +201,7 @@ def test_a_study_of_own_code_is_locked_and_regressed_by_calling_it(workdir: Path
     study_file.write_text(yaml.safe_dump(data))
     assert cli("run", study_file, "--tracking-uri", "none").exit_code == 0
     lock = workdir / "locks" / "own.lock.yaml"
-    result = cli("lock", "own", "--seeds", "2", "-o", lock)
+    result = cli("lock", "own", "--file", study_file, "--seeds", "2", "-o", lock)  # own code: named here
     assert result.exit_code == 0, result.output
     stored = yaml.safe_load(lock.read_text())
     key = next(iter(door))

@@ -58,7 +58,9 @@ def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_
     discarded with a warning (the worker goes on), and the MLflow run the other worker closed as lost is not reopened
     as complete."""
     from tuner.study.lifecycle import TrialLifecycle, TrialResultDiscarded
-    from tuner.study.runner import lost_run_closer, open_study, open_tracker
+    from tuner.study.runner import open_study, open_tracker
+    from tuner.study.runs import LostRunCloser
+    from tuner.study.storage import LostTrial
     from tuner.tracking import TrialOutcome
 
     prepared = prepare(write_study(workdir))
@@ -69,7 +71,7 @@ def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_
     trial_id = member.trial._trial_id
     assert study._storage.get_trial(trial_id).user_attrs["mlflow_run_id"] == member.run.run_id
     study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does
-    lost_run_closer(tracker)(member.run.run_id, "worker lost")
+    LostRunCloser(tracker)(LostTrial("tiny", 0, member.run.run_id))
     with pytest.warns(TrialResultDiscarded, match=r"trial 0 was failed as lost by another worker.*discarded"):
         lifecycle.end(member, TrialOutcome("COMPLETE", "completed", 0.9, 1.0, attrs={"total_steps": 10}))
     tracker.flush()

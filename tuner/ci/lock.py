@@ -17,12 +17,13 @@ from tuner.ci.rule import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, default_floor, mean
 from tuner.ci.runner import FitJob, created_now, derive_seeds, environment, run_jobs
 from tuner.errors import TunerError
 from tuner.recipe import Recipe
-from tuner.spec import TaskRef, parse_study
+from tuner.spec import TaskRef
 from tuner.study.keys import StudyKeys
 from tuner.study.prepare import quiet_libraries
 from tuner.study.records import TrialRecord, top_records, trial_record
 from tuner.study.storage import load_existing_study
-from tuner.tasks import is_task_file, load_task, resolve_task_file
+from tuner.study.trust import prepare_own
+from tuner.tasks import is_task_file, resolve_task_file, split_ref
 
 if TYPE_CHECKING:
     import optuna
@@ -142,9 +143,7 @@ def portable_source(
 
 def portable_ref(ref: str, spec_dir: str, lock_dir: Path) -> str:
     """``file.py:function`` with the file's path made relative to ``lock_dir``; anything else unchanged."""
-    target, _, function = ref.rpartition(":")
-    if not (target and function.isidentifier()):
-        target, function = ref, ""
+    target, function = split_ref(ref)
     if not is_task_file(target):
         return ref
     relative = os.path.relpath(resolve_task_file(target, spec_dir), lock_dir)
@@ -160,24 +159,19 @@ def lock_study(
     seeds: int = 5,
     device: Optional[str] = None,
     trial: Optional[int] = None,
+    study_file: Optional[str | Path] = None,
     **options: Any,
 ) -> LockFile:
-    """Lock the best ``top_k`` distinct recipes of a study, or trial ``trial``'s recipe (its spec and spec dir are
-    read from the study)."""
+    """Lock the best ``top_k`` distinct recipes of a study, or trial ``trial``'s recipe. What trains them comes from
+    ``study_file`` (checked to define the study), else from the spec stored with the study, refused unless it is
+    allowed here (``tuner.study.trust``)."""
     if trial is not None and top_k > 1:
         raise TunerError(f"--trial {trial} locks one trial's recipe; it cannot be combined with --top-k {top_k}")
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
-    if StudyKeys.SPEC not in study.user_attrs:
-        raise TunerError(
-            f"study {study_name!r} has no stored study file (user attr {StudyKeys.SPEC!r}); was it made by `tuner run`?"
-        )
-    spec = parse_study(study.user_attrs[StudyKeys.SPEC], source=f"study {study_name!r}")
-    spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
-    metric = study.user_attrs.get(StudyKeys.METRIC) or spec.metric
-    if metric is None:
-        assert spec.task is not None  # train: and command: studies name their metric
-        metric = load_task(spec.task.name, spec.task.options, base_dir=spec_dir).metric
+    prepared = prepare_own(study, study_file, storage=storage_url, tracking_uri="none", device=device)
+    spec, spec_dir = prepared.spec, prepared.spec_dir
+    metric = study.user_attrs.get(StudyKeys.METRIC) or prepared.metric
     direction = study.direction.name.lower()
     best = best_distinct(study, top_k) if trial is None else [trial_record(study, trial)]
     budget = spec.budget

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
@@ -22,13 +23,30 @@ TrackingUriOption = Annotated[
     Optional[str],
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI (default: the study's, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; 'none' disables)",
+        help="MLflow tracking URI (default: the study file's or $MLFLOW_TRACKING_URI -- the variable first for a study "
+        "read from the database -- else sqlite:///mlflow.db; 'none' disables)",
     ),
 ]
 DeviceOption = Annotated[
     Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ... (default: the study's)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+StudyFileOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--file",
+        help="the study file the study was run with: what trains comes from it, not from the database "
+        "(else: a built-in task, or what $TUNER_ALLOWED_TASKS allows)",
+    ),
+]
+
+
+def own_storage_url(storage: Optional[str], study_file: Optional[Path]) -> str:
+    """The storage URL of a command that reads a study: ``--storage``, else the study file's (``--file``), else
+    ``$TUNER_STORAGE``, else the embedded default. Never one read from a database."""
+    from tuner.spec import load_study, storage_url
+
+    return storage_url(storage or (load_study(study_file).storage if study_file is not None else None))
 
 
 def new_app() -> typer.Typer:
@@ -52,7 +70,11 @@ def user_errors(command: F) -> F:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` to stderr and exit with ``code``."""
+    """Print ``error: message`` to stderr (any URL in it masked) and exit with ``code``."""
+    if "://" in message:
+        from tuner.study.storage.redact import mask_text
+
+        message = mask_text(message)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 

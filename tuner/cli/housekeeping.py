@@ -38,11 +38,13 @@ def delete(
     from tuner.study.keys import StudyKeys
     from tuner.study.runner import open_tracker
     from tuner.study.storage import delete_study, load_existing_study
+    from tuner.study.trust import study_tracking_uri
 
     url = storage_url(storage)
     loaded = load_existing_study(study, url)
+    tracked_here = tracking_uri is not None or StudyKeys.SPEC in loaded.user_attrs
+    uri = study_tracking_uri(loaded, tracking_uri) if tracked_here else None
     spec = loaded.user_attrs.get(StudyKeys.SPEC)
-    uri = tracking_uri or (parse_study(spec).resolved_tracking_uri() if spec is not None else None)
     if not yes:
         typer.confirm(f"delete study {study!r} ({len(loaded.trials)} trials) and its MLflow experiment?", abort=True)
     delete_study(study, url)

@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import DeviceOption, StorageOption, StudyArgument, new_app, user_errors
+from tuner.cli._common import (
+    DeviceOption,
+    StorageOption,
+    StudyArgument,
+    StudyFileOption,
+    new_app,
+    own_storage_url,
+    user_errors,
+)
 
 app = new_app()
 
@@ -38,19 +46,21 @@ def lock(
         bool, typer.Option("--deterministic/--no-deterministic", help="torch deterministic algorithms")
     ] = True,
     jobs: Annotated[int, typer.Option(min=1, help="local processes training the seeds")] = 1,
+    study_file: StudyFileOption = None,
 ) -> None:
     """Re-train the best recipe(s) of STUDY (or trial N's) over fixed seeds at full budget; write a lock file for
-    `tuner regress`."""
+    `tuner regress`. What trains them: --file, else the study's stored file if it names a built-in task or what
+    $TUNER_ALLOWED_TASKS allows."""
     from tuner.ci.lock import lock_study
     from tuner.ci.lockfile import dump_lock, write_atomically
     from tuner.ci.summary import fmt
-    from tuner.spec import storage_url
 
     path = output or Path("studies") / f"{study}.lock.yaml"
     locked = lock_study(
         study,
-        storage_url(storage),
+        own_storage_url(storage, study_file),
         path,
+        study_file=study_file,
         top_k=top_k,
         trial=trial,
         seeds=seeds,

@@ -7,7 +7,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tuner.cli._common import JsonOption, StorageOption, StudyArgument, console, fmt, new_app, print_json, user_errors
+from tuner.cli._common import (
+    JsonOption,
+    StorageOption,
+    StudyArgument,
+    TrackingUriOption,
+    console,
+    fmt,
+    new_app,
+    print_json,
+    user_errors,
+)
 
 app = new_app()
 
@@ -36,16 +46,31 @@ def ls(storage: StorageOption = None, json_output: JsonOption = False) -> None:
 
 @app.command("show")
 @user_errors
-def show(study: StudyArgument, storage: StorageOption = None, json_output: JsonOption = False) -> None:
-    """A table of the study's trials: number, state, value, optimizer, lr, schedule, duration, reason."""
+def show(
+    study: StudyArgument,
+    storage: StorageOption = None,
+    tracking_uri: TrackingUriOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """A table of the study's trials: number, state, value, optimizer, lr, schedule, duration, reason. The study's
+    MLflow parent run gets its summary rewritten from the study as it is now."""
     from tuner.spec import storage_url
-    from tuner.study.records import records, study_metric, study_objective
+    from tuner.study.records import records
+    from tuner.study.runs import refresh_summary
     from tuner.study.storage import load_existing_study
 
     loaded = load_existing_study(study, storage_url(storage))
     rows = [_trial_row(record) for record in records(loaded)]
     if json_output:
-        return print_json(rows)
+        print_json(rows)
+    else:
+        _print_trials(loaded, rows)
+    refresh_summary(loaded, tracking_uri)
+
+
+def _print_trials(loaded: Any, rows: list[dict[str, Any]]) -> None:
+    from tuner.study.records import study_metric, study_objective
+
     value = f"{study_metric(loaded)} ({study_objective(loaded)})"
     table = _table("#", "state", value, "optimizer", "lr", "schedule", "batch", "duration s", "reason")
     for row in rows:
@@ -61,6 +86,12 @@ def show(study: StudyArgument, storage: StorageOption = None, json_output: JsonO
             row["reason"],
         )
     console().print(table)
+    gaps = [row for row in rows if row["tracking_errors"]]
+    if gaps:
+        typer.echo(
+            f"MLflow: {len(gaps)} trial(s) with tracking gaps (--json lists them), "
+            f"e.g. trial {gaps[-1]['number']}: {gaps[-1]['tracking_errors'][0]}"
+        )
 
 
 def _trial_row(record: Any) -> dict[str, Any]:
@@ -75,6 +106,7 @@ def _trial_row(record: Any) -> dict[str, Any]:
         "batch_size": recipe.get("batch_size", "-"),
         "duration_s": record.duration_s,
         "reason": record.reason,
+        "tracking_errors": record.tracking_errors,
     }
 
 

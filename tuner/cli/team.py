@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
 
-from tuner.cli._common import DeviceOption, StorageOption, TrackingUriOption, new_app, user_errors
+from tuner.cli._common import (
+    DeviceOption,
+    StorageOption,
+    StudyFileOption,
+    TrackingUriOption,
+    new_app,
+    own_storage_url,
+    user_errors,
+)
 
 app = new_app()
 
@@ -26,13 +35,20 @@ def worker(
     timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after this many seconds")] = None,
     tracking_uri: TrackingUriOption = None,
     device: DeviceOption = None,
+    study_file: StudyFileOption = None,
+    urls_from_env: Annotated[bool, typer.Option("--urls-from-env", hidden=True)] = False,
 ) -> None:
-    """Join an existing study and run its trials until it holds its target of finished trials."""
-    from tuner.spec import storage_url
+    """Join an existing study and run its trials until it holds its target of finished trials.
+
+    What trains comes from this side: a built-in task, --file (the study file, which must define the study as
+    stored), or a module, file or command that $TUNER_ALLOWED_TASKS allows -- never from the database alone."""
     from tuner.study.records import summarize
     from tuner.study.worker import WorkerOptions, parse_gpus, run_gpu_workers, run_worker
 
-    options = WorkerOptions(study, storage_url(storage), n_trials, timeout, tracking_uri, device)
+    if urls_from_env:  # a --gpus child: its parent resolved both and put them in the environment, not on argv
+        storage, tracking_uri = os.environ["TUNER_STORAGE"], os.environ["MLFLOW_TRACKING_URI"]
+    url = own_storage_url(storage, study_file)
+    options = WorkerOptions(study, url, n_trials, timeout, tracking_uri, device, study_file and str(study_file))
     if gpus is not None:
         raise typer.Exit(run_gpu_workers(options, parse_gpus(gpus)))
     try:

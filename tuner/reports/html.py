@@ -25,11 +25,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.recipe import Recipe
 from tuner.schedules import recipe_lr_curve
-from tuner.spec import parse_study
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import quiet_libraries
 from tuner.study.records import reason_kind, study_metric
 from tuner.study.storage import load_existing_study
+from tuner.study.trust import study_tracking_uri
 from tuner.tracking import make_tracker
 from tuner.train.progress import LR_CURVE_POINTS
 
@@ -45,9 +45,10 @@ def write_report(
     """
     quiet_libraries()
     study = load_existing_study(study_name, storage_url)
+    uri = _tracking_uri(study, tracking_uri)  # a bad one fails before the page is written
     output = Path(output)
     write_page(output, render(study, top_k=top_k))
-    return _log_to_mlflow(study, output, tracking_uri)
+    return _log_to_mlflow(study, output, uri)
 
 
 def write_page(output: str | Path, page: str) -> None:
@@ -103,13 +104,18 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _log_to_mlflow(study: optuna.Study, path: Path, tracking_uri: Optional[str]) -> Optional[str]:
-    parent = study.user_attrs.get(StudyKeys.PARENT_RUN)
-    spec = study.user_attrs.get(StudyKeys.SPEC)
-    if parent is None or (spec is None and tracking_uri is None):
+def _tracking_uri(study: optuna.Study, override: Optional[str]) -> Optional[str]:
+    """Where the report is logged: None without a parent run, or without a study file or ``override`` to say where."""
+    if StudyKeys.PARENT_RUN not in study.user_attrs:
         return None
-    uri = tracking_uri or parse_study(spec).resolved_tracking_uri()
-    if uri.lower() == "none":
+    if override is None and StudyKeys.SPEC not in study.user_attrs:
+        return None
+    return study_tracking_uri(study, override)
+
+
+def _log_to_mlflow(study: optuna.Study, path: Path, uri: Optional[str]) -> Optional[str]:
+    parent = study.user_attrs.get(StudyKeys.PARENT_RUN)
+    if parent is None or uri is None or uri.lower() == "none":
         return None
     return parent if make_tracker(uri).log_to_study(parent, files=(str(path),)) else None
 

@@ -15,14 +15,21 @@ from typing import Any, Optional
 
 from tuner.errors import TunerError
 from tuner.spec import StudySpec
+from tuner.study.storage.redact import redact
 
 FREE_BUDGET_KEYS = ("n_trials", "timeout", "population", "trial_timeout", "checkpoint_every")
 """Budget keys a resume may change freely: they decide how many trials run and how, not what a value means."""
 
 
+def storable(spec: StudySpec) -> dict[str, Any]:
+    """The study file as it may be stored (on the study, in MLflow): JSON-ready, every URL's credentials masked
+    (``storage: postgresql://user:***@host/db``)."""
+    return redact(spec.model_dump(mode="json"))
+
+
 def definition(spec: StudySpec, metric: str, direction: str) -> dict[str, Any]:
-    """What defines the study ``spec`` describes, as JSON-ready data."""
-    data = spec.model_dump(mode="json")
+    """What defines the study ``spec`` describes, as JSON-ready data (credentials masked, as stored)."""
+    data = storable(spec)
     defined: dict[str, Any] = {door: data[door] for door in ("task", "train", "command") if data[door] is not None}
     defined["metric"], defined["direction"] = metric, direction
     defined["budget"] = {key: value for key, value in data["budget"].items() if key not in FREE_BUDGET_KEYS}

@@ -6,11 +6,12 @@ its end to the study in one transaction, closes its MLflow run with the same out
 
 * ``start``: sample the recipe, fix the seed (a retry keeps the lost trial's), record both and this worker on the
   trial in one write -- before the MLflow run exists, so a worker lost from here on leaves its seed for the retry --
-  then open the MLflow run;
+  then queue the MLflow run (the trial records its id once it exists, ``tuner.study.runs``);
 * ``reporter``: each evaluation goes to the trial's MLflow run and to the pruner (``tuner.study.pruning``);
 * ``finish`` / ``fail`` -> ``end``: reason, duration, steps, tracking errors and the reports not written yet in one
-  write; then the MLflow run's end; then ``tell``. A trial another worker already failed as lost (this worker was
-  paused past the grace period) refuses the write: its result is discarded with a warning and the worker goes on.
+  write; then the MLflow run's end; then ``tell``. Nothing here waits for MLflow: its calls are queued. A trial
+  another worker already failed as lost (this worker was paused past the grace period) refuses the write: its
+  result is discarded with a warning, its run is closed as the lost trial it is, and the worker goes on.
 
 Checkpoints (``tuner.study.checkpoints``): ``start`` gives each trial its checkpoint plan -- a retry that trains alone
 resumes from the checkpoint of the trial it repeats, and its MLflow run is tagged with it -- and ``end`` keeps or
@@ -27,7 +28,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Optional
 
 import optuna
@@ -39,11 +39,13 @@ from tuner.study.checkpoints import StudyCheckpoints, TrialCheckpoints
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
+from tuner.study.runs import run_link
 from tuner.study.storage import QueueEmpty, optimize_loop, trial_id
 from tuner.study.storage.heartbeat import Heartbeats, fail_stale_trials
 from tuner.study.storage.rdb import asking_from_one_snapshot
+from tuner.study.storage.redact import mask_text
 from tuner.study.storage.sql import write_trial
-from tuner.tracking import Tracker, TrialOutcome, TrialRun
+from tuner.tracking import LOST_REASON, Tracker, TrialOutcome, TrialRun
 from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
 from tuner.train.command import CommandFailed, run_command
 from tuner.train.trial import Trial, TrialInfo, run_function
@@ -274,7 +276,7 @@ class TrialLifecycle:
 
     def start(self, trial: optuna.Trial, *, resumable: bool = True) -> StartedTrial:
         """Sample the trial's recipe, fix its seed, record both and this worker on the trial (one write, before the
-        MLflow run exists), find the checkpoint it resumes from (``resumable``: it trains alone), then open its
+        MLflow run exists), find the checkpoint it resumes from (``resumable``: it trains alone), then queue its
         MLflow run."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get(TrialKeys.SEED, trial_seed(self.prepared.spec.seed, trial.number))
@@ -299,7 +301,7 @@ class TrialLifecycle:
             trial.number,
             recipe,
             tags,
-            on_started=partial(_record_run_id, trial),
+            link=run_link(trial),
         )
         return StartedTrial(trial, recipe, seed, run, checkpoints)
 
@@ -319,20 +321,20 @@ class TrialLifecycle:
         not written yet), close its MLflow run with the same outcome, and tell Optuna."""
         trial, run = member.trial, member.run
         unwritten = pruning.take_unwritten(trial) if pruning is not None else {}
-        run.wait_created()
         attrs = {**outcome.attrs, TrialKeys.REASON: outcome.reason, TrialKeys.DURATION: round(outcome.seconds, 3)}
-        if run.errors:
-            attrs[TrialKeys.TRACKING_ERRORS] = run.errors[:5]
+        errors = list(run.errors)  # so far: the tracking thread may add more
+        if errors:
+            attrs[TrialKeys.TRACKING_ERRORS] = errors[:5]
         try:  # written before tell: a pruned trial's value is its last written one
             write_trial(trial, attrs, unwritten)
         except optuna.exceptions.UpdateFinishedTrialError:
-            self._discarded(trial, outcome)  # another worker failed it as lost and closed its MLflow run
+            self._discarded(trial, outcome, run)  # another worker failed it as lost meanwhile
             return
         self.tracker.end_trial(run, outcome)
-        if self._tell(trial, outcome):
+        if self._tell(trial, outcome, run):
             self.checkpoints.ended(trial.number, member.checkpoints, outcome)
 
-    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
+    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome, run: Optional[TrialRun] = None) -> bool:
         """Tell Optuna how the trial ended; whether it took it (False: discarded, with a warning)."""
         state = TrialState[outcome.state]
         value = outcome.value if state == TrialState.COMPLETE else None
@@ -346,11 +348,15 @@ class TrialLifecycle:
             self.stop_requested = lambda: True
             return True
         if told is None or told.state != state:
-            self._discarded(trial, outcome)
+            self._discarded(trial, outcome, run)
             return False
         return True
 
-    def _discarded(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    def _discarded(self, trial: optuna.Trial, outcome: TrialOutcome, run: Optional[TrialRun]) -> None:
+        """The trial was failed as lost by another worker: say so, and end its run as that (the other worker may
+        not have found it: its creation may have waited for MLflow)."""
+        if run is not None:
+            self.tracker.end_trial(run, TrialOutcome("FAIL", LOST_REASON, seconds=outcome.seconds))
         warnings.warn(
             f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
             f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
@@ -361,10 +367,11 @@ class TrialLifecycle:
 
 
 def failure_reason(error: BaseException) -> str:
-    """A failed trial's reason: ``error: Type: message`` (the user's code: ``... (at file:line in fn)``)."""
+    """A failed trial's reason: ``error: Type: message`` (the user's code: ``... (at file:line in fn)``), any URL in it
+    masked (the study and MLflow keep it)."""
     if isinstance(error, (UserCodeError, CommandFailed)):
-        return f"error: {error}"
-    return f"error: {type(error).__name__}: {error}"
+        return mask_text(f"error: {error}")
+    return mask_text(f"error: {type(error).__name__}: {error}")
 
 
 def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:

@@ -25,6 +25,7 @@ from tuner.spec import Budget, StudySpec, load_study
 from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
 from tuner.study.search import SearchSpace, resolve_space
+from tuner.study.storage.redact import mask_output
 from tuner.tasks import Task, load_function, load_task
 from tuner.train import TrainBudget, check_training
 from tuner.train.checks import available_device
@@ -195,7 +196,9 @@ def _check_door(spec: StudySpec, space: SearchSpace) -> None:
 
 
 def quiet_libraries() -> None:
-    """Keep Optuna's and MLflow's INFO chatter and experimental-feature warnings off the user's terminal."""
+    """Keep Optuna's and MLflow's INFO chatter and experimental-feature warnings off the user's terminal, and the
+    passwords of URLs out of every warning and log line (``mask_output``)."""
+    mask_output()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (it resets its logger)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -23,18 +23,19 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.spec import parse_study
-from tuner.study.definition import check_unchanged, definition
+from tuner.study.definition import check_unchanged, definition, storable
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
 from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
 from tuner.study.prepare import Prepared, prepare, quiet_libraries
-from tuner.study.records import best_recipe_or_none, finished_count, summarize
+from tuner.study.records import finished_count
+from tuner.study.runs import LostRunCloser, RunLinker, end_study
 from tuner.study.storage import open_storage, study_names
 from tuner.study.storage.heartbeat import settle_lost_trials
 from tuner.study.storage.sqlite import speed_up_sqlite
 from tuner.study.tables import make_pruner, make_sampler
-from tuner.tracking import Tracker, TrialOutcome, TrialRun, make_tracker
+from tuner.tracking import Tracker, make_tracker
 
 OnTrial = Callable[[optuna.Study], None]
 
@@ -98,7 +99,7 @@ def run_study(
     finally:
         for worker in workers:
             worker.join()
-        tracker.end_study(study.user_attrs.get(StudyKeys.PARENT_RUN), best_recipe_or_none(study), summarize(study))
+        end_study(study, tracker)
     return study
 
 
@@ -141,7 +142,8 @@ def open_study(prepared: Prepared, tracker: Tracker, storage: Any = None, change
     first: ``changes`` are the differences it allowed, recorded on the study)."""
     quiet_libraries()
     spec = prepared.spec
-    storage = storage if storage is not None else open_storage(prepared.storage_url, on_lost=lost_run_closer(tracker))
+    storage = storage if storage is not None else open_storage(prepared.storage_url, on_lost=LostRunCloser(tracker))
+    tracker.on_run_created = RunLinker(storage)
     direction: Any = prepared.direction  # "maximize" or "minimize", checked by prepare
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, load_if_exists=True)
     if changes:
@@ -150,14 +152,13 @@ def open_study(prepared: Prepared, tracker: Tracker, storage: Any = None, change
             StudyKeys.CHANGES, [*log, {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": list(changes)}]
         )
     study.set_user_attr(StudyKeys.DEFINITION, definition(spec, prepared.metric, prepared.direction))
-    study.set_user_attr(StudyKeys.SPEC, spec.model_dump(mode="json"))
+    study.set_user_attr(StudyKeys.SPEC, storable(spec))
     study.set_user_attr(StudyKeys.SPEC_DIR, prepared.spec_dir)
     study.set_user_attr(StudyKeys.METRIC, prepared.metric)
     study.set_user_attr(StudyKeys.OBJECTIVE, prepared.spec.budget.objective)
     study.set_metric_names([prepared.metric])  # optuna-dashboard shows "accuracy", not "Objective 0"
-    if StudyKeys.PARENT_RUN not in study.user_attrs:
-        parent = tracker.start_study(spec.name, spec.model_dump(mode="json"))
-        study.set_user_attr(StudyKeys.PARENT_RUN, parent)
+    if not study.user_attrs.get(StudyKeys.PARENT_RUN):  # None: MLflow was away when the study was made
+        study.set_user_attr(StudyKeys.PARENT_RUN, tracker.start_study(spec.name, storable(spec)))
     else:
         tracker.resume_study(study.user_attrs[StudyKeys.PARENT_RUN])
     return study
@@ -190,30 +191,12 @@ def requeue_interrupted(study: optuna.Study, say: Callable[[str], None] = lambda
 
 def join_study(study_name: str, storage_url: str, tracker: Tracker) -> optuna.Study:
     """An existing study, opened for a worker (lost trials' MLflow runs closed through ``tracker``)."""
-    storage = open_storage(storage_url, on_lost=lost_run_closer(tracker))
+    storage = open_storage(storage_url, on_lost=LostRunCloser(tracker))
+    tracker.on_run_created = RunLinker(storage)
     study = optuna.load_study(study_name=study_name, storage=storage)
     tracker.resume_study(study.user_attrs.get(StudyKeys.PARENT_RUN))
     requeue_interrupted(study)
     return study
-
-
-def lost_run_closer(tracker: Tracker) -> Callable[[str, str], None]:
-    """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason)."""
-    closer = LostRunCloser()
-    closer.tracker = tracker
-    return closer
-
-
-class LostRunCloser:
-    """Closes the MLflow run of a trial whose worker was lost (FAIL with the reason), through ``tracker`` once it is
-    set (the storage is opened before the tracker)."""
-
-    def __init__(self) -> None:
-        self.tracker: Optional[Tracker] = None
-
-    def __call__(self, run_id: str, reason: str) -> None:
-        if self.tracker is not None:
-            self.tracker.end_trial(TrialRun(run_id), TrialOutcome("FAIL", reason))
 
 
 def optimize(

@@ -1,10 +1,14 @@
 """Workers that join an existing study: ``tuner worker STUDY --storage URL [--gpus 0,1]``.
 
 The study's spec (user attribute ``spec``) and the directory it was written in (``spec_dir``) are stored with
-the study by ``tuner run``, so a worker needs only the study name and the storage URL. With ``--gpus`` the
-worker starts one process per GPU, each pinned with ``CUDA_VISIBLE_DEVICES``; without, it trains in this
-process (on the study's ``device``, CPU on a machine without CUDA). Heartbeats, reconnects and the retry of
-a lost trial come with the storage (``tuner.study.storage``).
+the study by ``tuner run``, so a worker of a built-in task needs only the study name and the storage URL. What the
+database names is data, never code the worker runs unasked: a task or train function, or a command, must be named on
+the worker's own side -- its own copy of the study file (``--file``, checked to define the same study) or
+``$TUNER_ALLOWED_TASKS`` (``tuner.study.trust``). The storage URL comes from the worker's side too (``--storage`` or
+``$TUNER_STORAGE``), never from the database. With ``--gpus`` the worker starts one process per GPU, each pinned with
+``CUDA_VISIBLE_DEVICES`` and given the URLs through its environment (not its command line, which ``ps`` shows);
+without, it trains in this process (on the study's ``device``, CPU on a machine without CUDA). Heartbeats, reconnects
+and the retry of a lost trial come with the storage (``tuner.study.storage``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ from typing import Any, Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.spec import parse_study
-from tuner.study.keys import StudyKeys
-from tuner.study.prepare import Prepared, prepare, quiet_libraries
-from tuner.study.records import best_recipe_or_none, summarize
+from tuner.study.prepare import Prepared, quiet_libraries
 from tuner.study.runner import RunOptions, join_study, open_tracker, optimize
-from tuner.study.storage import load_existing_study, mask_url
+from tuner.study.runs import end_study
+from tuner.study.storage import load_existing_study
+from tuner.study.trust import prepare_own
 
 
 @dataclass(frozen=True)
@@ -40,25 +43,16 @@ class WorkerOptions:
     timeout: Optional[float] = None
     tracking_uri: Optional[str] = None
     device: Optional[str] = None
+    study_file: Optional[str] = None
 
 
 def prepare_stored(options: WorkerOptions) -> Prepared:
-    """The stored study re-prepared from its spec. Raises ``TunerError`` for an unreachable storage, a study name not
-    in it (listing the studies) or a study that ``tuner`` did not create."""
+    """The study prepared from the worker's own study file (checked to define the stored study), else from the spec
+    stored with it (refused unless what it trains is allowed here: ``tuner.study.trust``). Raises ``TunerError`` for
+    an unreachable storage, a study name not in it (listing the studies) or a study that ``tuner`` did not create."""
     study = load_existing_study(options.study, options.storage_url)
-    spec = study.user_attrs.get(StudyKeys.SPEC)
-    if spec is None:
-        raise TunerError(
-            f"study {options.study!r} in {mask_url(options.storage_url)} has no stored spec "
-            f"(it was not created by `tuner run`)"
-        )
-    spec_dir = study.user_attrs.get(StudyKeys.SPEC_DIR) or os.getcwd()
-    return prepare(
-        parse_study(spec),
-        storage=options.storage_url,
-        tracking_uri=options.tracking_uri,
-        device=options.device,
-        spec_dir=spec_dir if os.path.isdir(spec_dir) else os.getcwd(),
+    return prepare_own(
+        study, options.study_file, storage=options.storage_url, tracking_uri=options.tracking_uri, device=options.device
     )
 
 
@@ -73,7 +67,7 @@ def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study
     try:
         optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
     finally:
-        tracker.end_study(study.user_attrs.get(StudyKeys.PARENT_RUN), best_recipe_or_none(study), summarize(study))
+        end_study(study, tracker)
     return study
 
 
@@ -115,12 +109,14 @@ def gpu_count() -> int:
 
 
 def gpu_worker_command(options: WorkerOptions) -> list[str]:
-    """The ``tuner worker`` command line one pinned child runs (no ``--gpus``: it trains in its own process)."""
-    command = [sys.executable, "-m", "tuner", "worker", options.study, "--storage", options.storage_url]
+    """The ``tuner worker`` command line one pinned child runs (no ``--gpus``: it trains in its own process). URLs
+    are not on it (``ps`` shows command lines): the child takes the ones its parent resolved from its environment
+    (``--urls-from-env``, ``gpu_worker_env``)."""
+    command = [sys.executable, "-m", "tuner", "worker", options.study, "--urls-from-env"]
     for flag, value in (
+        ("--file", os.path.abspath(options.study_file) if options.study_file is not None else None),
         ("--n-trials", options.n_trials),
         ("--timeout", options.timeout),
-        ("--tracking-uri", options.tracking_uri),
         ("--device", options.device or "cuda"),
     ):
         if value is not None:
@@ -128,15 +124,26 @@ def gpu_worker_command(options: WorkerOptions) -> list[str]:
     return command
 
 
+def gpu_worker_env(prepared: Prepared, visible_device: str) -> dict[str, str]:
+    """A pinned child's environment: this one's (``$TUNER_ALLOWED_TASKS`` included, so the child allows what its
+    parent does), with the storage URL and tracking URI its parent resolved, and its GPU."""
+    return {
+        **os.environ,
+        "TUNER_STORAGE": prepared.storage_url,
+        "MLFLOW_TRACKING_URI": prepared.tracking_uri,
+        "CUDA_VISIBLE_DEVICES": visible_device,
+    }
+
+
 def run_gpu_workers(options: WorkerOptions, gpus: list[int]) -> int:
     """Start one child per GPU (``CUDA_VISIBLE_DEVICES=<gpu>``), wait for all; the worst exit code wins.
     SIGINT/SIGTERM are passed on so each child marks its running trial FAIL before exiting."""
-    prepare_stored(options)  # bad study names and unreachable storage fail here, once, before any child starts
+    prepared = prepare_stored(options)  # bad names, unreachable storage, code not allowed: once, before any child
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = [v.strip() for v in visible.split(",")] if visible else None
     children = []
     for gpu in gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": physical[gpu] if physical else str(gpu)}
+        env = gpu_worker_env(prepared, physical[gpu] if physical else str(gpu))
         children.append(subprocess.Popen(gpu_worker_command(options), env=env))
 
     def pass_on(signum: int, frame: Any) -> None:

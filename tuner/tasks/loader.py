@@ -37,8 +37,7 @@ def load_task(
     defaults to ``make_task``) or ``"package.module:function"`` (imported from ``sys.path``).
     """
     options = dict(options or {})
-    target, _, function = ref.rpartition(":")
-    if not (target and function.isidentifier()) and not is_task_file(ref):  # a colon may still be a Windows drive's
+    if is_builtin_ref(ref):
         return _load_builtin(ref, options)
     factory, path, folder = load_function(ref, base_dir=base_dir, kind="task", default=DEFAULT_FUNCTION)
     where = str(path)
@@ -57,11 +56,10 @@ def load_function(
     """The function ``ref`` names -- ``"file.py:function"`` or ``"package.module:function"`` -- with the file it is
     defined in and the folder to put on ``sys.path`` while calling it (None for a module). Anything wrong (a missing
     file, an import error in it, no such function) is a ``TunerError`` saying what and where."""
-    target, _, function = ref.rpartition(":")
-    if not (target and function.isidentifier()):
-        if default is None:
-            raise TunerError(f"{kind}: expected 'file.py:function' or 'package.module:function', got {ref!r}")
-        target, function = ref, default
+    target, named = split_ref(ref, default)
+    if named is None:
+        raise TunerError(f"{kind}: expected 'file.py:function' or 'package.module:function', got {ref!r}")
+    function = named
     if is_task_file(target):
         path = resolve_task_file(target, base_dir)
         module = _imported(lambda: _import_file(path), path, kind)
@@ -82,6 +80,18 @@ def _imported(importer: Callable[[], ModuleType], path: Path, kind: str) -> Modu
         return importer()
     except Exception as error:
         raise TunerError(f"error importing {kind} file {path}: {describe_user_error(error, path)}") from error
+
+
+def split_ref(ref: str, default: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """``(file or module, function)`` of ``"file.py:function"`` / ``"package.module:function"``; without a
+    ``:function`` (or with a colon that is no function's, a Windows drive's), ``(ref, default)``."""
+    target, _, function = ref.rpartition(":")
+    return (target, function) if target and function.isidentifier() else (ref, default)
+
+
+def is_builtin_ref(ref: str) -> bool:
+    """Whether a task reference names a built-in task (neither a file nor ``module:function``)."""
+    return split_ref(ref)[1] is None and not is_task_file(ref)
 
 
 def is_task_file(text: str) -> bool:

@@ -1,4 +1,4 @@
-"""Where studies live: opening storages, masking URLs, listing and loading studies.
+"""Where studies live: opening storages, listing and loading studies; masking URLs (``redact.py``).
 
 ``TunerStorage`` (``rdb.py``) is Optuna's ``RDBStorage`` with reconnecting calls and population snapshots;
 ``heartbeat.py`` keeps running trials alive and retries those of dead workers; ``sql.py`` writes a trial's values in
@@ -8,6 +8,8 @@ one transaction; ``sqlite.py`` tunes the embedded SQLite files; ``_optuna.py`` h
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -17,35 +19,40 @@ from typing import Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.study.storage._optuna import optimize_loop, trial_id
-from tuner.study.storage.heartbeat import WorkerLost, env_seconds, heartbeat_settings
+from tuner.study.storage._optuna import optimize_loop, rdb_backend, trial_id
+from tuner.study.storage.heartbeat import LostTrial, WorkerLost, env_seconds, heartbeat_settings
 from tuner.study.storage.rdb import QueueEmpty, TunerStorage, only_queued_trials, short_error
+from tuner.study.storage.redact import mask_text, mask_url, redact
 from tuner.study.storage.sqlite import speed_up_sqlite
 
 __all__ = [
+    "LostTrial",
     "QueueEmpty",
     "TunerStorage",
     "delete_study",
     "load_existing_study",
     "storage_exists",
+    "mask_text",
     "mask_url",
     "only_queued_trials",
     "open_storage",
     "optimize_loop",
+    "redact",
+    "storage_key",
     "study_names",
     "trial_id",
 ]
 
 
 def open_storage(
-    url: str, attempts: int = 3, wait: float = 1.0, on_lost: Optional[Callable[[str, str], None]] = None
+    url: str, attempts: int = 3, wait: float = 1.0, on_lost: Optional[Callable[[LostTrial], None]] = None
 ) -> TunerStorage:
     """A ``TunerStorage`` for ``url`` with heartbeats (``TUNER_HEARTBEAT_INTERVAL``, ``TUNER_GRACE_PERIOD``) and
     reconnecting calls (``TUNER_RECONNECT_SECONDS``), opened with a few tries (a database restarting, two processes
     creating the schema at once); still unreachable, it is a ``TunerError`` naming the URL with its password masked.
 
     Args:
-        on_lost: ``on_lost(mlflow_run_id, reason)`` closes the MLflow run of a trial whose worker was lost.
+        on_lost: ``on_lost(LostTrial)`` closes the MLflow run of a trial whose worker was lost.
     """
     speed_up_sqlite()
     interval, grace = heartbeat_settings()
@@ -73,14 +80,12 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True}
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+def storage_key(storage: optuna.storages.BaseStorage) -> str:
+    """A name of the database behind ``storage`` that every process opening it agrees on (a hash of its URL without
+    the password); a storage without a URL gets a name for this process only."""
+    backend = rdb_backend(storage)
+    name = mask_url(backend.url) if backend is not None else f"{os.getpid()}:{id(storage)}"
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -4,10 +4,10 @@ Every running trial gets a heartbeat every ``TUNER_HEARTBEAT_INTERVAL`` seconds 
 from ``Heartbeats``, one thread for all the trials a worker trains at once. A running trial whose heartbeat stops for
 ``TUNER_GRACE_PERIOD`` seconds (default 60) -- its worker was killed, its machine died -- is failed by the next
 worker that starts a trial (``optuna.storages.fail_stale_trials``), which then calls ``WorkerLost``: reason
-``worker lost`` on the trial, its MLflow run closed as FAILED, and the same parameters re-queued once (Optuna's
-``RetryHeartbeatStaleTrialCallback``). The retry carries the lost trial's ``seed`` user attribute, so it repeats the
-same recipe with the same seed. ``settle_lost_trials`` makes the last worker out wait for lost trials and run their
-retries.
+``worker lost`` on the trial, its MLflow run closed as FAILED (by its recorded id, or found by its tags when the trial
+never recorded one), and the same parameters re-queued once (Optuna's ``RetryHeartbeatStaleTrialCallback``). The
+retry carries the lost trial's ``seed`` user attribute, so it repeats the same recipe with the same seed.
+``settle_lost_trials`` makes the last worker out wait for lost trials and run their retries.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import optuna
@@ -25,8 +26,8 @@ import optuna
 from tuner.study.keys import TrialKeys
 from tuner.study.storage import _optuna
 from tuner.study.storage.sql import force_user_attr
+from tuner.tracking import LOST_REASON
 
-LOST_REASON = "worker lost"
 _log = logging.getLogger(__name__)
 
 
@@ -55,15 +56,26 @@ def heartbeat_settings() -> tuple[Optional[int], Optional[int]]:
     return interval, grace
 
 
+@dataclass(frozen=True)
+class LostTrial:
+    """A trial failed because its worker stopped: its study, number, MLflow run id (None when the trial never
+    recorded one) and the reason."""
+
+    study: str
+    number: int
+    run_id: Optional[str]
+    reason: str = LOST_REASON
+
+
 class WorkerLost:
     """Heartbeat-stale callback: reason ``worker lost`` on the failed trial, its MLflow run closed, one retry.
 
     Args:
-        on_lost: ``on_lost(mlflow_run_id, reason)`` closes the lost trial's MLflow run.
+        on_lost: ``on_lost(LostTrial)`` closes the lost trial's MLflow run.
         max_retry: how many times a lost trial's parameters are re-queued.
     """
 
-    def __init__(self, on_lost: Optional[Callable[[str, str], None]] = None, max_retry: int = 1) -> None:
+    def __init__(self, on_lost: Optional[Callable[[LostTrial], None]] = None, max_retry: int = 1) -> None:
         self.on_lost, self.max_retry = on_lost, max_retry
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -73,9 +85,8 @@ class WorkerLost:
                 force_user_attr(backend, _optuna.frozen_id(trial), TrialKeys.REASON, LOST_REASON)
             except Exception as error:
                 _log.warning("could not record reason %r on trial %d: %s", LOST_REASON, trial.number, error)
-        run_id = trial.user_attrs.get(TrialKeys.RUN_ID)
-        if run_id and self.on_lost is not None:
-            self.on_lost(run_id, LOST_REASON)
+        if self.on_lost is not None:
+            self.on_lost(LostTrial(study.study_name, trial.number, trial.user_attrs.get(TrialKeys.RUN_ID) or None))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)

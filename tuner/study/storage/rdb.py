@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial
 from tuner.errors import TunerError
 from tuner.study.storage import _optuna
 from tuner.study.storage._optuna import HookedRDBStorage, frozen_id
+from tuner.study.storage.redact import mask_text, mask_url
 
 _log = logging.getLogger(__name__)
 _retrying = threading.local()  # set while a call is being retried: the calls it makes are not retried again
@@ -240,18 +241,13 @@ def as_storage_error(error: Exception, url: str) -> Exception:
     """A database's own lasting failure as a ``StorageError`` naming the storage (masked); anything else unchanged
     (Optuna's errors, integrity errors Optuna itself handles)."""
     from sqlalchemy import exc
-    from sqlalchemy.engine import make_url
 
     seen: Optional[BaseException] = error  # Optuna wraps a failed commit in its StorageInternalError
     while seen is not None and not isinstance(seen, exc.OperationalError):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return error
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        shown = "the study storage"
-    return StorageError(f"storage {shown}: {short_error(getattr(seen, 'orig', None) or seen)}")
+    return StorageError(f"storage {mask_url(url)}: {short_error(getattr(seen, 'orig', None) or seen)}")
 
 
 def _creates_unqueued_trial(call: Callable[..., Any], args: tuple, kwargs: dict, studies: set[int]) -> bool:
@@ -291,9 +287,9 @@ def _is_local_sqlite_error(error: BaseException) -> bool:
 
 
 def short_error(error: BaseException) -> str:
-    """``Type: first line of the message``."""
+    """``Type: first line of the message``, any URL in it masked."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+    return f"{type(error).__name__}: {mask_text(text[0]) if text else ''}"
 
 
 @contextlib.contextmanager

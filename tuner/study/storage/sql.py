@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.study.storage import _optuna
+from tuner.study.storage.redact import redact
 
 
 def write_trial(
@@ -41,8 +42,9 @@ def write_trial(
     As with ``trial.report``, a step already reported keeps its first value. Attributes must be JSON, values
     convert to float and steps to non-negative ints: ``TypeError``/``ValueError`` before anything is written.
     Raises Optuna's ``UpdateFinishedTrialError`` when the trial has finished (another worker failed it as lost).
+    Any URL in an attribute (an MLflow error in ``tracking_errors``) is stored with its credentials masked.
     """
-    attrs = dict(user_attrs or {})
+    attrs = redact(dict(user_attrs or {}))
     encoded = {key: json.dumps(value) for key, value in attrs.items()}  # not JSON: TypeError, nothing written
     values = _new_values(trial, intermediate_values or {})
     if not attrs and not values:
@@ -73,6 +75,17 @@ def force_user_attr(backend: Any, trial_id: int, key: str, value: Any) -> bool:
     """Set a user attribute on a trial that has already finished (Optuna's API refuses them); False when this
     Optuna offers no way."""
     return bool(_retried(backend, _optuna.force_user_attr)(backend, trial_id, key, value))
+
+
+def record_user_attr(storage: Any, trial_id: int, key: str, value: Any) -> None:
+    """Set a user attribute on a trial whether it is running or has finished (an MLflow run created late, for a
+    trial that ended meanwhile)."""
+    try:
+        storage.set_trial_user_attr(trial_id, key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        backend = _optuna.rdb_backend(storage)
+        if backend is not None:
+            force_user_attr(backend, trial_id, key, value)
 
 
 def _new_values(trial: optuna.Trial, values: Mapping[int, float]) -> dict[int, float]:
