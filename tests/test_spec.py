@@ -67,6 +67,10 @@ BAD_STUDIES = [
     ({"pruner": "sometimes"}, ["pruner", "sometimes", "hyperband"]),
     ({"metric": "f1"}, ["metric", "f1", "accuracy"]),
     ({"name": "bad name!"}, ["name", "bad name!"]),
+    ({"budget": {"checkpoint_every": 0}}, ["budget.checkpoint_every", "greater than 0", "(got 0)"]),
+    ({"budget": {"checkpoint_every": {"minutes": -1}}}, ["budget.checkpoint_every", "minutes", "(got -1)"]),
+    ({"keep_best": -1}, ["keep_best", "(got -1)"]),
+    ({"checkpoint_dir": "study.yaml/ckpt"}, ["checkpoint_dir", "'study.yaml/ckpt'", "study.yaml is not a folder"]),
 ]
 
 

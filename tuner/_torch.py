@@ -11,10 +11,17 @@ values with public operations, more slowly:
   would skip them); without them every module is taken to have hooks, so the stacked path is not used.
 
 ``SUPPORTED`` is the version check: torch 2.x with every name above.
+
+Random-number states live here too (``rng_states`` / ``set_rng_states``), so that one module knows every generator a
+run draws from -- torch's CPU and CUDA generators, Python's ``random``, NumPy's global one when NumPy is loaded, and
+a run's own ``torch.Generator`` objects (data order) -- and what a checkpoint must hold to resume them.
 """
 
 from __future__ import annotations
 
+import random
+import sys
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -64,3 +71,36 @@ def has_hooks(module: torch.nn.Module) -> bool:
     if not all(hasattr(module, name) for name in _HOOKS):
         return True
     return any(bool(getattr(module, name)) for name in _HOOKS)
+
+
+def rng_states(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
+    """Every random-number state a run draws from, as data ``torch.load(weights_only=True)`` reads back: torch's CPU
+    generator, CUDA's (when initialized), ``random``'s, NumPy's global one (when NumPy is imported) and
+    ``generators`` (a run's data-order generators)."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "generators": [generator.get_state() for generator in generators],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        kind, keys, position, has_gauss, cached = numpy.random.get_state()
+        states["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached)
+    return states
+
+
+def set_rng_states(states: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
+    """Put back what ``rng_states`` returned (CUDA's on as many devices as both have; NumPy's when it is loaded)."""
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["random"])
+    for generator, state in zip(generators, states["generators"]):
+        generator.set_state(state)
+    if "cuda" in states and torch.cuda.is_available():
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
+    numpy = sys.modules.get("numpy")
+    if "numpy" in states and numpy is not None:
+        kind, keys, position, has_gauss, cached = states["numpy"]
+        numpy.random.set_state((kind, keys.numpy().astype("uint32"), position, has_gauss, cached))

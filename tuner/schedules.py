@@ -184,6 +184,16 @@ class _MetricJoined(_Joined):
         if isinstance(piece, MetricDriven):
             piece.report(value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The piece in use and each metric-driven piece's state (``schedule_state``)."""
+        return {"active": self._active, "pieces": [schedule_state(piece) for piece in self._pieces]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what ``state_dict`` returned."""
+        self._active = int(state["active"])
+        for piece, piece_state in zip(self._pieces, state["pieces"]):
+            load_schedule_state(piece, piece_state)
+
 
 def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules`` one after the other (``optax.join_schedules``).
@@ -582,6 +592,28 @@ class Plateau:
             if self.current - reduced > PLATEAU_EPS:
                 self.current = reduced
             self.cooldown_left, self.bad = self.cooldown, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its counters: the factor now, the best value, the bad reports, the cooldown left."""
+        return {"current": self.current, "best": self.best, "bad": self.bad, "cooldown_left": self.cooldown_left}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what ``state_dict`` returned."""
+        self.current, self.best = float(state["current"]), float(state["best"])
+        self.bad, self.cooldown_left = int(state["bad"]), int(state["cooldown_left"])
+
+
+def schedule_state(schedule: Schedule) -> Optional[dict[str, Any]]:
+    """What a checkpoint keeps of a schedule: a metric-driven one's state (plateau's counters), None for a pure
+    function of the step (nothing to keep)."""
+    state_dict = getattr(schedule, "state_dict", None)
+    return state_dict() if state_dict is not None else None
+
+
+def load_schedule_state(schedule: Schedule, state: Optional[dict[str, Any]]) -> None:
+    """Put back what ``schedule_state`` returned for a schedule built from the same recipe and length."""
+    if state is not None:
+        schedule.load_state_dict(state)  # type: ignore[attr-defined]
 
 
 def _plateau(total: int, **params: Any) -> Plateau:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from tuner.errors import TunerError
 
 DEFAULT_STORAGE = "sqlite:///tuner.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 # A range in the file: {low, high, log?} or a list of choices or a single fixed value.
 RangeValue = Union[dict[str, Any], list[Any], float, int, str, bool, None]
@@ -41,6 +42,22 @@ class TaskRef(Strict):
 
     name: str = Field(description="built-in task name, 'file.py:function' or 'package.module:function'")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the task factory")
+
+
+class CheckpointMinutes(Strict):
+    """``checkpoint_every: {minutes: M}``: a checkpoint after every M minutes of training."""
+
+    minutes: float = Field(gt=0, allow_inf_nan=False, description="minutes of training between checkpoints")
+
+
+CheckpointCadence = Annotated[
+    Union[
+        Annotated[int, Field(gt=0, strict=True), Tag("evaluations")],
+        Annotated[CheckpointMinutes, Tag("time")],
+    ],
+    Discriminator(lambda value: "time" if isinstance(value, (dict, CheckpointMinutes)) else "evaluations"),
+]
+"""``budget.checkpoint_every``: a number of evaluations, or ``{minutes: M}``."""
 
 
 class Budget(Strict):
@@ -78,6 +95,11 @@ class Budget(Strict):
     )
     trial_timeout: Optional[float] = Field(
         None, gt=0, description="a trial running longer than this many seconds fails (command trials: killed)"
+    )
+    checkpoint_every: Optional[CheckpointCadence] = Field(
+        None,
+        description="write a trial's checkpoint after every this many evaluations, or {minutes: M} of training "
+        "(default: every 10 minutes, so short trials write none)",
     )
 
     @model_validator(mode="after")
@@ -182,6 +204,20 @@ class StudySpec(Strict):
     tracking_uri: Optional[str] = Field(
         None,
         description=f"MLflow tracking URI; default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}; 'none' disables",
+    )
+    checkpoint_dir: Optional[str] = Field(
+        None,
+        min_length=1,
+        description=f"trials' checkpoints go to <checkpoint_dir>/<study>/<trial> (default ./{DEFAULT_CHECKPOINT_DIR}, "
+        "from the working directory; a shared filesystem for a team)",
+    )
+    keep_best: int = Field(
+        1, ge=0, description="the checkpoints (and models) of this many best complete trials are kept; others removed"
+    )
+    save_model: bool = Field(
+        False,
+        description="keep complete trials' final weights (model.pt); the best is logged to MLflow and written by "
+        "tuner export --format checkpoint",
     )
 
     @field_validator("task", "train", mode="before")

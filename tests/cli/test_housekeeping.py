@@ -1,4 +1,4 @@
-"""Study housekeeping users expect: --version, delete (the study and its MLflow experiment), compare."""
+"""Study housekeeping users expect: --version, delete (the study, its MLflow experiment, its checkpoints), compare."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def test_version(cli) -> None:
 def test_delete_removes_the_study_and_its_experiment_after_confirmation(workdir: Path, cli) -> None:
     from mlflow.tracking import MlflowClient
 
-    assert cli("run", write_study(workdir)).exit_code == 0
+    assert cli("run", write_study(workdir, save_model=True)).exit_code == 0
+    assert (workdir / "checkpoints" / "tiny").is_dir()  # the best trial's model.pt
     result = cli("delete", "tiny", "--yes")
     assert result.exit_code == 0 and "deleted study 'tiny' and its MLflow experiment" in result.output
+    assert "removed its checkpoints" in result.output and not (workdir / "checkpoints" / "tiny").exists()
     storage = f"sqlite:///{workdir}/tuner.db"
     assert "tiny" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
     experiment = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_experiment_by_name("tiny")

@@ -31,8 +31,10 @@ def delete(
     tracking_uri: TrackingUriOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Delete a study (its trials) and its MLflow experiment (kept by MLflow as deleted, restorable)."""
-    from tuner.spec import storage_url
+    """Delete a study (its trials), its MLflow experiment (kept by MLflow as deleted, restorable) and its checkpoints
+    (the study's checkpoint_dir folder, as seen from here)."""
+    from tuner.spec import parse_study, storage_url
+    from tuner.study.checkpoints import delete_checkpoints
     from tuner.study.keys import StudyKeys
     from tuner.study.runner import open_tracker
     from tuner.study.storage import delete_study, load_existing_study
@@ -42,11 +44,15 @@ def delete(
     loaded = load_existing_study(study, url)
     tracked_here = tracking_uri is not None or StudyKeys.SPEC in loaded.user_attrs
     uri = study_tracking_uri(loaded, tracking_uri) if tracked_here else None
+    spec = loaded.user_attrs.get(StudyKeys.SPEC)
     if not yes:
         typer.confirm(f"delete study {study!r} ({len(loaded.trials)} trials) and its MLflow experiment?", abort=True)
     delete_study(study, url)
     tracked = uri is not None and open_tracker(uri).delete_study(study)
+    checkpoints = delete_checkpoints(parse_study(spec)) if spec is not None else None
     typer.echo(f"deleted study {study!r}" + (" and its MLflow experiment" if tracked else ""))
+    if checkpoints is not None:
+        typer.echo(f"removed its checkpoints: {checkpoints}")
 
 
 @app.command("compare")

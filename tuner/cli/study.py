@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -149,19 +150,33 @@ def best(
 def export(
     study: StudyArgument,
     storage: StorageOption = None,
-    format: Annotated[str, typer.Option("--format", help="yaml, json, python or lightning")] = "yaml",
+    format: Annotated[str, typer.Option("--format", help="yaml, json, python, lightning or checkpoint")] = "yaml",
     trial: TrialOption = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="write to this file (--format checkpoint needs it)")
+    ] = None,
 ) -> None:
     """Print the best recipe (or trial N's) as YAML, JSON, or a self-contained Python snippet building the optimizer
-    and scheduler."""
-    from tuner.errors import lookup
-    from tuner.reports.export import EXPORTERS, best_of, trial_of
+    and scheduler; or, with --format checkpoint -o PATH, write the trial's trained weights (a save_model study)."""
+    from tuner.errors import TunerError, lookup
+    from tuner.reports.export import EXPORTERS, best_of, trial_of, write_model
     from tuner.spec import storage_url
     from tuner.study.storage import load_existing_study
 
-    exporter = lookup(EXPORTERS, "format", format)
+    exporter = lookup({**EXPORTERS, "checkpoint": write_model}, "format", format)
+    if format == "checkpoint" and output is None:
+        raise TunerError("--format checkpoint writes the trained weights to a file: give -o PATH")
+    if output is not None and not output.resolve().parent.is_dir():
+        raise TunerError(f"-o: folder {str(output.parent)!r} does not exist")
     loaded = load_existing_study(study, storage_url(storage))
-    typer.echo(exporter(best_of(loaded) if trial is None else trial_of(loaded, trial)).rstrip())
+    exported = best_of(loaded) if trial is None else trial_of(loaded, trial)
+    if format == "checkpoint":
+        assert output is not None
+        typer.echo(f"wrote trial {exported.trial}'s weights (a state_dict) to {write_model(exported, output)}")
+    elif output is not None:
+        output.write_text(exporter(exported))
+    else:
+        typer.echo(exporter(exported).rstrip())
 
 
 @app.command("schema")

@@ -394,6 +394,20 @@ class ManagedOptimizer:
         """The current effective LR of the active optimizer's first param group."""
         return self.phase.parts[0].lr
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every torch optimizer's state, in ``torch_optimizers`` order (for checkpoints)."""
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.torch_optimizers]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], step: int) -> None:
+        """Restore what ``state_dict`` returned, at optimizer step ``step`` (the phase of that step is entered without
+        handing weights over: the model's weights are already the saved ones)."""
+        optimizers, saved = self.torch_optimizers, list(state_dict.get("optimizers", []))
+        if len(saved) != len(optimizers):
+            raise ValueError(f"the state holds {len(saved)} optimizers, this recipe has {len(optimizers)}")
+        for optimizer, state in zip(optimizers, saved):
+            optimizer.load_state_dict(state)
+        self.begin(step, hand_over=False)
+
     @property
     def torch_optimizers(self) -> list[torch.optim.Optimizer]:
         """Every torch optimizer owned, in order (the switch optimizer last)."""

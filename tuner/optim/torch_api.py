@@ -22,7 +22,7 @@ import torch
 
 from tuner.optim.build import build_optimizer, clip_gradients
 from tuner.recipe import Recipe
-from tuner.schedules import Schedule, recipe_schedule
+from tuner.schedules import Schedule, load_schedule_state, recipe_schedule, schedule_state
 
 ModelOrParams = Union[torch.nn.Module, Iterable[torch.nn.Parameter]]
 
@@ -98,24 +98,13 @@ class RecipeOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """Every torch optimizer's state, the steps taken and the LR (for checkpoints)."""
-        return {
-            "steps_taken": self.steps_taken,
-            "lr": self.param_groups[0]["lr"],
-            "optimizers": [optimizer.state_dict() for optimizer in self.managed.torch_optimizers],
-        }
+        return {"steps_taken": self.steps_taken, "lr": self.param_groups[0]["lr"], **self.managed.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
-        optimizers = self.managed.torch_optimizers
-        if len(state_dict.get("optimizers", [])) != len(optimizers):
-            raise ValueError(
-                f"the state holds {len(state_dict.get('optimizers', []))} optimizers, this recipe has {len(optimizers)}"
-            )
-        for optimizer, state in zip(optimizers, state_dict["optimizers"]):
-            optimizer.load_state_dict(state)
         self.steps_taken = int(state_dict["steps_taken"])
+        self.managed.load_state_dict(state_dict, self.steps_taken)
         self.param_groups[0]["lr"] = float(state_dict["lr"])
-        self.managed.begin(self.steps_taken, hand_over=False)  # the model's weights are already the saved ones
 
 
 class RecipeScheduler(torch.optim.lr_scheduler.LRScheduler):
@@ -151,6 +140,19 @@ class RecipeScheduler(torch.optim.lr_scheduler.LRScheduler):
             optimizer = self.optimizer
             assert isinstance(optimizer, RecipeOptimizer)
             self.on_lr(max(self.last_epoch, 0), optimizer.effective_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's position and a plateau schedule's counters, as plain data (a checkpoint read with
+        ``torch.load(weights_only=True)`` takes it back)."""
+        state = {key: value for key, value in super().state_dict().items() if key not in ("schedule", "on_lr")}
+        return {**state, "schedule": schedule_state(self.schedule)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        state = dict(state_dict)
+        schedule = state.pop("schedule", None)
+        super().load_state_dict(state)
+        load_schedule_state(self.schedule, schedule)
 
     def report(self, metric: float) -> None:
         """A validation loss for the plateau schedule (the LR drops when it stops improving)."""

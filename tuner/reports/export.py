@@ -1,4 +1,5 @@
-"""Export a trial's recipe: YAML, JSON, or a self-contained Python snippet (plain torch, or a LightningModule's hooks).
+"""Export a trial's recipe: YAML, JSON, or a self-contained Python snippet (plain torch, or a LightningModule's hooks);
+or its trained weights (``write_model``, ``--format checkpoint``: the ``model.pt`` a ``save_model`` study kept).
 
 The Python snippet imports torch and the optimizer's own package, never tuner:
 
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import json
 import pprint
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import optuna
@@ -48,6 +51,7 @@ class Exported:
     total_steps: Optional[int]
     best: bool = True
     state: str = "COMPLETE"
+    model: Optional[str] = None  # the file of the trial's final weights (save_model), when it was kept
 
 
 def best_of(study: optuna.Study) -> Exported:
@@ -76,6 +80,7 @@ def _exported(study: optuna.Study, record: Any, *, best: bool) -> Exported:
         record.total_steps,
         best,
         record.state,
+        record.model,
     )
 
 
@@ -472,6 +477,25 @@ def export_lightning(exported: Exported) -> str:
             "    clip_gradients(self)  # the recipe's clipping (leave the Trainer's gradient_clip_val unset)",
         ]
     return snippet + "\n".join(lines) + "\n"
+
+
+def write_model(exported: Exported, output: Path) -> Path:
+    """``tuner export --format checkpoint``: copy the trial's final weights (``model.pt``, a ``state_dict`` for
+    ``model.load_state_dict(torch.load(path))``) to ``output``. ``TunerError`` when the study kept none for it."""
+    where = f"trial {exported.trial} of study {exported.study!r}"
+    if exported.model is None:
+        raise TunerError(
+            f"{where} has no saved model: run the study with save_model: true (the keep_best best complete trials "
+            f"keep their final weights)"
+        )
+    source = Path(exported.model)
+    if not source.is_file():
+        raise TunerError(
+            f"{where}: its model {source} is gone (keep_best keeps the best trials' only; a checkpoint_dir on another "
+            f"machine is not seen here -- the best model is also an artifact of the study's MLflow parent run)"
+        )
+    shutil.copyfile(source, output)
+    return output
 
 
 EXPORTERS: dict[str, Callable[[Exported], str]] = {

@@ -1,8 +1,8 @@
 """A study is one question: what defines it, stored with it, and a resume that would change it refused.
 
 The definition is what every trial's value depends on: what trains (the task and its options, or the train function
-or command), the metric and direction, the budget (but ``n_trials``, ``timeout``, ``population`` and
-``trial_timeout``, which change how many trials run and how, not what a value means), the search space and the
+or command), the metric and direction, the budget (but ``n_trials``, ``timeout``, ``population``, ``trial_timeout``
+and ``checkpoint_every``, which change how many trials run and how, not what a value means), the search space and the
 sampler's and pruner's kinds. It is stored on the study (user attr ``definition``) as plain data, so a difference can
 be shown field by field: ``budget.epochs: 10 -> 3``.
 """
@@ -17,7 +17,7 @@ from tuner.errors import TunerError
 from tuner.spec import StudySpec
 from tuner.study.storage.redact import redact
 
-FREE_BUDGET_KEYS = ("n_trials", "timeout", "population", "trial_timeout")
+FREE_BUDGET_KEYS = ("n_trials", "timeout", "population", "trial_timeout", "checkpoint_every")
 """Budget keys a resume may change freely: they decide how many trials run and how, not what a value means."""
 
 

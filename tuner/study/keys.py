@@ -19,6 +19,8 @@ class TrialKeys:
     WARM_START = "warm_start"  # "study#number" it was enqueued from
     RETRY_OF = "retry_of"  # the number of the interrupted trial it repeats
     GRID_POINT = "grid_point"  # the grid point it runs (a key of tuner.study.grid.Grid), on a grid study's trials
+    RESUMED = "resumed_from"  # {"trial": N, "step": S}: it went on from trial N's checkpoint after S steps
+    MODEL = "model"  # the file of its final weights (save_model), while kept
 
 
 class StudyKeys:

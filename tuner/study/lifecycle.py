@@ -12,6 +12,10 @@ its end to the study in one transaction, closes its MLflow run with the same out
   write; then the MLflow run's end; then ``tell``. Nothing here waits for MLflow: its calls are queued. A trial
   another worker already failed as lost (this worker was paused past the grace period) refuses the write: its
   result is discarded with a warning, its run is closed as the lost trial it is, and the worker goes on.
+
+Checkpoints (``tuner.study.checkpoints``): ``start`` gives each trial its checkpoint plan -- a retry that trains alone
+resumes from the checkpoint of the trial it repeats, and its MLflow run is tagged with it -- and ``end`` keeps or
+removes folders once the trial is told.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import UserCodeError
 from tuner.recipe import Recipe
+from tuner.study.checkpoints import StudyCheckpoints, TrialCheckpoints
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
@@ -86,6 +91,7 @@ class StartedTrial:
     recipe: Recipe
     seed: int
     run: TrialRun
+    checkpoints: TrialCheckpoints
 
 
 class TrialLifecycle:
@@ -102,6 +108,7 @@ class TrialLifecycle:
         self.parent_run_id = study.user_attrs.get(StudyKeys.PARENT_RUN)
         self.budget = train_budget(prepared.spec.budget)
         self.stop_requested: Callable[[], bool] = lambda: False
+        self.checkpoints = StudyCheckpoints(study, prepared, tracker, self.parent_run_id)
 
     @contextlib.contextmanager
     def optimize_loop(self) -> Iterator[None]:
@@ -120,14 +127,15 @@ class TrialLifecycle:
         ``stacked`` (a population run, even a batch of one) or ``size > 1``."""
         fail_stale_trials(self.study)  # what study.optimize does before each trial
         with Heartbeats(self.study) as heartbeats:  # from the moment a trial is asked: a lost start is retried
-            members = self._ask(size, heartbeats)
+            members = self._ask(size, heartbeats, resumable=size == 1 and not stacked)
             if members:
                 self._train(members, Pruning(self.study, [m.trial for m in members]), stacked or size > 1)
 
-    def _ask(self, size: int, heartbeats: Heartbeats) -> list[StartedTrial]:
+    def _ask(self, size: int, heartbeats: Heartbeats, *, resumable: bool) -> list[StartedTrial]:
         """``size`` started trials, asked from one snapshot of the study (a sampler would re-read every running
         trial at each suggestion). A trial whose start fails is failed (after the snapshot: what it read must not
-        move on with a trial that finished meanwhile); Ctrl-C fails every trial asked so far, and goes on."""
+        move on with a trial that finished meanwhile); Ctrl-C fails every trial asked so far, and goes on.
+        ``resumable``: the trials train alone, so a retry resumes from a checkpoint."""
         members: list[StartedTrial] = []
         failed: list[tuple[optuna.Trial, str]] = []
         asked: list[optuna.Trial] = []
@@ -141,7 +149,7 @@ class TrialLifecycle:
                         break
                     heartbeats.add(asked[-1])
                     try:
-                        members.append(self.start(asked[-1]))
+                        members.append(self.start(asked[-1], resumable=resumable))
                     except Exception as error:
                         failed.append((asked[-1], failure_reason(error)))
         except BaseException:
@@ -166,7 +174,19 @@ class TrialLifecycle:
             return
         for member, result in zip(members, results):
             extra = {TrialKeys.POPULATION: int(result.extras.get("population", 1))} if stacked else {}
+            extra.update(self.checkpoints.finished(member.checkpoints, result))
+            self._report_resumed(member, result, pruning)
             self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
+
+    def _report_resumed(self, member: StartedTrial, result: FitResult, pruning: Pruning) -> None:
+        """The evaluations a resumed trial took over from its checkpoint, logged and recorded like its own (already
+        judged: the pruner's answer does not count), so its curve is whole."""
+        resumed = result.extras.get("resumed_step")
+        if resumed is not None:
+            on_eval = self.reporter(member, pruning)
+            for evaluation in result.evaluations:
+                if evaluation.step <= resumed:
+                    on_eval(evaluation)
 
     def _fit(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> list[FitResult]:
         prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
@@ -181,7 +201,18 @@ class TrialLifecycle:
             return [self._run_own_code(member, on_eval[0])]
         if not stacked:
             (member,) = members
-            return [fit(prepared.task, member.recipe, self.budget, on_eval=on_eval[0], seed=member.seed, **common)]
+            checkpoints = member.checkpoints.checkpointer
+            return [
+                fit(
+                    prepared.task,
+                    member.recipe,
+                    self.budget,
+                    on_eval=on_eval[0],
+                    seed=member.seed,
+                    checkpoints=checkpoints,
+                    **common,
+                )
+            ]
         numbers = [m.trial.number for m in members]
 
         def on_evaluated(step: int, metrics: dict[int, dict[str, float]]) -> None:
@@ -194,6 +225,7 @@ class TrialLifecycle:
             seeds=[m.seed for m in members],
             on_eval=on_eval,
             on_evaluated=on_evaluated,
+            keep_params=self.checkpoints.save_model,
             **common,
         )
 
@@ -212,9 +244,10 @@ class TrialLifecycle:
             prepared.direction,
             prepared.spec.deterministic,
             dict(prepared.spec.train.options) if prepared.spec.train is not None else {},
+            member.checkpoints.checkpointer.plan,
         )
         if prepared.train_fn is not None:
-            return run_function(prepared.train_fn, Trial(info, on_eval))
+            return run_function(prepared.train_fn, Trial(info, on_eval, checkpoints=member.checkpoints.checkpointer))
         assert prepared.command is not None
         return run_command(
             prepared.command, info, on_eval, cwd=prepared.spec_dir, timeout=prepared.spec.budget.trial_timeout
@@ -241,9 +274,10 @@ class TrialLifecycle:
 
     # -- one trial ----------------------------------------------------------------------------------------------------
 
-    def start(self, trial: optuna.Trial) -> StartedTrial:
+    def start(self, trial: optuna.Trial, *, resumable: bool = True) -> StartedTrial:
         """Sample the trial's recipe, fix its seed, record both and this worker on the trial (one write, before the
-        MLflow run exists), then queue its MLflow run."""
+        MLflow run exists), find the checkpoint it resumes from (``resumable``: it trains alone), then queue its
+        MLflow run."""
         recipe = self.prepared.space.sample(trial)
         seed = trial.user_attrs.get(TrialKeys.SEED, trial_seed(self.prepared.spec.seed, trial.number))
         attrs = {
@@ -254,10 +288,12 @@ class TrialLifecycle:
         if TrialKeys.RUN_ID in trial.user_attrs:  # a retry must not keep the lost trial's run id
             attrs[TrialKeys.RUN_ID] = ""
         write_trial(trial, attrs)
+        checkpoints = self.checkpoints.start(trial, recipe, seed, resumable=resumable)
         tags = {
             "tuner.seed": str(seed),
             "optuna.trial_id": str(trial_id(trial)),
             "tuner.objective": f"{self.budget.objective} {self.prepared.metric}",
+            **checkpoints.tags,
         }
         run = self.tracker.start_trial(
             self.parent_run_id,
@@ -267,7 +303,7 @@ class TrialLifecycle:
             tags,
             link=run_link(trial),
         )
-        return StartedTrial(trial, recipe, seed, run)
+        return StartedTrial(trial, recipe, seed, run, checkpoints)
 
     def reporter(self, member: StartedTrial, pruning: Pruning) -> OnEval:
         """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it."""
@@ -295,9 +331,11 @@ class TrialLifecycle:
             self._discarded(trial, outcome, run)  # another worker failed it as lost meanwhile
             return
         self.tracker.end_trial(run, outcome)
-        self._tell(trial, outcome, run)
+        if self._tell(trial, outcome, run):
+            self.checkpoints.ended(trial.number, member.checkpoints, outcome)
 
-    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome, run: Optional[TrialRun] = None) -> None:
+    def _tell(self, trial: optuna.Trial, outcome: TrialOutcome, run: Optional[TrialRun] = None) -> bool:
+        """Tell Optuna how the trial ended; whether it took it (False: discarded, with a warning)."""
         state = TrialState[outcome.state]
         value = outcome.value if state == TrialState.COMPLETE else None
         try:
@@ -308,9 +346,11 @@ class TrialLifecycle:
             if "Study.stop" not in str(error):
                 raise
             self.stop_requested = lambda: True
-            return
+            return True
         if told is None or told.state != state:
             self._discarded(trial, outcome, run)
+            return False
+        return True
 
     def _discarded(self, trial: optuna.Trial, outcome: TrialOutcome, run: Optional[TrialRun]) -> None:
         """The trial was failed as lost by another worker: say so, and end its run as that (the other worker may

@@ -22,6 +22,7 @@ import optuna
 from tuner.errors import TunerError
 from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
+from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.storage.redact import mask_output
@@ -82,6 +83,7 @@ def prepare(
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec, space)
         _check_training(spec, door, space, device or spec.device)
+        check_checkpoint_dir(spec)
         quiet_libraries()
         plan = check_study(spec, door.task, space, train_budget(spec.budget))
     except TunerError as error:
@@ -172,7 +174,7 @@ def largest_batch(dimension: Any) -> Optional[int]:
 
 
 def _check_door(spec: StudySpec, space: SearchSpace) -> None:
-    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``."""
+    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``, ``save_model``."""
     if spec.task is not None:
         return
     if spec.budget.population is not None and spec.budget.population > 1:
@@ -184,6 +186,12 @@ def _check_door(spec: StudySpec, space: SearchSpace) -> None:
         raise TunerError(
             f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
             f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
+        )
+    if spec.save_model:
+        raise TunerError(
+            f"save_model: true keeps the weights of models tuner's trainer trains (a task); with {spec.door}: your "
+            f"code owns the model -- put its state_dict() in trial.checkpoint(...) and keep_best keeps the best "
+            f"trials' checkpoints; remove save_model"
         )
 
 

@@ -42,6 +42,8 @@ class TrialRecord:
     warm_start: Optional[str] = None
     tracking_errors: list[str] = field(default_factory=list)
     intermediate_values: dict[int, float] = field(default_factory=dict)
+    model: Optional[str] = None  # the file of its final weights (save_model)
+    resumed_from: Optional[dict[str, int]] = None  # {"trial": N, "step": S}: resumed from trial N's checkpoint
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -63,6 +65,8 @@ class TrialRecord:
             attrs.get(TrialKeys.WARM_START),
             list(attrs.get(TrialKeys.TRACKING_ERRORS, [])),
             dict(trial.intermediate_values),
+            attrs.get(TrialKeys.MODEL),
+            attrs.get(TrialKeys.RESUMED),
         )
 
     def to_recipe(self) -> Recipe:

@@ -10,7 +10,10 @@ without reporting fails the trial with a reason naming it and the last lines of 
 ``trial.log`` in the trial's folder (kept when the trial fails, removed otherwise).
 
 Messages are JSON lines: ``{"type": "build", "total_steps": N}``, ``{"type": "report", "step": S, "metrics": {...}}``
-(answered ``{"prune": bool, "reason": str}``) and ``{"type": "finish", "metrics": {...}}`` (answered ``{}``).
+(answered ``{"prune": bool, "reason": str}``), ``{"type": "finish", "metrics": {...}}`` and ``{"type": "restore",
+"step": S, "progress": {...}}`` (each answered ``{}``). Checkpoints are files the command writes and reads itself
+(``trial.checkpoint`` / ``trial.restore``, where ``trial.json`` says); ``restore`` tells the study which reports the
+trial continues from (``RunProgress.state_dict``), so its record and curve go on from the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -157,6 +160,9 @@ class _Session:
             return {}
         if kind == "finish":
             self.trial.finish(message.get("metrics"))
+            return {}
+        if kind == "restore":
+            self.trial.restored(int(message["step"]), message["progress"], lr_curve=False)
             return {}
         if kind != "report":
             return {"error": f"unknown message type {kind!r}"}

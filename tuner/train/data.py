@@ -52,6 +52,10 @@ class DataSource(Protocol):
         """One pass over the validation data, in a fixed order."""
         ...
 
+    def generators(self) -> list[torch.Generator]:
+        """The generators that order the training data (a checkpoint keeps their states)."""
+        ...
+
 
 def data_source(task: Task, device: torch.device, batch_size: Optional[int], seed: int) -> DataSource:
     """The batches of one run of ``task``: its loaders when it streams (``loaders_of``), else its in-memory data on
@@ -88,6 +92,10 @@ class TensorBatches:
         for start in range(0, len(inputs), EVAL_CHUNK):
             yield inputs[start : start + EVAL_CHUNK], targets[start : start + EVAL_CHUNK]
 
+    def generators(self) -> list[torch.Generator]:
+        """The run's own generator (each epoch's permutation)."""
+        return [self.generator]
+
 
 class LoaderBatches:
     """Streamed data: the task's loaders, made once a run (``train_loader(batch_size, seed)``, ``val_loader()``) and
@@ -105,6 +113,14 @@ class LoaderBatches:
     def validation(self) -> Iterator[Batch]:
         """One pass over the val loader."""
         return _checked(self.val, "val_loader")
+
+    def generators(self) -> list[torch.Generator]:
+        """The train loader's generators: a ``DataLoader``'s ``generator`` and its sampler's (its own one, or the
+        global generator when it has none -- that one a checkpoint keeps anyway)."""
+        sampler = getattr(self.train, "sampler", None)
+        found = [getattr(owner, "generator", None) for owner in (self.train, sampler)]
+        unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
+        return list(unique.values())
 
 
 def length(loader: Iterable[Any]) -> Optional[int]:

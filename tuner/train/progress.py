@@ -223,7 +223,10 @@ class RunProgress:
     # -- per optimizer step ---------------------------------------------------------------------------------------
 
     def record_lr(self, step: int, lr: float) -> None:
-        """The LR used at optimizer step ``step`` (0-based); about ``LR_CURVE_POINTS`` points are kept."""
+        """The LR used at optimizer step ``step`` (0-based); about ``LR_CURVE_POINTS`` points are kept. A step at or
+        before the curve's last one is not recorded again (a run resumed from a checkpoint)."""
+        if self.lr_curve and step <= self.lr_curve[-1][0]:
+            return
         if step % self.curve_every == 0 or step == self.total_steps - 1:
             self.lr_curve.append((step, lr))
 
@@ -280,6 +283,37 @@ class RunProgress:
         """Whether evaluation ``a`` beats ``b`` on the run's metric."""
         x, y = a.metrics[self.metric], b.metrics[self.metric]
         return x > y if self.maximize else x < y
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's bookkeeping as JSON-ready data (a checkpoint keeps it; a command trial sends it over its
+        socket): every evaluation, which is best, patience, the first loss, the LR curve, the stop."""
+        best = next((i for i, e in enumerate(self.evaluations) if e is self.best), None)
+        return {
+            "evaluations": [
+                {"step": e.step, "epoch": e.epoch, "metrics": e.metrics, "train_loss": e.train_loss, "lr": e.lr}
+                for e in self.evaluations
+            ],
+            "best": best,
+            "since_best": self.since_best,
+            "first_loss": self.first_loss,
+            "lr_curve": [[step, lr] for step, lr in self.lr_curve],
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, lr_curve: bool = True) -> None:
+        """Continue from what ``state_dict`` returned (``lr_curve`` False: keep this progress's own curve)."""
+        self.evaluations = [
+            Evaluation(int(e["step"]), float(e["epoch"]), dict(e["metrics"]), e["train_loss"], float(e["lr"]))
+            for e in state["evaluations"]
+        ]
+        self.best = self.evaluations[state["best"]] if state["best"] is not None else None
+        self.since_best, self.first_loss = int(state["since_best"]), state["first_loss"]
+        if lr_curve:
+            self.lr_curve = [(int(step), float(lr)) for step, lr in state["lr_curve"]]
+        self.status, self.reason = state["status"], str(state["reason"])
 
     # -- the end ------------------------------------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ state, reason, value, every report, the LR curve.
 What ``report`` decides is decided by ``RunProgress``, the bookkeeping every training path shares: non-finite metrics,
 or a loss above ``divergence_factor`` times the first one reported, end the trial as pruned with the reason; the
 pruner's answer raises ``TrialPruned``. Knows nothing of Optuna or MLflow: the caller hands in a ``Reporter``.
+
+``checkpoint(state)`` and ``restore()`` go through the same ``Checkpointer`` as tuner's trainer
+(``tuner.train.checkpoint``); in a command trial the command writes and reads the files itself, and ``restore`` tells
+the study's process over the socket which reports it continues from.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any, Optional, Union
 
 import torch
 
+from tuner._torch import rng_states, set_rng_states
 from tuner.errors import TrialPruned, UserCodeError
 from tuner.recipe import Recipe
+from tuner.train.checkpoint import Checkpointer, CheckpointPlan
 from tuner.train.progress import Evaluation, FitResult, RunProgress, TrainBudget
 
 Reporter = Callable[[Evaluation], bool]
@@ -49,6 +55,7 @@ class TrialInfo:
     direction: str
     deterministic: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[CheckpointPlan] = None
 
     def to_json(self) -> dict[str, Any]:
         """The info as JSON-ready data (``from_json`` reads it back)."""
@@ -64,6 +71,7 @@ class TrialInfo:
             "metric": self.metric,
             "direction": self.direction,
             "options": self.options,
+            "checkpoint": self.checkpoint.to_json() if self.checkpoint is not None else None,
         }
 
     @classmethod
@@ -81,6 +89,7 @@ class TrialInfo:
             str(data["direction"]),
             bool(data.get("deterministic", False)),
             dict(data.get("options", {})),
+            CheckpointPlan.from_json(data["checkpoint"]) if data.get("checkpoint") else None,
         )
 
 
@@ -100,8 +109,18 @@ class Trial:
         options: the study file's ``train: {name, options}`` options (a data directory, a model size ...).
     """
 
-    def __init__(self, info: TrialInfo, reporter: Optional[Reporter] = None, channel: Optional[Channel] = None) -> None:
+    def __init__(
+        self,
+        info: TrialInfo,
+        reporter: Optional[Reporter] = None,
+        channel: Optional[Channel] = None,
+        checkpoints: Optional[Checkpointer] = None,
+        *,
+        writes_checkpoints: bool = True,
+    ) -> None:
         self.info, self._channel = info, channel
+        self._checkpoints, self._writes_checkpoints = checkpoints, writes_checkpoints
+        self._resumed_step: Optional[int] = None
         self.recipe, self.params, self.seed = info.recipe, info.params, info.seed
         self.device = torch.device(info.device)
         self.budget, self.number, self.study_name, self.metric = info.budget, info.number, info.study_name, info.metric
@@ -170,10 +189,11 @@ class Trial:
         if info.device.startswith("cuda") and "LOCAL_RANK" in os.environ:
             info.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         seed_everything(info.seed, info.deterministic)
+        checkpoints = Checkpointer(info.checkpoint) if info.checkpoint is not None else None
         if os.environ.get("RANK", "0") != "0":
-            return cls(info)
+            return cls(info, checkpoints=checkpoints, writes_checkpoints=False)
         channel = Channel(str(data["socket"]))
-        return cls(info, channel.report, channel)
+        return cls(info, channel.report, channel, checkpoints)
 
     def planned(self, total_steps: int) -> None:
         """The run's length, as a command's ``build`` told the study (which draws the LR curve from the recipe)."""
@@ -191,6 +211,8 @@ class Trial:
         times the first reported one); the reason is recorded.
         """
         values = _floats(metrics, self.metric)
+        if self._checkpoints is not None:
+            self._checkpoints.evaluated()
         if self.metric not in values:
             raise ValueError(
                 f"report: the study optimizes {self.metric!r}, which is not among the reported metrics {sorted(values)}"
@@ -207,6 +229,45 @@ class Trial:
         evaluation = progress.evaluation(step, values, values.get("train_loss"), lr)
         if progress.evaluated(evaluation):
             raise TrialPruned(progress.reason if progress.status == "diverged" else f"pruned at step {step}")
+
+    def checkpoint(self, state: Mapping[str, Any]) -> bool:
+        """Save ``state`` as the trial's checkpoint when one is due; True when it was written.
+
+        Due every ``budget.checkpoint_every`` reports, or every ``{minutes: M}`` (10 minutes by default, so a short
+        trial writes nothing). ``state`` is yours -- the ``state_dict()`` of your model, optimizer and scheduler, your
+        loader's ``generator.get_state()``, your epoch: anything ``torch.load(weights_only=True)`` reads back
+        (tensors, numbers, strings, lists, dicts). tuner adds the random-number states (torch, CUDA, ``random``,
+        NumPy) and the reports so far. Call it right after a ``report``, where your loop can resume. The file is
+        written atomically; a failed write (a full disk) is a warning and keeps the previous checkpoint. Only rank
+        0 of a multi-process command writes.
+        """
+        if self._checkpoints is None or not self._writes_checkpoints or not self._checkpoints.due():
+            return False
+        progress = self._progress_now().state_dict()
+        return self._checkpoints.save(
+            {"user": dict(state), "step": self._last_step, "progress": progress, "rng": rng_states()}
+        )
+
+    def restore(self) -> Optional[dict[str, Any]]:
+        """The state the last checkpoint of the trial this one repeats was given -- a trial lost with its worker or
+        interrupted by Ctrl-C, same recipe and seed -- or None: start from the beginning. Tensors come on the CPU
+        (``load_state_dict`` moves them). It also puts back the random-number states of that moment and the
+        reports so far, so the next ``report`` continues from the checkpoint's step. Call it once, after ``build``.
+        """
+        state = self._checkpoints.resume_state() if self._checkpoints is not None else None
+        if state is None:
+            return None
+        set_rng_states(state["rng"])
+        self.restored(int(state["step"]), state["progress"])
+        if self._channel is not None:
+            self._channel.send({"type": "restore", "step": int(state["step"]), "progress": state["progress"]})
+        return dict(state["user"])
+
+    def restored(self, step: int, progress: Mapping[str, Any], *, lr_curve: bool = True) -> None:
+        """The trial continues from a checkpoint after ``step`` optimizer steps, with ``progress`` (its reports so
+        far, ``RunProgress.state_dict``); ``lr_curve`` False keeps the curve drawn from the recipe (a command's)."""
+        self._progress_now().load_state_dict(dict(progress), lr_curve=lr_curve)
+        self._last_step = self._resumed_step = int(step)
 
     @property
     def last_step(self) -> int:
@@ -242,7 +303,8 @@ class Trial:
             self.finish(returned)
         progress = self._progress_now()
         total = self._total_steps or max(self._last_step, 1)
-        result = progress.result(self._last_step, time.perf_counter() - self._started)
+        extras = {"resumed_step": self._resumed_step} if self._resumed_step is not None else {}
+        result = progress.result(self._last_step, time.perf_counter() - self._started, extras)
         result.total_steps = total
         if not progress.stopped:
             result.final = self._final or (dict(result.last.metrics) if result.last is not None else None)
