@@ -201,6 +201,8 @@ def test_builtin_unknown_option_names_it_and_the_valid_ones() -> None:
         ("quadratic", {"n": 10}, r"n must be >= dim .* got n=10, dim=50"),
         ("charlm", {"d_model": 30}, r"d_model must be a multiple of n_heads, got d_model=30, n_heads=4"),
         ("charlm", {"text": "shakespeare"}, r"unknown text source 'shakespeare'"),
+        ("tabular-mlp", {"dataset": "iris"}, r"unknown dataset 'iris'.*breast-cancer, wine"),
+        ("tabular-mlp", {"val_fraction": 0}, r"val_fraction must be a number in \(0, 1\), got val_fraction=0"),
     ],
 )
 def test_builtin_bad_option_values_are_reported(name: str, options: dict, message: str) -> None:
@@ -239,6 +241,22 @@ def test_digits_split_is_stratified_standardized_and_seeded() -> None:
     assert not torch.equal(other.val_targets, data.val_targets)
     images = load_task("digits-cnn").load_data()
     assert torch.equal(images.train_inputs.reshape(data.n_train, -1), data.train_inputs)
+
+
+@pytest.mark.parametrize(
+    "dataset, shape, classes, floor", [("breast-cancer", (398, 30), 2, 0.93), ("wine", (124, 13), 3, 0.9)]
+)
+def test_tabular_sets_are_split_stratified_standardized_and_learnable(
+    dataset: str, shape: tuple[int, int], classes: int, floor: float
+) -> None:
+    task = load_task("tabular-mlp", {"dataset": dataset})
+    data = task.load_data()
+    assert tuple(data.train_inputs.shape) == shape and data.train_inputs.mean(0).abs().max() < 1e-5
+    train_share = torch.bincount(data.train_targets) / data.n_train
+    val_share = torch.bincount(data.val_targets, minlength=classes) / data.n_val
+    assert torch.allclose(train_share, val_share, atol=0.03)  # stratified
+    assert task.build_model()(data.val_inputs[:2]).shape == (2, classes)
+    assert train_digits(task, epochs=20, lr=3e-3) >= floor
 
 
 @pytest.mark.parametrize("min_eig, max_eig", [(0.01, 1.0), (1e-3, 10.0), (0.5, 0.5)])

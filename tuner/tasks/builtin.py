@@ -11,6 +11,7 @@ from tuner.tasks.charlm import charlm
 from tuner.tasks.cifar import cifar10
 from tuner.tasks.digits import digits_cnn, digits_mlp
 from tuner.tasks.quadratic import quadratic
+from tuner.tasks.tabular import tabular_mlp
 
 
 def _spec(name: str, description: str, factory: Callable[..., Task]) -> TaskSpec:
@@ -26,6 +27,11 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         _spec("digits-cnn", "small CNN on scikit-learn's 8x8 digits (1x8x8 images); maximize val accuracy", digits_cnn),
         _spec("quadratic", "noisy ill-conditioned quadratic as linear regression; minimize val loss", quadratic),
         _spec("charlm", "tiny transformer character LM on Python's bundled docs; minimize val nats/char", charlm),
+        _spec(
+            "tabular-mlp",
+            "MLP on a scikit-learn tabular set (option dataset: breast-cancer or wine); maximize val accuracy",
+            tabular_mlp,
+        ),
         _spec("cifar10", "small CNN on CIFAR-10 read from a local directory (option root); maximize accuracy", cifar10),
     )
 }

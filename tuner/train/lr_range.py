@@ -91,12 +91,14 @@ class LRFinding:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """The suggestion as plain data (for study user attrs and MLflow)."""
+        """The suggestion as plain data (for study user attrs and MLflow); ``steps``: the optimizer steps the sweep
+        trained (what it cost)."""
         return {
             "optimizer": self.optimizer,
             "batch_size": self.batch_size,
             **asdict(self.suggestion),
             "stopped": self.stopped,
+            "steps": len(self.losses),
         }
 
 
