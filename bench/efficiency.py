@@ -1,0 +1,415 @@
+"""Efficiency: how much training compute does each way of tuning need? Every arm side by side, in one run.
+
+Tasks where the optimizer and schedule matter: ``digits-cnn``, ``charlm``, an ill-conditioned noisy ``quadratic``
+(condition number 10^4, label noise 1.0) and an MLP on ``tabular-mlp`` (scikit-learn's breast-cancer set). Arms:
+
+* ``random``      random search over the catalog space (the five-line study file's), no pruning;
+* ``naive``       hand-written Optuna: ``TPESampler`` over optimizer choice + a log-uniform LR, nothing else, no
+                  pruning, each trial ``tuner.fit`` (what a user writes first);
+* ``defaults``    the five-line study file as it is: tuner's default sampler and pruner;
+* ``lr-auto``     the same file with ``space.lr: auto`` (its LR range test's steps are counted);
+* ``population``  the same file run with ``--population P``;
+* ``pbt``         ``strategy: pbt`` with ``budget.population: P``, when this tuner's study file accepts it.
+
+Compute is counted in optimizer steps actually trained: a pruned or diverged trial counts the steps it ran, a
+population counts every member's steps, ``lr: auto`` adds its range test's steps in front. Every arm runs until it
+has spent the same compute C (the random arm's ``trials x steps``). Per task and arm: the median (over seeds) best
+value at C, and the compute to first reach the target, the median final value of random search (trials ordered by
+completion, their steps accumulated). Efficiency of a run = random search's median compute to the target / the run's
+(0 when it never gets there within C); the last line is the median over tasks x seeds for tuner's defaults.
+
+    python bench/efficiency.py [--quick] [--seeds 5] [--tasks digits-cnn charlm] [--arms random defaults]
+        [--variant NAME='{"pruner": {"name": "median", "options": {"n_warmup_steps": 20}}}']
+
+``--variant`` adds an arm: the five-line file updated with that JSON (a candidate default), ``population`` and
+``strategy`` included. Training runs on the CPU with one thread, trials in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
+SCHEDULES = ["constant", "cosine", "one_cycle"]
+NAIVE_LR = (1e-5, 1e-1)  # the log-uniform range a user writes first
+POPULATION = 4  # members per pass on the CPU
+MAX_TRIALS_FACTOR = 8  # an arm stops at C, or after this many times the random arm's trials
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """One task of the suite: its study-file ``task`` and ``metric``, a trial's length, the random arm's trials."""
+
+    task: dict[str, Any]
+    steps: int
+    eval_every: int
+    trials: int
+    metric: Optional[str] = None
+    direction: str = "maximize"
+
+    @property
+    def compute(self) -> int:
+        """C: the compute every arm gets (random search's trials x steps)."""
+        return self.trials * self.steps
+
+
+FULL = {
+    "digits-cnn": TaskSetup({"name": "digits-cnn", "options": {"channels": [8, 16]}}, 120, 20, 20),
+    "charlm": TaskSetup(
+        {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 60000}},
+        150,
+        25,
+        16,
+        direction="minimize",
+    ),
+    "quadratic": TaskSetup(
+        {"name": "quadratic", "options": {"dim": 50, "min_eig": 1e-4, "max_eig": 1.0, "noise": 1.0}},
+        200,
+        25,
+        24,
+        "excess_loss",
+        "minimize",
+    ),
+    "tabular-mlp": TaskSetup(
+        {"name": "tabular-mlp", "options": {"dataset": "breast-cancer"}}, 100, 20, 24, "loss", "minimize"
+    ),
+}
+QUICK = {
+    "digits-cnn": TaskSetup(FULL["digits-cnn"].task, 60, 15, 10),
+    "charlm": TaskSetup(
+        {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 30000}},
+        60,
+        15,
+        10,
+        direction="minimize",
+    ),
+    "quadratic": TaskSetup(FULL["quadratic"].task, 100, 20, 16, "excess_loss", "minimize"),
+    "tabular-mlp": TaskSetup(FULL["tabular-mlp"].task, 60, 15, 16, "loss", "minimize"),
+}
+
+
+@dataclass
+class Run:
+    """One arm on one task with one seed: (steps, value) per finished trial in completion order, steps spent
+    before the first trial (the LR range test), or why the arm is not available."""
+
+    trials: list[tuple[int, Optional[float]]] = field(default_factory=list)
+    upfront: int = 0
+    unavailable: Optional[str] = None
+    seconds: float = 0.0
+
+
+def five_line_file(name: str, setup: TaskSetup, seed: int, directory: Path) -> dict[str, Any]:
+    """The study file a user writes first (name, task, budget, space) plus the bench's storage and seed."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "task": setup.task,
+        "budget": {"steps": setup.steps, "eval_every": setup.eval_every},
+        "space": {"optimizers": list(OPTIMIZERS), "schedules": list(SCHEDULES)},
+        "seed": seed,
+        "device": "cpu",
+        "storage": f"sqlite:///{directory / 'bench.db'}",
+        "tracking_uri": "none",
+    }
+    if setup.metric:
+        spec.update(metric=setup.metric, direction=setup.direction)
+    return spec
+
+
+def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def trial_rows(study: Any) -> list[tuple[int, Optional[float]]]:
+    """(steps trained, value if COMPLETE) of each finished trial, in completion order."""
+    from tuner.study.keys import TrialKeys
+
+    finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
+    finished.sort(key=lambda t: (t.datetime_complete, t.number))
+    return [
+        (int(t.user_attrs.get(TrialKeys.STEPS_DONE) or 0), t.value if t.state.name == "COMPLETE" else None)
+        for t in finished
+    ]
+
+
+def range_test_steps(study: Any) -> int:
+    """The optimizer steps the study's LR range tests trained (``lr: auto``)."""
+    from tuner.study.keys import StudyKeys
+
+    return sum(int(row.get("steps", 0)) for row in study.user_attrs.get(StudyKeys.LR_AUTO, {}).values())
+
+
+def run_tuner(spec: dict[str, Any], setup: TaskSetup, directory: Path, population: int = 1) -> Run:
+    """A real study (prepare + run_study) until it has spent C steps (or hit the trial cap)."""
+    from tuner.errors import TunerError
+    from tuner.spec import parse_study
+    from tuner.study.prepare import prepare
+    from tuner.study.runner import RunOptions, run_study
+
+    try:
+        prepared = prepare(parse_study(spec), spec_dir=str(ROOT))
+    except TunerError as error:
+        return Run(unavailable=str(error).splitlines()[0][:80])
+
+    def stop_at_compute(study: Any) -> None:
+        if range_test_steps(study) + sum(steps for steps, _ in trial_rows(study)) >= setup.compute:
+            study.stop()
+
+    started = time.perf_counter()
+    options = RunOptions(n_trials=setup.trials * MAX_TRIALS_FACTOR, population=population)
+    study = run_study(prepared, options, on_trial=stop_at_compute)
+    return Run(trial_rows(study), range_test_steps(study), seconds=time.perf_counter() - started)
+
+
+def run_naive(setup: TaskSetup, seed: int) -> Run:
+    """Hand-written Optuna: TPE over optimizer + log-uniform LR, no pruning, each trial ``tuner.fit``."""
+    import optuna
+
+    from tuner.recipe import Recipe
+    from tuner.tasks import load_task
+    from tuner.train.progress import TrainBudget
+    from tuner.train.trainer import fit
+
+    task = load_task(setup.task["name"], setup.task.get("options", {}))
+    metric = setup.metric or task.metric
+    budget = TrainBudget(steps=setup.steps, eval_every=setup.eval_every)
+    rows: list[tuple[int, Optional[float]]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        recipe = Recipe(
+            optimizer=trial.suggest_categorical("optimizer", OPTIMIZERS),
+            lr=trial.suggest_float("lr", *NAIVE_LR, log=True),
+        )
+        result = fit(task, recipe, budget, metric=metric, device="cpu", seed=seed * 1000 + trial.number)
+        counted = result.counted
+        value = counted[metric] if counted and math.isfinite(counted[metric]) else None
+        rows.append((result.steps_done, value))
+        if sum(steps for steps, _ in rows) >= setup.compute:
+            trial.study.stop()
+        return math.nan if value is None else value  # NaN: Optuna marks the trial FAIL, as a user's would be
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction=setup.direction, sampler=optuna.samplers.TPESampler(seed=seed))
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=setup.trials * MAX_TRIALS_FACTOR)
+    return Run(rows, seconds=time.perf_counter() - started)
+
+
+def pbt_available() -> bool:
+    """Whether this tuner's study file has ``strategy`` (PBT lands on another branch)."""
+    from tuner.spec import StudySpec
+
+    return "strategy" in StudySpec.model_fields
+
+
+def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Callable[[TaskSetup, int, Path], Run]]:
+    """Arm name -> how to run it on (task setup, seed, fresh directory)."""
+
+    def tuner_arm(update: dict[str, Any], population: int = 1) -> Callable[[TaskSetup, int, Path], Run]:
+        def run(setup: TaskSetup, seed: int, directory: Path) -> Run:
+            spec = merged(five_line_file("bench", setup, seed, directory), update)
+            if "strategy" in spec:  # PBT reads budget.population itself
+                return run_tuner(spec, setup, directory)
+            return run_tuner(spec, setup, directory, spec["budget"].pop("population", None) or population)
+
+        return run
+
+    def pbt(setup: TaskSetup, seed: int, directory: Path) -> Run:
+        if not pbt_available():
+            return Run(unavailable="not available")
+        return tuner_arm({"strategy": "pbt", "budget": {"population": POPULATION}})(setup, seed, directory)
+
+    arms = {
+        "random": tuner_arm({"sampler": "random", "pruner": "none"}),
+        "naive": lambda setup, seed, directory: run_naive(setup, seed),
+        "defaults": tuner_arm({}),
+        "lr-auto": tuner_arm({"space": {"lr": "auto"}}),
+        "population": tuner_arm({}, POPULATION),
+        "pbt": pbt,
+    }
+    arms.update({name: tuner_arm(update) for name, update in variants.items()})
+    return arms
+
+
+# -- the analysis (pure) -----------------------------------------------------------------------------------------
+
+
+def reached(value: Optional[float], target: float, direction: str) -> bool:
+    return value is not None and (value >= target if direction == "maximize" else value <= target)
+
+
+def best_at(run: Run, compute: int, direction: str) -> Optional[float]:
+    """The best value among trials that finished within ``compute`` steps (range test included)."""
+    spent, values = run.upfront, []
+    for steps, value in run.trials:
+        spent += steps
+        if spent > compute:
+            break
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None
+    return max(values) if direction == "maximize" else min(values)
+
+
+def compute_to(run: Run, target: float, direction: str, compute: int) -> float:
+    """Steps spent when a trial first reaches ``target`` (inf: not within ``compute``)."""
+    spent = run.upfront
+    for steps, value in run.trials:
+        spent += steps
+        if spent > compute:
+            break
+        if reached(value, target, direction):
+            return float(spent)
+    return math.inf
+
+
+def median_or_none(values: list[Optional[float]], direction: str) -> Optional[float]:
+    """The median, a missing value counting as the worst."""
+    worst = -math.inf if direction == "maximize" else math.inf
+    finite = [worst if v is None else v for v in values]
+    middle = statistics.median_low(sorted(finite)) if len(finite) % 2 == 0 else statistics.median(finite)
+    return None if math.isinf(middle) else middle
+
+
+def summarize(runs: dict[str, list[Run]], setup: TaskSetup) -> tuple[float, dict[str, dict[str, Any]]]:
+    """The target (random search's median best at C) and, per arm, median best, median compute to the target,
+    how many seeds reached it, and each seed's efficiency against random search."""
+    compute, direction = setup.compute, setup.direction
+    target = median_or_none([best_at(r, compute, direction) for r in runs["random"]], direction)
+    if target is None:
+        return math.nan, {}
+    random_to = statistics.median(compute_to(r, target, direction, compute) for r in runs["random"])
+    rows = {}
+    for arm, arm_runs in runs.items():
+        if any(r.unavailable for r in arm_runs):
+            rows[arm] = {"unavailable": arm_runs[0].unavailable}
+            continue
+        to_target = [compute_to(r, target, direction, compute) for r in arm_runs]
+        rows[arm] = {
+            "best": median_or_none([best_at(r, compute, direction) for r in arm_runs], direction),
+            "to_target": statistics.median(to_target),
+            "reached": sum(math.isfinite(t) for t in to_target),
+            "ratios": [random_to / t for t in to_target],  # inf steps: ratio 0
+            "censored": [min(t, compute) for t in to_target],  # not reached: counted as C (see head_to_head)
+            "seconds": statistics.median(r.seconds for r in arm_runs),
+        }
+    return target, rows
+
+
+def fmt_steps(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "not reached"
+
+
+def print_table(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], setups: dict[str, TaskSetup]) -> None:
+    print("\n| task | arm | best at C (median) | steps to target (median) | reached | efficiency (median) | s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for task, (target, rows) in results.items():
+        setup = setups[task]
+        for arm, row in rows.items():
+            if "unavailable" in row:
+                print(f"| {task} | {arm} | n/a ({row['unavailable']}) | | | | |")
+                continue
+            best = "none" if row["best"] is None else f"{row['best']:.4f}"
+            print(
+                f"| {task} (C={setup.compute:,}, target {target:.4f}) | {arm} | {best} | {fmt_steps(row['to_target'])}"
+                f" | {row['reached']}/{len(row['ratios'])} | {statistics.median(row['ratios']):.2f}x"
+                f" | {row['seconds']:.1f} |"
+            )
+
+
+def head_to_head(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], arm: str, other: str) -> float:
+    """The median over tasks x seeds of ``other``'s compute to the target / ``arm``'s, a run that never reached it
+    counted as C: a lower bound of the ratio where only ``other`` missed, an upper bound where only ``arm`` did."""
+    ratios = [
+        theirs / ours
+        for _, rows in results.values()
+        if arm in rows and other in rows and "censored" in rows[arm] and "censored" in rows[other]
+        for ours, theirs in zip(rows[arm]["censored"], rows[other]["censored"])
+    ]
+    return statistics.median(ratios) if ratios else math.nan
+
+
+def overall(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], arm: str) -> tuple[float, int]:
+    """The median efficiency of ``arm`` over tasks x seeds, and how many (task, seed) pairs it covers."""
+    ratios = [r for _, rows in results.values() if arm in rows for r in rows[arm].get("ratios", [])]
+    return (statistics.median(ratios) if ratios else math.nan), len(ratios)
+
+
+# -- the run ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller budgets and 3 seeds (<= 8 minutes on 2 cores)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 5; 3 with --quick)")
+    parser.add_argument("--tasks", nargs="+", default=None)
+    parser.add_argument("--arms", nargs="+", default=None)
+    parser.add_argument("--variant", action="append", default=[], help="NAME=JSON: an extra arm (a candidate default)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    setups = QUICK if args.quick else FULL
+    setups = {name: setups[name] for name in (args.tasks or setups)}
+    seeds = list(range(args.seeds or (3 if args.quick else 5)))
+    variants = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.variant)}
+    arms = arm_table(variants)
+    arms = {name: arms[name] for name in (args.arms or arms)}
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__} (1 thread); {'quick' if args.quick else 'full'}: {len(seeds)} seeds; "
+        f"space {OPTIMIZERS} x {SCHEDULES}; PBT {'available' if pbt_available() else 'not available'}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    results = {}
+    for task, setup in setups.items():
+        runs: dict[str, list[Run]] = {arm: [] for arm in arms}
+        for seed in seeds:
+            for arm, run in arms.items():
+                with tempfile.TemporaryDirectory() as directory:
+                    runs[arm].append(run(setup, seed, Path(directory)))
+                last = runs[arm][-1]
+                spent = last.upfront + sum(s for s, _ in last.trials)
+                shown = (
+                    f"n/a ({last.unavailable})" if last.unavailable else f"{len(last.trials)} trials, {spent:,} steps"
+                )
+                print(f"  {task} seed {seed} {arm}: {shown}, {last.seconds:.1f}s", flush=True)
+        results[task] = summarize(runs, setup)
+    print_table(results, setups)
+    print(f"\nwall: {time.perf_counter() - started:.0f} s")
+    for arm in arms:
+        ratio, count = overall(results, arm)
+        if count:
+            print(f"{arm:>12}: median efficiency vs random search {ratio:.2f}x over {count} task-seeds")
+    for arm in arms:
+        if arm not in ("naive", "random") and "naive" in arms:
+            versus = head_to_head(results, arm, "naive")
+            print(f"{arm:>12}: vs hand-written naive Optuna {versus:.2f}x (steps to the target; not reached = C)")
+    ratio, count = overall(results, "defaults")
+    print(f"efficiency vs random search: {ratio:.2f}x ({len(results)} tasks x {len(seeds)} seeds)")
+
+
+if __name__ == "__main__":
+    main()

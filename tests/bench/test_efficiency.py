@@ -1,0 +1,72 @@
+"""bench/efficiency.py: its accounting (compute to the target, best at fixed compute, efficiency against random
+search) on made-up runs with exact answers, and its arms on a real tiny study: each stops once it has spent the
+compute C, and `lr: auto`'s range test is counted."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT
+
+spec = importlib.util.spec_from_file_location("efficiency", ROOT / "bench" / "efficiency.py")
+efficiency = importlib.util.module_from_spec(spec)
+sys.modules["efficiency"] = efficiency  # dataclasses look their module up
+spec.loader.exec_module(efficiency)
+Run, TaskSetup = efficiency.Run, efficiency.TaskSetup
+
+SETUP = TaskSetup({"name": "quadratic", "options": {"dim": 10, "n": 256, "val_n": 64}}, 20, 10, 4, "loss", "minimize")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_compute_to_the_target_accumulates_steps_in_completion_order_and_counts_the_range_test() -> None:
+    run = Run(trials=[(20, 0.9), (5, None), (20, 0.4), (20, 0.1)], upfront=7)
+    assert efficiency.compute_to(run, 0.5, "minimize", compute=80) == 7 + 20 + 5 + 20
+    assert efficiency.compute_to(run, 0.05, "minimize", compute=80) == math.inf
+    assert efficiency.compute_to(run, 0.1, "minimize", compute=60) == math.inf  # the last trial ends past C
+    assert efficiency.best_at(run, 60, "minimize") == 0.4 and efficiency.best_at(run, 72, "minimize") == 0.1
+    assert efficiency.best_at(Run(trials=[(20, None)]), 80, "maximize") is None
+
+
+def test_efficiency_is_random_searchs_median_compute_to_its_median_final_value_over_the_arms() -> None:
+    random = [Run(trials=[(20, v), (20, w)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]  # finals .3 .2 .4
+    fast = [Run(trials=[(10, 0.3)]), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])]
+    target, rows = efficiency.summarize({"random": random, "fast": fast}, SETUP)
+    assert target == 0.3  # the median best of random search at C = 80
+    assert [efficiency.compute_to(r, 0.3, "minimize", 80) for r in random] == [40, 40, math.inf]
+    assert rows["fast"]["ratios"] == [4.0, 2.0, 0.0] and rows["fast"]["reached"] == 2
+    assert rows["random"]["ratios"] == [1.0, 1.0, 0.0]
+    results = {"quadratic": (target, rows)}
+    assert efficiency.overall(results, "fast") == (2.0, 3)
+    # head to head, not reached counts as C = 80: random/fast = 40/10, 40/20, 80/80
+    assert efficiency.head_to_head(results, "fast", "random") == 2.0
+
+
+def test_tuner_arms_stop_at_the_compute_and_lr_auto_counts_its_range_test(tmp_path: Path) -> None:
+    arms = efficiency.arm_table({})
+    (tmp_path / "random").mkdir(), (tmp_path / "auto").mkdir()
+    plain = arms["random"](SETUP, 0, tmp_path / "random")
+    steps = [s for s, _ in plain.trials]
+    assert sum(steps) >= SETUP.compute > sum(steps[:-1]) and plain.upfront == 0
+    auto = arms["lr-auto"](SETUP, 0, tmp_path / "auto")
+    sweeps = len(efficiency.OPTIMIZERS)  # one sweep of 10 to 100 steps each (fewer when it diverges)
+    assert 10 * sweeps <= auto.upfront <= 100 * sweeps and auto.upfront > SETUP.compute
+    assert len(auto.trials) == 1  # the range test alone spent C: the study stops after its first trial
+
+
+def test_the_naive_arm_is_plain_optuna_over_fit_and_stops_at_the_compute() -> None:
+    run = efficiency.run_naive(SETUP, seed=0)
+    assert len(run.trials) == SETUP.trials and all(steps == SETUP.steps for steps, _ in run.trials)
+    assert all(value is None or value > 0 for _, value in run.trials)
