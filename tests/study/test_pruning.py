@@ -143,3 +143,26 @@ def test_a_step_reported_twice_keeps_its_first_value_as_optuna_does(tmp_path: Pa
     assert not pruning.report(peers[0], 1, 0.1)  # ignored: 0.9 stands, above the peers' median
     pruning.flush()
     assert _stored(study, peers[0]) == {1: 0.9}
+
+
+def test_the_default_median_rule_prunes_from_the_third_trial_at_the_first_evaluation(tmp_path: Path) -> None:
+    """A study file's `pruner: median` without options: two trials run to the end, the third is compared with them
+    from its first report on (bench/efficiency.py chose 2, docs/benchmarks.md)."""
+    from tuner.spec import NamedOptions
+    from tuner.study.tables import describe_search, make_pruner
+
+    study = _study(tmp_path, pruner=make_pruner(NamedOptions(name="median")))
+    first = study.ask()
+    first.report(0.9, 10)
+    assert not first.should_prune()  # nothing completed yet
+    study.tell(first, 0.9)
+    second = study.ask()
+    second.report(0.1, 10)
+    assert not second.should_prune()  # one completed trial: still a start-up trial
+    study.tell(second, 0.1)
+    third = study.ask()
+    third.report(0.4, 10)
+    assert third.should_prune()  # below the median (0.5) of the two completed trials at step 10, its first report
+    assert "none pruned before 2 trials complete" in describe_search(
+        NamedOptions(name="tpe"), NamedOptions(name="median")
+    )

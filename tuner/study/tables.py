@@ -28,8 +28,13 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "qmc": lambda seed, space, **o: optuna.samplers.QMCSampler(seed=seed, **o),
 }
 
+MEDIAN_DEFAULTS = {"n_startup_trials": 2, "n_warmup_steps": 0}
+"""The median rule's defaults: prune from the third trial on, at any evaluation. Optuna's 5 start-up trials spend
+5 whole runs before anything is pruned; with 2 the default study reached random search's median final value with
+less compute on 3 of 4 tasks of ``bench/efficiency.py`` (docs/benchmarks.md, "Efficiency")."""
+
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
-    "median": lambda **o: optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **o}),
+    "median": lambda **o: optuna.pruners.MedianPruner(**{**MEDIAN_DEFAULTS, **o}),
     "asha": lambda **o: optuna.pruners.SuccessiveHalvingPruner(**o),
     "hyperband": lambda **o: optuna.pruners.HyperbandPruner(**o),
     "none": lambda **o: optuna.pruners.NopPruner(),
@@ -79,7 +84,7 @@ def describe_search(spec: NamedOptions, pruner: NamedOptions) -> str:
     if pruner.name == "none":
         parts.append("no pruning")
     elif pruner.name == "median":
-        options = {"n_startup_trials": 5, "n_warmup_steps": 0, **pruner.options}
+        options = {**MEDIAN_DEFAULTS, **pruner.options}
         parts.append(
             f"pruner median (none pruned before {options['n_startup_trials']} trials complete"
             + (f", nor before step {options['n_warmup_steps']})" if options["n_warmup_steps"] else ")")
