@@ -404,7 +404,7 @@ def main() -> None:
         if count:
             print(f"{arm:>12}: median efficiency vs random search {ratio:.2f}x over {count} task-seeds")
     for arm in arms:
-        if arm not in ("naive", "random") and "naive" in arms:
+        if arm not in ("naive", "random") and "naive" in arms and overall(results, arm)[1]:
             versus = head_to_head(results, arm, "naive")
             print(f"{arm:>12}: vs hand-written naive Optuna {versus:.2f}x (steps to the target; not reached = C)")
     ratio, count = overall(results, "defaults")
