@@ -408,7 +408,8 @@ def main() -> None:
             versus = head_to_head(results, arm, "naive")
             print(f"{arm:>12}: vs hand-written naive Optuna {versus:.2f}x (steps to the target; not reached = C)")
     ratio, count = overall(results, "defaults")
-    print(f"efficiency vs random search: {ratio:.2f}x ({len(results)} tasks x {len(seeds)} seeds)")
+    shown = f"{ratio:.2f}x" if count else "n/a (the defaults arm did not run)"
+    print(f"efficiency vs random search: {shown} ({len(results)} tasks x {len(seeds)} seeds)")
 
 
 if __name__ == "__main__":
