@@ -21,6 +21,7 @@ removes folders once the trial is told.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -37,6 +38,7 @@ from tuner.errors import UserCodeError
 from tuner.recipe import Recipe
 from tuner.study.checkpoints import StudyCheckpoints, TrialCheckpoints
 from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.pbt import lineage_record, pbt_config
 from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
 from tuner.study.runs import run_link
@@ -172,11 +174,17 @@ class TrialLifecycle:
         except Exception as error:  # the trials fail; the study goes on
             self._fail_all(members, failure_reason(error), time.perf_counter() - started, pruning)
             return
+        numbers = [m.trial.number for m in members]
         for member, result in zip(members, results):
             extra = {TrialKeys.POPULATION: int(result.extras.get("population", 1))} if stacked else {}
             extra.update(self.checkpoints.finished(member.checkpoints, result))
+            tags: dict[str, str] = {}
+            if "pbt" in result.extras:  # the recipe and seed that replay it, its lineage in trial numbers
+                attrs, tags = lineage_record(result.extras["pbt"], numbers)
+                extra.update(attrs)
             self._report_resumed(member, result, pruning)
-            self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
+            outcome = dataclasses.replace(outcome_of(result, self.prepared.metric, extra), tags=tags)
+            self._end_safely(member, outcome, pruning)
 
     def _report_resumed(self, member: StartedTrial, result: FitResult, pruning: Pruning) -> None:
         """The evaluations a resumed trial took over from its checkpoint, logged and recorded like its own (already
@@ -189,7 +197,9 @@ class TrialLifecycle:
                     on_eval(evaluation)
 
     def _fit(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> list[FitResult]:
-        prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
+        prepared = self.prepared
+        pbt = prepared.spec.strategy == "pbt"
+        on_eval = [self.reporter(m, pruning, prune=not pbt) for m in members]
         common: dict[str, Any] = dict(
             metric=prepared.metric,
             direction=prepared.direction,
@@ -226,6 +236,7 @@ class TrialLifecycle:
             on_eval=on_eval,
             on_evaluated=on_evaluated,
             keep_params=self.checkpoints.save_model,
+            pbt=pbt_config(prepared.spec, prepared.space, trial_seed(prepared.spec.seed, numbers[0])) if pbt else None,
             **common,
         )
 
@@ -305,14 +316,16 @@ class TrialLifecycle:
         )
         return StartedTrial(trial, recipe, seed, run, checkpoints)
 
-    def reporter(self, member: StartedTrial, pruning: Pruning) -> OnEval:
-        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it."""
+    def reporter(self, member: StartedTrial, pruning: Pruning, *, prune: bool = True) -> OnEval:
+        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it.
+        Without ``prune`` (a PBT member: the population replaces its worst members itself) the pruner only hears it."""
         metric = self.prepared.metric
 
         def on_eval(evaluation: Evaluation) -> bool:
             losses = {} if evaluation.train_loss is None else {"train_loss": evaluation.train_loss}
             self.tracker.log_metrics(member.run, {**evaluation.metrics, **losses}, evaluation.step)
-            return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
+            decided = pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
+            return decided and prune
 
         return on_eval
 

@@ -24,6 +24,7 @@ from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
 from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
+from tuner.study.pbt import check_pbt
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.storage.redact import mask_output
 from tuner.tasks import Task, load_function, load_task
@@ -82,6 +83,7 @@ def prepare(
         space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec, space)
+        check_pbt(spec, space, door.task, train_budget(spec.budget))
         _check_training(spec, door, space, device or spec.device)
         check_checkpoint_dir(spec)
         quiet_libraries()

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.spec import parse_study
+from tuner.spec import PBT_MIN_POPULATION, parse_study
 from tuner.study.definition import check_unchanged, definition, storable
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
@@ -73,6 +73,7 @@ def run_study(
     from tuner.study.warmstart import warm_start
 
     quiet_libraries()
+    check_population(prepared, options.population)
     grid = grid_of(prepared.space, prepared.spec.sampler)
     check_grid_run(grid, options.n_trials, options.allow_partial_grid, options.warm_start)
     closer = LostRunCloser()
@@ -101,6 +102,14 @@ def run_study(
             worker.join()
         end_study(study, tracker)
     return study
+
+
+def check_population(prepared: Prepared, population: int) -> None:
+    """``strategy: pbt`` runs populations of at least ``PBT_MIN_POPULATION`` (``--population`` overrides the file's)."""
+    if prepared.spec.strategy == "pbt" and population < PBT_MIN_POPULATION:
+        raise TunerError(
+            f"strategy: pbt needs a population of at least {PBT_MIN_POPULATION} members, got --population {population}"
+        )
 
 
 def open_tracker(tracking_uri: str) -> Tracker:
