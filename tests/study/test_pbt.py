@@ -82,6 +82,29 @@ def test_a_pbt_study_records_lineages_that_export_and_replay(workdir: Path, cli)
     assert result.exit_code == 0 and "PASS" in result.stdout, result.output
 
 
+def test_perturbed_betas_and_weight_decay_are_recorded_and_marked_not_exactly_replayable(workdir: Path, cli) -> None:
+    space = {**SPACE, "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True}}
+    perturb = {"interval": 1, "perturb": ["lr", "betas", "weight_decay"]}
+    assert cli("run", _pbt_study(workdir, space=space, pbt=perturb), "--tracking-uri", "none").exit_code == 0
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").trials
+    exploited = [t for t in trials if t.user_attrs["pbt_lineage"]["exploits"]]
+    assert exploited
+    for trial in exploited:
+        last = trial.user_attrs["pbt_lineage"]["exploits"][-1]
+        recipe = trial.user_attrs["recipe"]
+        assert {"beta1", "beta2", "weight_decay"} <= set(last)
+        assert recipe["optimizer_params"]["beta1"] == last["beta1"] and recipe["weight_decay"] == last["weight_decay"]
+        assert 1e-5 <= recipe["weight_decay"] <= 1e-2
+        assert not trial.user_attrs["pbt_lineage"]["exact_replay"]
+
+    # a worker joining the study trains whole populations too, never PBT-less trials one at a time
+    result = cli("worker", "tiny", "--n-trials", "12", "--tracking-uri", "none")
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}").trials
+    assert len(trials) == 12
+    assert all(t.user_attrs["population"] == 6 and "pbt_lineage" in t.user_attrs for t in trials)
+
+
 BATCHNORM_TASK = """
 import torch
 from tuner.tasks import SimpleTask, load_task
@@ -113,6 +136,8 @@ def make_task():
         ({"pbt": {"quantile": 0.75}}, "pbt.quantile"),
         ({"pbt": {"perturb": ["momentum"]}}, "pbt.perturb"),
         ({"strategy": "search"}, "strategy: pbt only"),
+        ({"pbt": {"perturb": ["weight_decay"]}}, "pbt.perturb names weight_decay, but space.weight_decay"),
+        ({"space": {**SPACE, "optimizers": ["sgd"]}, "pbt": {"perturb": ["betas"]}}, "space.optimizers.sgd gives"),
     ],
 )
 def test_what_pbt_cannot_run_exits_2_with_the_reason(workdir: Path, cli, changes: dict, message: str) -> None:

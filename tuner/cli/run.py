@@ -84,7 +84,7 @@ def run(
 
     typer.echo(
         f"study {prepared.spec.name!r}: {options.n_trials} finished trials wanted; "
-        f"{describe_search(prepared.spec.sampler, prepared.spec.pruner)}"
+        f"{describe_search(prepared.spec.sampler, prepared.spec.pruner, prepared.spec, options.population)}"
     )
     try:
         total = options.n_trials if grid is None else min(options.n_trials, grid.size)

@@ -58,9 +58,27 @@ def check_pbt(spec: StudySpec, space: SearchSpace, task: Optional[Task], budget:
             "strategy: pbt: a member's value is its final evaluation (what a replay of its lineage ends with); "
             f"remove budget.objective: {budget.objective}"
         )
+    _check_perturbed_ranges(spec, space)
     reason = population_blocker(task, budget) or vmap_blocker(task.build_model())
     if reason is not None:
         raise TunerError(f"strategy: pbt needs the population path's shared vectorized pass, but {reason}")
+
+
+PERTURBED_RANGES = {"lr": ("lr",), "betas": ("beta1", "beta2"), "weight_decay": ("weight_decay",)}
+"""The ranges each ``pbt.perturb`` name explores in."""
+
+
+def _check_perturbed_ranges(spec: StudySpec, space: SearchSpace) -> None:
+    """Each name of ``pbt.perturb`` needs a range in the space to explore in (a fixed value has none)."""
+    ranges = pbt_config(spec, space, 0).ranges
+    for name in spec.pbt_settings.perturb:
+        if not any(key in ranges for key in PERTURBED_RANGES[name]):
+            optimizer = next(iter(space.optimizers))
+            where = "space.weight_decay" if name == "weight_decay" else f"space.optimizers.{optimizer}"
+            raise TunerError(
+                f"pbt.perturb names {name}, but {where} gives it no range to explore in "
+                f"(a fixed value): give {'/'.join(PERTURBED_RANGES[name])} a {{low, high}} range, or drop {name}"
+            )
 
 
 def _values(dimension: Dimension) -> list[Any]:

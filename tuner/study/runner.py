@@ -218,6 +218,7 @@ def optimize(
 ) -> None:
     """Run trials in this process until the study holds ``n_trials`` finished trials or ``timeout`` passes; then, as
     the last worker out, run the retries of trials whose workers were lost."""
+    check_population(prepared, options.population)
     remaining = options.n_trials - finished_count(study)
     if remaining <= 0:
         return

@@ -63,7 +63,11 @@ def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study
     tracker = open_tracker(prepared.tracking_uri)
     study = join_study(prepared.spec.name, prepared.storage_url, tracker)
     budget = prepared.spec.budget
-    run_options = RunOptions(n_trials=options.n_trials or budget.n_trials, timeout=options.timeout or budget.timeout)
+    run_options = RunOptions(
+        n_trials=options.n_trials or budget.n_trials,
+        timeout=options.timeout or budget.timeout,
+        population=(budget.population or 1) if prepared.spec.strategy == "pbt" else 1,  # PBT runs whole populations
+    )
     try:
         optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
     finally:
