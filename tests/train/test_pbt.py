@@ -13,7 +13,7 @@ from tests.train.test_population import _batchnorm_task
 from tuner.errors import TunerError
 from tuner.optim.batched import BlockOptimizer
 from tuner.recipe import Recipe
-from tuner.tasks import load_task
+from tuner.tasks import SimpleTask, load_task
 from tuner.train import TrainBudget, fit, fit_population
 from tuner.train.pbt import FACTORS, Explorer, Lineage, PBTConfig, Range
 
@@ -107,13 +107,37 @@ def test_a_seed_fixes_every_decision(task) -> None:
     assert [r.extras["pbt"]["exploits"] for r in first] != [r.extras["pbt"]["exploits"] for r in other]
 
 
-def test_the_exported_lineage_replays_with_plain_fit(task) -> None:
+def _layer_norm_task() -> SimpleTask:
+    digits = load_task("digits-mlp", {})
+    return SimpleTask(
+        name="digits-ln",
+        model_fn=lambda: torch.nn.Sequential(
+            torch.nn.Linear(64, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+        ),
+        data_fn=digits.load_data,
+        loss_fn=digits.loss_fn,
+        metrics_fn=digits.metrics_fn,
+        metric="accuracy",
+        direction="maximize",
+    )
+
+
+@pytest.mark.parametrize(
+    "make_task",
+    [
+        lambda: load_task("digits-mlp", {"hidden": [16]}),  # the stacked path, by hand
+        lambda: load_task("digits-cnn", {"channels": [4, 8]}),  # the stacked path's convolutions
+        _layer_norm_task,  # a layer the stacked path does not know: vmap
+    ],
+    ids=["mlp", "cnn", "vmap"],
+)
+def test_the_exported_lineage_replays_with_plain_fit(make_task) -> None:
+    task = make_task()
     config = PBTConfig(interval=1, quantile=0.25, ranges=RANGES, seed=3)
     results = _population(task, config, keep_params=True)
-    exploited = [r for r in results if len(r.extras["pbt"]["ancestry"]) > 2]  # weights passed through 3 members
-    assert exploited, [r.extras["pbt"]["ancestry"] for r in results]
-    member = exploited[0]
+    member = max(results, key=lambda r: len(r.extras["pbt"]["ancestry"]))
     lineage = member.extras["pbt"]
+    assert len(lineage["ancestry"]) > 1, lineage  # its weights passed through 2 members or more
     recipe = Recipe.from_dict(lineage["recipe"])
     assert recipe.schedule == "piecewise" and lineage["exact"]
     alone = RecordingTask(task)
@@ -149,6 +173,9 @@ def test_what_cannot_share_the_pass_is_a_clear_error(task) -> None:
         fit_population(task, [Recipe("adafactor", 1e-2)] * 4, BUDGET, seeds=seeds, device="cpu", pbt=config)
     with pytest.raises(TunerError, match="schedule='cosine'"):
         fit_population(task, [Recipe("adam", 1e-3, schedule="cosine")] * 4, BUDGET, seeds=seeds, pbt=config)
+    best = TrainBudget(steps=40, eval_every=10, objective="best")
+    with pytest.raises(TunerError, match="final evaluation"):
+        fit_population(task, [Recipe("adam", 1e-3)] * 4, best, seeds=seeds, pbt=config)
 
 
 def test_config_is_validated() -> None:

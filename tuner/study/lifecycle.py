@@ -127,6 +127,7 @@ class TrialLifecycle:
     def run(self, size: int, *, stacked: bool = False) -> None:
         """Ask ``size`` trials and train them together, ending each: with ``fit``, or with ``fit_population`` when
         ``stacked`` (a population run, even a batch of one) or ``size > 1``."""
+        stacked = stacked or self.prepared.spec.strategy == "pbt"  # a lone PBT member (a retry) is a population of 1
         fail_stale_trials(self.study)  # what study.optimize does before each trial
         with Heartbeats(self.study) as heartbeats:  # from the moment a trial is asked: a lost start is retried
             members = self._ask(size, heartbeats, resumable=size == 1 and not stacked)

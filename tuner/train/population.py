@@ -112,7 +112,7 @@ def fit_population(
         Explorer(pbt) if pbt is not None else None,
     )
     if pbt is not None:
-        _check_pbt(members, max_members)
+        _check_pbt(members, budget, max_members)
     blocker = population_blocker(task, budget)
     if blocker is not None:
         results = _sequential(common, members, blocker)
@@ -140,8 +140,11 @@ def _nobody(step: int, metrics: dict[int, dict[str, float]]) -> None:
     pass
 
 
-def _check_pbt(members: list[_Member], max_members: Optional[int]) -> None:
-    """PBT's members copy each other's rows: one update rule (``population_key``), one pass, a held LR."""
+def _check_pbt(members: list[_Member], budget: TrainBudget, max_members: Optional[int]) -> None:
+    """PBT's members copy each other's rows: one update rule (``population_key``), one pass, a held LR; a member's
+    value is its final evaluation (its best one may predate the weights it ends with)."""
+    if budget.objective != "final":
+        raise TunerError(f"PBT members are valued by their final evaluation, got objective={budget.objective!r}")
     for m in members:
         check_pbt_recipe(m.recipe)
     keys = sorted({str(population_key(m.recipe)) for m in members})
