@@ -22,6 +22,10 @@ dropout's random masks and other buffers or randomness fall back: they would not
 sequentially with ``fit``, after one ``PopulationFallbackWarning``; so does every member of a task that streams its
 data from loaders, or of a budget asking for mixed precision, accumulation, ``torch.compile`` or channels-last
 (``population_blocker``).
+
+Population-based training (``pbt=``, ``tuner.train.pbt``) is a hook of this same pass: after an evaluation that is an
+exploit round, ``_Population._exploit`` copies the rows ``Explorer.decide`` picks. It never falls back: what would
+train sequentially is a ``TunerError`` (members must share the stacks to copy each other).
 """
 
 from __future__ import annotations
