@@ -357,10 +357,11 @@ class TrialLifecycle:
         not have found it: its creation may have waited for MLflow)."""
         if run is not None:
             self.tracker.end_trial(run, TrialOutcome("FAIL", LOST_REASON, seconds=outcome.seconds))
+        retry = _retry_number(trial)
         warnings.warn(
             f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
-            f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
-            f"discarded",
+            f"grace period); its retry{'' if retry is None else f' is trial {retry}, which'} repeats the recipe; "
+            f"this result ({outcome.state}: {outcome.reason}) is discarded",
             TrialResultDiscarded,
             stacklevel=3,
         )
@@ -374,8 +375,12 @@ def failure_reason(error: BaseException) -> str:
     return mask_text(f"error: {type(error).__name__}: {error}")
 
 
-def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
-    """Called once the trial's MLflow run exists (on the tracking thread for a server): lost-trial handling closes the
-    run by this id."""
-    if run_id:
-        trial.set_user_attr(TrialKeys.RUN_ID, run_id)
+def _retry_number(trial: optuna.Trial) -> Optional[int]:
+    """The number of the trial that retries ``trial`` (failed as lost by another worker), if it can be read."""
+    try:
+        for other in trial.study.get_trials(deepcopy=False):
+            if optuna.storages.RetryFailedTrialCallback.retried_trial_number(other) == trial.number:
+                return other.number
+    except Exception:  # only a message depends on it: a storage hiccup here must not end the worker
+        return None
+    return None
