@@ -82,8 +82,8 @@ def compare(
     _print(comparison.rows)
     if comparison.reach_value is not None:
         typer.echo(
-            f"to reach: the compute until the study's best reached {fmt(comparison.reach_value)}, the best value every "
-            "study reached"
+            f"to reach: optimizer steps, seconds of training until the study's best reached "
+            f"{fmt(comparison.reach_value)}, the best value every study reached (an LR range test included)"
         )
     else:
         typer.echo(comparison.reach_note)
@@ -105,12 +105,9 @@ COLUMNS = (
     "steps",
     "seconds",
     "wall_s",
-    "steps_to_reach",
-    "seconds_to_reach",
+    "to_reach",
 )
-
-
-HEADERS = {"wall_s": "wall s", "steps_to_reach": "steps to reach", "seconds_to_reach": "s to reach"}
+HEADERS = {"wall_s": "wall s", "to_reach": "to reach"}
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
@@ -119,5 +116,12 @@ def _print(rows: list[dict[str, Any]]) -> None:
     table = Table(*(HEADERS.get(column, column) for column in COLUMNS))
     for row in rows:
         metric = f"{row['metric']} ({row['objective']}, {'max' if row['direction'] == 'maximize' else 'min'})"
-        table.add_row(*(metric if column == "metric" else fmt(row[column]) for column in COLUMNS))
+        cells = dict(row, metric=metric, to_reach=_to_reach(row))
+        table.add_row(*(fmt(cells[column]) for column in COLUMNS))
     console().print(table)
+
+
+def _to_reach(row: dict[str, Any]) -> Optional[str]:
+    if row["steps_to_reach"] is None:
+        return None
+    return f"{row['steps_to_reach']}, {fmt(row['seconds_to_reach'])}"

@@ -207,11 +207,11 @@ def compare(studies: Sequence[optuna.Study]) -> Comparison:
 
 def common_target(curves: Sequence[Economics]) -> tuple[Optional[float], str]:
     """The best value every study reached (the worst of their bests), or None and why."""
-    if len({(c.metric, c.direction) for c in curves}) > 1:
-        return None, "the studies optimize different metrics or directions: no common value to reach"
     missing = [c.study for c in curves if c.best is None]
     if missing or not curves:
         return None, f"no complete trial yet in {', '.join(missing)}: no common value to reach"
+    if len({(c.metric, c.direction) for c in curves}) > 1:
+        return None, "the studies optimize different metrics or directions: no common value to reach"
     bests = [c.best for c in curves if c.best is not None]
     worst = min(bests) if curves[0].direction == "maximize" else max(bests)
     return worst, ""
