@@ -84,13 +84,10 @@ class Economics:
         """The first complete trial's value, in the order the trials ended."""
         return next((p.best for p in self.points if p.best is not None), None)
 
-    def better_or_equal(self, value: float, target: float) -> bool:
-        """Whether ``value`` is at least as good as ``target`` in this study's direction."""
-        return value >= target if self.direction == "maximize" else value <= target
-
     def reach(self, target: float) -> Optional[CurvePoint]:
         """The first point whose best so far is at least as good as ``target`` (None: never reached)."""
-        return next((p for p in self.points if p.best is not None and self.better_or_equal(p.best, target)), None)
+        reached = (p for p in self.points if p.best is not None and at_least_as_good(p.best, target, self.direction))
+        return next(reached, None)
 
     def target(self, fraction: float) -> Optional[float]:
         """The value ``fraction`` of the way from the first complete trial's value to the final best."""
@@ -128,16 +125,18 @@ def economics(study: optuna.Study) -> Economics:
         ended_at = _ended_at(record)
         if ended_at is not None and origin is not None:
             wall = max(wall, range_test.wall_s + (ended_at - origin).total_seconds())
-        if record.state == "COMPLETE" and record.value is not None and _improves(record.value, best, direction):
-            best = record.value
+        value = record.value if record.state == "COMPLETE" else None
+        if value is not None and (best is None or not at_least_as_good(best, value, direction)):
+            best = value
         spent = Spent(int(steps), round(seconds, 3), round(wall, 3))
         points.append(CurvePoint(record.number, record.state, spent, best))
     notes += _record_notes(ended)
     return Economics(study.study_name, study_metric(study), direction, tuple(points), range_test, tuple(notes))
 
 
-def _improves(value: float, best: Optional[float], direction: str) -> bool:
-    return best is None or (value > best if direction == "maximize" else value < best)
+def at_least_as_good(value: float, target: float, direction: str) -> bool:
+    """Whether ``value`` is at least as good as ``target`` in the direction (``maximize`` / ``minimize``)."""
+    return value >= target if direction == "maximize" else value <= target
 
 
 def _ended_at(record: TrialRecord) -> Optional[datetime]:
