@@ -101,6 +101,7 @@ def test_a_real_sweep_that_diverges_caps_its_range_below_the_divergence() -> Non
     row = finding.summary()
     assert row["low"] <= row["lr"] <= row["high"] < diverged_at
     assert row["high"] == finding.lrs[-2] and "where the sweep diverged" in row["note"]
+    assert row["steps"] == len(finding.losses) < config.steps and row["seconds"] > 0  # what the study's compute counts
 
 
 def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
@@ -89,14 +90,18 @@ class LRFinding:
     stopped: str
     suggestion: Suggestion
     extras: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # of the sweep's training
 
     def summary(self) -> dict[str, Any]:
-        """The suggestion as plain data (for study user attrs and MLflow)."""
+        """The suggestion as plain data (for study user attrs and MLflow), with what the sweep cost: its optimizer
+        steps and seconds (a study's compute counts them)."""
         return {
             "optimizer": self.optimizer,
             "batch_size": self.batch_size,
             **asdict(self.suggestion),
             "stopped": self.stopped,
+            "steps": len(self.losses),
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -223,6 +228,7 @@ def range_test(
     losses: list[float] = []
     stopped = f"completed {config.steps} steps"
     diverged_at: Optional[float] = None
+    started = time.perf_counter()
     for step, micro_batches in enumerate(trainer.batches()):
         losses.append(trainer.train_step(step, micro_batches, lr_multiplier=lrs[step] / config.lr_end))
         if diverged(losses, config.steps // 10, config.divergence_factor):
@@ -237,6 +243,7 @@ def range_test(
         smooth(finite) if finite else [],
         stopped,
         suggest(lrs, losses, diverged_at),
+        seconds=time.perf_counter() - started,
     )
 
 
