@@ -47,8 +47,7 @@ from tuner.study.storage.redact import mask_text
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import LOST_REASON, Tracker, TrialOutcome, TrialRun
 from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
-from tuner.train.command import CommandFailed, run_command
-from tuner.train.trial import Trial, TrialInfo, run_function
+from tuner.train.command import CommandFailed
 
 
 class TrialResultDiscarded(UserWarning):
@@ -231,27 +230,13 @@ class TrialLifecycle:
 
     def _run_own_code(self, member: StartedTrial, on_eval: OnEval) -> FitResult:
         """A ``train:`` function called with a ``tuner.Trial`` here, or a ``command:`` run with one in its process."""
-        prepared, trial = self.prepared, member.trial
-        info = TrialInfo(
-            trial.number,
-            prepared.spec.name,
-            member.recipe,
-            dict(trial.params),
-            member.seed,
-            str(resolve_device(prepared.device)),
-            self.budget,
-            prepared.metric,
-            prepared.direction,
-            prepared.spec.deterministic,
-            dict(prepared.spec.train.options) if prepared.spec.train is not None else {},
-            member.checkpoints.checkpointer.plan,
+        own, trial, checkpointer = self.prepared.own, member.trial, member.checkpoints.checkpointer
+        assert own is not None
+        device = str(resolve_device(self.prepared.device))
+        info = own.info(
+            trial.number, member.recipe, member.seed, device, params=dict(trial.params), checkpoint=checkpointer.plan
         )
-        if prepared.train_fn is not None:
-            return run_function(prepared.train_fn, Trial(info, on_eval, checkpoints=member.checkpoints.checkpointer))
-        assert prepared.command is not None
-        return run_command(
-            prepared.command, info, on_eval, cwd=prepared.spec_dir, timeout=prepared.spec.budget.trial_timeout
-        )
+        return own.run(info, on_eval, checkpointer)
 
     def _fail_all(
         self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Optional[Pruning]

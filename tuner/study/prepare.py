@@ -29,7 +29,7 @@ from tuner.study.storage.redact import mask_output
 from tuner.tasks import Task, load_function, load_task
 from tuner.train import TrainBudget, check_training
 from tuner.train.checks import available_device
-from tuner.train.command import command_argv
+from tuner.train.command import OwnTraining, command_argv
 from tuner.train.trial import check_train_function
 
 
@@ -53,6 +53,34 @@ class Prepared:
     train_fn: Optional[Callable[..., Any]] = None
     command: Optional[list[str]] = None
     plan: StudyPlan = StudyPlan()  # what the checks found: steps a trial per batch size, the grid
+
+    @property
+    def own(self) -> Optional[OwnTraining]:
+        """The user's own training (``train:`` or ``command:``) as every run of it starts; None for a task."""
+        if self.task is not None:
+            return None
+        spec = self.spec
+        return OwnTraining(
+            spec.name,
+            self.metric,
+            self.direction,
+            train_budget(spec.budget),
+            function=self.train_fn,
+            command=self.command,
+            cwd=self.spec_dir,
+            timeout=spec.budget.trial_timeout,
+            deterministic=spec.deterministic,
+            options=dict(spec.train.options) if spec.train is not None else {},
+        )
+
+    @property
+    def trains(self) -> Union[Task, OwnTraining]:
+        """What trials train: the task (tuner's trainer), else the user's own training."""
+        if self.task is not None:
+            return self.task
+        own = self.own
+        assert own is not None
+        return own
 
 
 def prepare(
