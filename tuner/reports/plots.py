@@ -1,5 +1,5 @@
-"""Plots: the LR range test's curves (matplotlib, written to a file), and the best value against compute (a plotly
-figure, for the HTML pages of ``tuner report`` and ``tuner compare``)."""
+"""Plots: the LR range test's curves, or its probes for own training (matplotlib, written to a file), and the best
+value against compute (a plotly figure, for the HTML pages of ``tuner report`` and ``tuner compare``)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ COMPUTE_AXES = (
 
 def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
     """Raw and smoothed loss against LR (log axis) per optimizer, suggestion marked, written to ``path`` (png, svg,
-    pdf)."""
+    pdf). Probe sweeps (own training) draw each probe's metric, one marker per probe."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5))
+    metrics = {f.extras["metric"] for f in findings.values() if "probes" in f.extras}
+    probes = bool(metrics)
     for name, finding in findings.items():
         (line,) = axis.plot(
             finding.lrs[: len(finding.smoothed)],
             finding.smoothed,
+            marker="o" if probes else None,
             label=f"{name} (suggest {finding.suggestion.lr:.2g})",
         )
         axis.plot(
@@ -42,12 +45,16 @@ def plot_findings(findings: dict[str, LRFinding], path: str) -> None:
         )
         axis.axvline(finding.suggestion.lr, color=line.get_color(), linestyle="--", linewidth=1)
     starts = [f.smoothed[0] for f in findings.values() if f.smoothed]
-    if starts:  # the divergence at the end would flatten every curve
+    if starts and not probes:  # the divergence at the end would flatten every curve
         axis.set_ylim(0, 1.5 * max(starts))
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
-    axis.set_ylabel("training loss")
-    axis.set_title("LR range test (faint: raw loss; dashed: suggestion)")
+    axis.set_ylabel(", ".join(sorted(metrics)) if probes else "training loss")
+    axis.set_title(
+        "LR probe sweep (a short run per point; dashed: suggestion)"
+        if probes
+        else "LR range test (faint: raw loss; dashed: suggestion)"
+    )
     axis.legend()
     figure.tight_layout()
     figure.savefig(path)

@@ -109,7 +109,7 @@ def prepare(
         door = _load_door(spec, spec_dir)
         space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
         metric, direction = _metric_and_direction(spec, door.task)
-        _check_door(spec, space)
+        _check_door(spec)
         _check_training(spec, door, space, device or spec.device)
         check_checkpoint_dir(spec)
         quiet_libraries()
@@ -201,19 +201,15 @@ def largest_batch(dimension: Any) -> Optional[int]:
     return None if None in values or not values else int(max(values))
 
 
-def _check_door(spec: StudySpec, space: SearchSpace) -> None:
-    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``, ``save_model``."""
+def _check_door(spec: StudySpec) -> None:
+    """What only tuner's own trainer can do: a population, ``save_model``. (``lr: auto`` runs a probe sweep of the
+    user's own code: ``tuner.train.lr_range.probe_sweep``.)"""
     if spec.task is not None:
         return
     if spec.budget.population is not None and spec.budget.population > 1:
         raise TunerError(
             f"budget.population: {spec.budget.population} members need a task that tuner trains "
             f"(a {spec.door}: study runs its own loop, one trial at a time); remove it"
-        )
-    if space.auto_lr:
-        raise TunerError(
-            f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
-            f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
         )
     if spec.save_model:
         raise TunerError(
