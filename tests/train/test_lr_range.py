@@ -200,13 +200,13 @@ def test_probes_suggest_the_best_probe_and_a_range_around_it() -> None:
     from tuner.train.lr_range import suggest_probes
 
     found = suggest_probes(PROBE_LRS, [0.2, 0.5, 0.9, 0.3, 0.1], "maximize")
-    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 0.3))
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 1.0))  # up to the next probe: finite
     assert found.note == "best of 5 probes"
     # minimize: the lowest value wins; a neighbour within 10% of the spread widens the range to it
     found = suggest_probes(PROBE_LRS, [2.0, 0.52, 0.5, 1.5, 2.1], "minimize")
-    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 1e-3 * 10, 0.3))
-    found = suggest_probes(PROBE_LRS, [2.0, 1.9, 0.5, 0.55, 2.1], "minimize")
-    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 1.0))
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 1e-2, 1.0))
+    found = suggest_probes(PROBE_LRS, [0.54, 1.9, 0.5, 0.52, 0.55], "minimize")
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 10.0))  # in band up to 10; 1e-3 is not next
     assert "the highest LR probed" in suggest_probes(PROBE_LRS, [0.1, 0.2, 0.3, 0.4, 0.5], "maximize").note
 
 
