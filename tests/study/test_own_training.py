@@ -250,6 +250,7 @@ def test_lr_auto_on_a_train_function_sets_the_range_the_trials_search(workdir: P
     (row,) = study.user_attrs["lr_auto"].values()
     assert set(study.user_attrs["lr_auto"]) == {"sgd"} and "7 probes of 1 epoch" in row["stopped"]
     assert row["low"] < row["lr"] <= row["high"] and any(m.startswith("lr: auto  sgd") for m in messages)
+    assert row["steps"] == 7 * 22 and row["seconds"] > 0  # 7 one-epoch probes of 22 batches: the study's compute
     trials = _trials(study)
     assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in trials)
     for trial in trials:
@@ -276,7 +277,9 @@ def test_lr_find_probes_a_command_like_the_same_function(workdir: Path, cli) -> 
     function = cli("lr-find", _study_file(workdir / "fn", train="user_train.py:train"), *args)
     assert function.exit_code == 0, function.output
     (row,) = json.loads(command.stdout)
-    assert row == json.loads(function.stdout)[0] and row["stopped"].startswith("2 probes of 1 epoch")
+    (same,) = json.loads(function.stdout)
+    assert row.pop("seconds") > 0 and same.pop("seconds") > 0  # a command's probes also pay its start-up
+    assert row == same and row["stopped"].startswith("2 probes of 1 epoch") and row["steps"] == 2 * 22
 
 
 def test_lr_find_on_code_that_always_fails_says_so(workdir: Path, cli) -> None:

@@ -144,6 +144,7 @@ class LRFinding:
     suggestion: Suggestion
     extras: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # of the sweep's training
+    steps: Optional[int] = None  # optimizer steps trained (None: one per loss, the sweep's); a probe sweep's: summed
 
     def summary(self) -> dict[str, Any]:
         """The suggestion as plain data (for study user attrs and MLflow), with what the sweep cost: its optimizer
@@ -153,7 +154,7 @@ class LRFinding:
             "batch_size": self.batch_size,
             **asdict(self.suggestion),
             "stopped": self.stopped,
-            "steps": len(self.losses),
+            "steps": len(self.losses) if self.steps is None else self.steps,
             "seconds": round(self.seconds, 3),
         }
 
@@ -379,11 +380,14 @@ def probe_sweep(
     where = str(resolve_device(device))
     ended: list[Optional[dict[str, float]]] = []
     errors: dict[float, str] = {}
+    steps, started = 0, time.perf_counter()
     for i, lr in enumerate(lrs):
         recipe = Recipe(optimizer=optimizer, lr=lr, batch_size=batch_size, schedule="constant")
         info = own.info(-1 - i, recipe, seed, where, budget=budget)  # negative numbers: probes, not trials
         try:
-            ended.append(_ended_with(own.run(info, lambda evaluation: False)))
+            result = own.run(info, lambda evaluation: False)
+            steps += result.steps_done  # a probe that raised: its steps are not known, not counted
+            ended.append(_ended_with(result))
         except (UserCodeError, CommandFailed) as error:  # it raised or failed: diverged (or broken: below)
             ended.append(None)
             errors[lr] = str(error)
@@ -397,7 +401,9 @@ def probe_sweep(
     )
     extras = {"probes": len(lrs), "metric": own.metric, "direction": own.direction, "errors": errors}
     suggestion = suggest_probes(lrs, values, own.direction)
-    return LRFinding(optimizer, batch_size, lrs, values, _finite_prefix(values), stopped, suggestion, extras)
+    seconds = time.perf_counter() - started  # the probes' whole runs (a command's start-up included)
+    smoothed = _finite_prefix(values)
+    return LRFinding(optimizer, batch_size, lrs, values, smoothed, stopped, suggestion, extras, seconds, steps)
 
 
 def _ended_with(result: FitResult) -> Optional[dict[str, float]]:
