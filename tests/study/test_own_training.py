@@ -282,6 +282,18 @@ def test_lr_find_probes_a_command_like_the_same_function(workdir: Path, cli) -> 
     assert row == same and row["stopped"].startswith("2 probes of 1 epoch") and row["steps"] == 2 * 22
 
 
+def test_check_says_lr_auto_probes_the_users_code(workdir: Path, cli) -> None:
+    path = _study_file(workdir, train="user_train.py:train")
+    data = yaml.safe_load(path.read_text())
+    data["space"]["lr"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("check", path)
+    assert result.exit_code == 0, result.output
+    assert (
+        "adam  lr from a probe sweep of 7 short runs of your code (lr: auto), before the first trial" in result.output
+    )
+
+
 def test_lr_find_on_code_that_always_fails_says_so(workdir: Path, cli) -> None:
     path = _study_file(workdir, train="user_train.py:train_that_breaks")
     result = cli("lr-find", path, "--optimizer", "sgd", "--probes", "2")
