@@ -299,3 +299,6 @@ def test_lr_find_on_code_that_always_fails_says_so(workdir: Path, cli) -> None:
     result = cli("lr-find", path, "--optimizer", "sgd", "--probes", "2")
     assert result.exit_code == 2
     assert "every probe of sgd's LR sweep failed; at lr 0.001: ValueError: the data pipeline broke" in result.stderr
+    # an --lr-end below the catalog's low (sgd: 0.001) is refused before any probe runs
+    result = cli("lr-find", path, "--optimizer", "adam", "--optimizer", "sgd", "--lr-end", "1e-4")
+    assert result.exit_code == 2 and "lr_start=0.001, lr_end=0.0001" in result.stderr

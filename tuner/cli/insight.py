@@ -67,6 +67,7 @@ def lr_find(
     names = optimizer or list(prepared.space.optimizers)
     for name in names:
         lookup(OPTIMIZERS, "optimizer", name)
+        config.span(name if prepared.task is None else None)  # a bad LR range fails before anything trains
     batch = sweep_batch_size(prepared.space)
     findings = find_lrs(
         prepared.trains, names, batch_size=batch, config=config, seed=prepared.spec.seed, device=prepared.device
