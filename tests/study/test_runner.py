@@ -70,9 +70,12 @@ def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_
     member = lifecycle.start(study.ask())
     trial_id = member.trial._trial_id
     assert study._storage.get_trial(trial_id).user_attrs["mlflow_run_id"] == member.run.run_id
-    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does
+    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does:
+    optuna.storages.RetryFailedTrialCallback()(study, study._storage.get_trial(trial_id))  # queues trial 1
     LostRunCloser(tracker)(LostTrial("tiny", 0, member.run.run_id))
-    with pytest.warns(TrialResultDiscarded, match=r"trial 0 was failed as lost by another worker.*discarded"):
+    with pytest.warns(
+        TrialResultDiscarded, match=r"trial 0 was failed as lost by another worker.*its retry is trial 1.*discarded"
+    ):
         lifecycle.end(member, TrialOutcome("COMPLETE", "completed", 0.9, 1.0, attrs={"total_steps": 10}))
     tracker.flush()
     stored = study._storage.get_trial(trial_id)

@@ -49,8 +49,7 @@ from tuner.study.storage.redact import mask_text
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import LOST_REASON, Tracker, TrialOutcome, TrialRun
 from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
-from tuner.train.command import CommandFailed, run_command
-from tuner.train.trial import Trial, TrialInfo, run_function
+from tuner.train.command import CommandFailed
 
 
 class TrialResultDiscarded(UserWarning):
@@ -243,27 +242,13 @@ class TrialLifecycle:
 
     def _run_own_code(self, member: StartedTrial, on_eval: OnEval) -> FitResult:
         """A ``train:`` function called with a ``tuner.Trial`` here, or a ``command:`` run with one in its process."""
-        prepared, trial = self.prepared, member.trial
-        info = TrialInfo(
-            trial.number,
-            prepared.spec.name,
-            member.recipe,
-            dict(trial.params),
-            member.seed,
-            str(resolve_device(prepared.device)),
-            self.budget,
-            prepared.metric,
-            prepared.direction,
-            prepared.spec.deterministic,
-            dict(prepared.spec.train.options) if prepared.spec.train is not None else {},
-            member.checkpoints.checkpointer.plan,
+        own, trial, checkpointer = self.prepared.own, member.trial, member.checkpoints.checkpointer
+        assert own is not None
+        device = str(resolve_device(self.prepared.device))
+        info = own.info(
+            trial.number, member.recipe, member.seed, device, params=dict(trial.params), checkpoint=checkpointer.plan
         )
-        if prepared.train_fn is not None:
-            return run_function(prepared.train_fn, Trial(info, on_eval, checkpoints=member.checkpoints.checkpointer))
-        assert prepared.command is not None
-        return run_command(
-            prepared.command, info, on_eval, cwd=prepared.spec_dir, timeout=prepared.spec.budget.trial_timeout
-        )
+        return own.run(info, on_eval, checkpointer)
 
     def _fail_all(
         self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Optional[Pruning]
@@ -371,10 +356,11 @@ class TrialLifecycle:
         not have found it: its creation may have waited for MLflow)."""
         if run is not None:
             self.tracker.end_trial(run, TrialOutcome("FAIL", LOST_REASON, seconds=outcome.seconds))
+        retry = _retry_number(trial)
         warnings.warn(
             f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
-            f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
-            f"discarded",
+            f"grace period); its retry{'' if retry is None else f' is trial {retry}, which'} repeats the recipe; "
+            f"this result ({outcome.state}: {outcome.reason}) is discarded",
             TrialResultDiscarded,
             stacklevel=3,
         )
@@ -388,8 +374,12 @@ def failure_reason(error: BaseException) -> str:
     return mask_text(f"error: {type(error).__name__}: {error}")
 
 
-def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
-    """Called once the trial's MLflow run exists (on the tracking thread for a server): lost-trial handling closes the
-    run by this id."""
-    if run_id:
-        trial.set_user_attr(TrialKeys.RUN_ID, run_id)
+def _retry_number(trial: optuna.Trial) -> Optional[int]:
+    """The number of the trial that retries ``trial`` (failed as lost by another worker), if it can be read."""
+    try:
+        for other in trial.study.get_trials(deepcopy=False):
+            if optuna.storages.RetryFailedTrialCallback.retried_trial_number(other) == trial.number:
+                return other.number
+    except Exception:  # only a message depends on it: a storage hiccup here must not end the worker
+        return None
+    return None
