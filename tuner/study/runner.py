@@ -273,6 +273,29 @@ def run_trials(
             on_trial(study)
 
 
+def busy_cpu_hint(
+    device: str, jobs: int = 1, load: Optional[float] = None, cores: Optional[int] = None
+) -> Optional[str]:
+    """A line for the user when CPU trials would run several torch threads each on a machine that other processes
+    already keep busy (load average at or above the cores): intra-op threads that wait for each other's cores made
+    the quickstart 6-7x slower here (docs/benchmarks.md); one thread each avoids it. None when there is no cause."""
+    import torch
+
+    from tuner.train import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    cores = cores or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    threads = torch.get_num_threads() if jobs <= 1 else max(1, cores // jobs)
+    if threads <= 1 or load < cores:
+        return None
+    return (
+        f"this machine is busy (load {load:.1f} on {cores} cores) and each training process would use {threads} "
+        f"torch threads, which can make small models many times slower; OMP_NUM_THREADS=1 gives each one thread"
+    )
+
+
 def share_cpu_threads(processes: int) -> None:
     """Give each of ``processes`` local training processes its share of the CPU cores (oversubscribed intra-op
     threads make small models many times slower)."""
