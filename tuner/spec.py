@@ -166,6 +166,27 @@ class SpaceSpec(Strict):
         return value
 
 
+PBT_MIN_POPULATION = 4
+"""The smallest population PBT runs (a quarter of it exploits a quarter: at least one member each way)."""
+
+
+class PBTSpec(Strict):
+    """``pbt:`` (with ``strategy: pbt``): how the population exploits and explores (``tuner.train.pbt``)."""
+
+    interval: int = Field(2, gt=0, strict=True, description="evaluations between two exploit/explore rounds")
+    quantile: float = Field(
+        0.25, gt=0, le=0.5, description="the bottom quantile copies the top quantile's weights and optimizer state"
+    )
+    perturb: list[Literal["lr", "betas", "weight_decay"]] = Field(
+        default_factory=lambda: ["lr"],
+        description="what explores after a copy, within the space's ranges: lr (x0.8/x1.25 or resampled), betas "
+        "(on 1 - beta), weight_decay; a replay with plain fit is exact for lr only",
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="the chance a perturbed LR is drawn anew in its range instead of scaled"
+    )
+
+
 class StudySpec(Strict):
     """A whole study file."""
 
@@ -189,6 +210,12 @@ class StudySpec(Strict):
     )
     budget: Budget = Field(default_factory=Budget)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
+    strategy: Literal["search", "pbt"] = Field(
+        "search",
+        description="'search': the sampler draws each trial's recipe; 'pbt': population-based training -- "
+        "budget.population members train in one vectorized pass, the worst copying the best (see pbt)",
+    )
+    pbt: Optional[PBTSpec] = Field(None, description="with strategy: pbt: {interval, quantile, perturb}")
     sampler: NamedOptions = Field(
         default_factory=lambda: NamedOptions(name="tpe"),
         description="tpe, random, grid, gp, cmaes or qmc; a name or {name, options}",
@@ -256,6 +283,25 @@ class StudySpec(Strict):
                 f"direction={self.direction!r}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _pbt_needs_a_population(self) -> StudySpec:
+        if self.strategy == "search":
+            if self.pbt is not None:
+                raise ValueError("pbt: settings are read with strategy: pbt only (got strategy: search)")
+            return self
+        population = self.budget.population
+        if population is None or population < PBT_MIN_POPULATION:
+            raise ValueError(
+                f"strategy: pbt trains one population in one pass: set budget.population >= {PBT_MIN_POPULATION} "
+                f"(got budget.population={population!r})"
+            )
+        return self
+
+    @property
+    def pbt_settings(self) -> PBTSpec:
+        """``pbt:`` as given, or its defaults."""
+        return self.pbt if self.pbt is not None else PBTSpec()
 
     @property
     def door(self) -> str:

@@ -14,7 +14,7 @@ from tests.helpers import write_study
 from tuner.recipe import Recipe
 from tuner.reports.html import lr_curve, reason_group
 
-N_FIGURES = 6
+N_FIGURES = 7
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_report_is_self_contained_and_explains_the_study(study_dir: Path) -> Non
     assert page.count("<script type='text/javascript'>") == 1 and "<script src" not in page  # plotly.js inline, once
     assert len(page) > 3_000_000
     for div in (
+        "best-value-against-compute",
         "optimization-history",
         "parallel-coordinates",
         "parameter-importances",
@@ -71,6 +72,38 @@ def test_report_is_self_contained_and_explains_the_study(study_dir: Path) -> Non
     assert f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, 0 fail" in page
     assert "<td>pruned</td><td>diverged at step N</td>" in page
     assert f"best accuracy = {study.best_value:.6g} (trial {study.best_trial.number})" in page
+
+
+def test_report_shows_the_compute_spent_to_reach_the_best(study_dir: Path) -> None:
+    """The economics section: the plot, the compute to reach 90/99/100% of the way to the best, the totals (every
+    ended trial's steps, pruned ones included) and what is counted."""
+    import optuna
+
+    from tuner.study.economics import economics
+
+    page = (study_dir / "report.html").read_text()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'tuner.db'}")
+    section = page.split("<h2>Best value against compute</h2>", 1)[1].split("</section>", 1)[0]
+    assert 'id="plot-best-value-against-compute"' in section and "wall clock (s)" in section
+    total_steps = sum(t.user_attrs["steps_done"] for t in study.trials)
+    total_seconds = sum(t.user_attrs["duration_s"] for t in study.trials)
+    assert f"<td>all {len(study.trials)} ended trials</td><td>-</td><td>{total_steps}</td>" in section
+    assert f"<td>{total_seconds:.1f}</td>" in section
+    curve = economics(study)
+    for fraction, target, point in curve.milestones():
+        row = f"<td>{fraction:.0%} of the way"
+        assert row in section and f"<td>{target:.6g}</td><td>{point.spent.steps}</td>" in section
+    assert "counted: steps: optimizer steps trained by complete, pruned" in section
+
+
+def test_report_of_a_study_without_trials_says_so(workdir: Path, cli) -> None:
+    import optuna
+
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{workdir / 'tuner.db'}")
+    result = cli("report", "empty", "-o", "report.html")
+    assert result.exit_code == 0, result.output
+    page = (workdir / "report.html").read_text()
+    assert "no trial has ended yet: no compute spent, no value to show" in page
 
 
 def test_report_is_logged_on_the_parent_run(study_dir: Path) -> None:

@@ -117,7 +117,7 @@ def test_bad_doors_fail_before_anything_is_written(workdir: Path, door: dict, me
     assert not (workdir / "tuner.db").exists()
 
 
-def test_population_and_lr_auto_need_a_task(workdir: Path) -> None:
+def test_a_population_needs_a_task(workdir: Path) -> None:
     path = _study_file(workdir, train="user_train.py:train")
     data = yaml.safe_load(path.read_text())
     data["budget"]["population"] = 4
@@ -125,10 +125,9 @@ def test_population_and_lr_auto_need_a_task(workdir: Path) -> None:
     with pytest.raises(TunerError, match="budget.population: 4 members need a task"):
         prepare(path)
     data["budget"].pop("population")
-    data["space"]["lr"] = "auto"
+    data["space"]["lr"] = "auto"  # lr: auto is no longer refused: a probe sweep of the user's code
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(TunerError, match="lr: auto runs tuner's LR range test, which needs a task"):
-        prepare(path)
+    assert prepare(path).space.auto_lr == ("adam", "momentum")
 
 
 def test_a_command_is_tuned_like_a_function_and_reports_over_the_socket(workdir: Path) -> None:
@@ -210,3 +209,96 @@ def test_a_study_of_own_code_is_locked_and_regressed_by_calling_it(workdir: Path
     regressed = cli("regress", lock)
     assert regressed.exit_code == 0, regressed.output
     assert "1 passed, 0 regressed" in regressed.output and "+0 " in regressed.output
+
+
+# -- lr-find and lr: auto on own training: a probe sweep of short runs of the user's code ---------------------------
+
+
+def test_lr_find_probes_a_train_function_and_never_reaches_a_diverged_probe(workdir: Path, cli) -> None:
+    """digits + sgd, probes from 0.1 to 100: at lr 100 the epoch ends with loss 57 (the net is dead), a divergence;
+    the suggestion is the probe with the best accuracy, and the range stays below lr 100."""
+    from tuner.train.lr_range import SweepConfig, find_lrs
+
+    path = _study_file(workdir, train="user_train.py:train")
+    args = ["--optimizer", "sgd", "--lr-start", "0.1", "--lr-end", "100", "--probes", "3", "--plot", "lr.png"]
+    result = cli("lr-find", path, *args)
+    assert result.exit_code == 0, result.output
+    assert "LR probe sweep of user_train.py:train (own training: 3 short runs per optimizer, 3 in all" in result.stdout
+    assert "3 probes of 1 epoch, 1 diverged (from lr 100)" in result.stdout
+    assert (workdir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+
+    prepared = prepare(path)
+    config = SweepConfig(lr_start=0.1, lr_end=100.0, probes=5)
+    (finding,) = find_lrs(prepared.trains, ["sgd"], batch_size=64, config=config, seed=0, device="cpu").values()
+    values = finding.losses  # each probe's accuracy, NaN where it diverged
+    diverged = [lr for lr, value in zip(finding.lrs, values) if value != value]
+    assert finding.lrs == pytest.approx(config.probe_lrs("sgd")) and diverged and diverged[-1] == pytest.approx(100)
+    best = max((v, lr) for lr, v in zip(finding.lrs, values) if v == v)[1]
+    row = finding.summary()
+    assert row["lr"] == best and row["low"] <= row["lr"] <= row["high"] < min(d for d in diverged if d > best)
+    assert not (workdir / "tuner.db").exists()  # probes are not trials: nothing written
+
+
+def test_lr_auto_on_a_train_function_sets_the_range_the_trials_search(workdir: Path) -> None:
+    path = _study_file(workdir, train="user_train.py:train")
+    data = yaml.safe_load(path.read_text())
+    data["space"]["optimizers"] = {"sgd": {"lr": "auto"}, "adam": {}}
+    data["budget"]["epochs"] = 1
+    path.write_text(yaml.safe_dump(data))
+    messages: list[str] = []
+    study = run_study(prepare(path), RunOptions(n_trials=4), on_message=messages.append)
+    (row,) = study.user_attrs["lr_auto"].values()
+    assert set(study.user_attrs["lr_auto"]) == {"sgd"} and "7 probes of 1 epoch" in row["stopped"]
+    assert row["low"] < row["lr"] <= row["high"] and any(m.startswith("lr: auto  sgd") for m in messages)
+    assert row["steps"] == 7 * 22 and row["seconds"] > 0  # 7 one-epoch probes of 22 batches: the study's compute
+    trials = _trials(study)
+    assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in trials)
+    for trial in trials:
+        if "sgd.lr" in trial.params:
+            dist = trial.distributions["sgd.lr"]
+            assert (dist.low, dist.high) == pytest.approx((row["low"], row["high"]))
+            assert row["low"] <= trial.params["sgd.lr"] <= row["high"]
+        else:
+            assert trial.distributions["adam.lr"].low == 1e-5  # the catalog's range: adam is not auto
+    (parent,) = [
+        r for r in mlflow_runs(f"sqlite:///{workdir}/mlflow.db", "own") if r.data.tags.get("tuner.role") == "study"
+    ]
+    assert float(parent.data.params["lr_auto.sgd.high"]) == pytest.approx(row["high"])
+
+
+def test_lr_find_probes_a_command_like_the_same_function(workdir: Path, cli) -> None:
+    """The command runs the same loop in its own process: its probes end as the function's do, same suggestion."""
+    import json
+
+    args = ["--optimizer", "sgd", "--lr-start", "0.1", "--lr-end", "100", "--probes", "2", "--json"]
+    command = cli("lr-find", _study_file(workdir, command="python user_command.py"), *args)
+    assert command.exit_code == 0, command.output
+    (workdir / "fn").mkdir()
+    function = cli("lr-find", _study_file(workdir / "fn", train="user_train.py:train"), *args)
+    assert function.exit_code == 0, function.output
+    (row,) = json.loads(command.stdout)
+    (same,) = json.loads(function.stdout)
+    assert row.pop("seconds") > 0 and same.pop("seconds") > 0  # a command's probes also pay its start-up
+    assert row == same and row["stopped"].startswith("2 probes of 1 epoch") and row["steps"] == 2 * 22
+
+
+def test_check_says_lr_auto_probes_the_users_code(workdir: Path, cli) -> None:
+    path = _study_file(workdir, train="user_train.py:train")
+    data = yaml.safe_load(path.read_text())
+    data["space"]["lr"] = "auto"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("check", path)
+    assert result.exit_code == 0, result.output
+    assert (
+        "adam  lr from a probe sweep of 7 short runs of your code (lr: auto), before the first trial" in result.output
+    )
+
+
+def test_lr_find_on_code_that_always_fails_says_so(workdir: Path, cli) -> None:
+    path = _study_file(workdir, train="user_train.py:train_that_breaks")
+    result = cli("lr-find", path, "--optimizer", "sgd", "--probes", "2")
+    assert result.exit_code == 2
+    assert "every probe of sgd's LR sweep failed; at lr 0.001: ValueError: the data pipeline broke" in result.stderr
+    # an --lr-end below the catalog's low (sgd: 0.001) is refused before any probe runs
+    result = cli("lr-find", path, "--optimizer", "adam", "--optimizer", "sgd", "--lr-end", "1e-4")
+    assert result.exit_code == 2 and "lr_start=0.001, lr_end=0.0001" in result.stderr

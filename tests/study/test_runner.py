@@ -70,9 +70,12 @@ def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_
     member = lifecycle.start(study.ask())
     trial_id = member.trial._trial_id
     assert study._storage.get_trial(trial_id).user_attrs["mlflow_run_id"] == member.run.run_id
-    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does
+    study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # what the other worker does:
+    optuna.storages.RetryFailedTrialCallback()(study, study._storage.get_trial(trial_id))  # queues trial 1
     LostRunCloser(tracker)(LostTrial("tiny", 0, member.run.run_id))
-    with pytest.warns(TrialResultDiscarded, match=r"trial 0 was failed as lost by another worker.*discarded"):
+    with pytest.warns(
+        TrialResultDiscarded, match=r"trial 0 was failed as lost by another worker.*its retry is trial 1.*discarded"
+    ):
         lifecycle.end(member, TrialOutcome("COMPLETE", "completed", 0.9, 1.0, attrs={"total_steps": 10}))
     tracker.flush()
     stored = study._storage.get_trial(trial_id)
@@ -80,3 +83,21 @@ def test_a_trial_another_worker_failed_as_lost_keeps_that_outcome_in_optuna_and_
     mlflow_run = tracker.client.get_run(member.run.run_id)
     assert mlflow_run.info.status == "FAILED"
     assert (mlflow_run.data.tags["tuner.state"], mlflow_run.data.tags["tuner.reason"]) == ("FAIL", "worker lost")
+
+
+def test_a_busy_machine_gets_a_hint_when_cpu_trials_would_run_several_threads_each(monkeypatch) -> None:
+    import torch
+
+    from tuner.study.runner import busy_cpu_hint
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # what torch would use in a single process
+    hint = busy_cpu_hint("cpu", jobs=1, load=9.2, cores=4)
+    assert hint is not None and "load 9.2 on 4 cores" in hint and "4 torch threads" in hint
+    assert "OMP_NUM_THREADS=1" in hint
+    assert busy_cpu_hint("cpu", jobs=1, load=3.5, cores=4) is None  # a core to spare
+    assert busy_cpu_hint("cpu", jobs=4, load=9.2, cores=4) is None  # one thread each already
+    assert "2 torch threads" in (busy_cpu_hint("cpu", jobs=2, load=9.2, cores=4) or "")
+    assert busy_cpu_hint("cuda", jobs=1, load=9.2, cores=4) is None
+    assert (busy_cpu_hint("auto", jobs=1, load=9.2, cores=4) is None) == torch.cuda.is_available()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1
+    assert busy_cpu_hint("cpu", jobs=1, load=9.2, cores=4) is None

@@ -101,7 +101,7 @@ def test_a_real_sweep_that_diverges_caps_its_range_below_the_divergence() -> Non
     row = finding.summary()
     assert row["low"] <= row["lr"] <= row["high"] < diverged_at
     assert row["high"] == finding.lrs[-2] and "where the sweep diverged" in row["note"]
-    assert row["steps"] == len(finding.losses) < config.steps  # what the sweep cost: the steps it trained
+    assert row["steps"] == len(finding.losses) < config.steps and row["seconds"] > 0  # what the study's compute counts
 
 
 def test_divergence_waits_for_min_steps_and_ignores_single_spikes() -> None:
@@ -189,3 +189,59 @@ def test_top_level_lr_auto_covers_every_optimizer_and_bad_value_exits_2(workdir:
     result = cli("run", write_study(workdir, space={**space, "lr": "fast"}))
     assert result.exit_code == 2 and "space.lr" in result.stderr and "'fast'" in result.stderr
     assert not (workdir / "tuner.db").exists()
+
+
+# -- own training: the probe sweep's rule --------------------------------------------------------------------------
+
+PROBE_LRS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+
+
+def test_probes_suggest_the_best_probe_and_a_range_around_it() -> None:
+    from tuner.train.lr_range import suggest_probes
+
+    found = suggest_probes(PROBE_LRS, [0.2, 0.5, 0.9, 0.3, 0.1], "maximize")
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 1.0))  # up to the next probe: finite
+    assert found.note == "best of 5 probes"
+    # minimize: the lowest value wins; a neighbour within 10% of the spread widens the range to it
+    found = suggest_probes(PROBE_LRS, [2.0, 0.52, 0.5, 1.5, 2.1], "minimize")
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 1e-2, 1.0))
+    found = suggest_probes(PROBE_LRS, [0.54, 1.9, 0.5, 0.52, 0.55], "minimize")
+    assert (found.lr, found.low, found.high) == pytest.approx((0.1, 0.01, 10.0))  # in band up to 10; 1e-3 is not next
+    assert "the highest LR probed" in suggest_probes(PROBE_LRS, [0.1, 0.2, 0.3, 0.4, 0.5], "maximize").note
+
+
+def test_probes_never_propose_an_lr_at_or_above_a_diverged_probe() -> None:
+    """Dense probes: 3 x the best (0.3) lies past the next probe (0.2), which diverged -- the range stops below it."""
+    from tuner.train.lr_range import suggest_probes
+
+    lrs = [0.025, 0.05, 0.1, 0.2, 0.4]
+    capped = suggest_probes(lrs, [0.5, 0.7, 0.9, math.nan, math.nan], "maximize")
+    assert capped.lr == 0.1 and capped.high == 0.1 < 0.2 and capped.low == pytest.approx(0.01)
+    assert "below lr 0.2 where the sweep diverged" in capped.note
+    free = suggest_probes(lrs, [0.5, 0.7, 0.9, 0.2, 0.1], "maximize")  # worse but not diverged: not capped
+    assert free.high == pytest.approx(0.3)
+    # the cap is the last probe below the diverged one (as in the sweep), even where 3 x the best lies below that
+    assert suggest_probes(lrs, [0.5, 0.7, 0.9, 0.2, math.nan], "maximize").high == 0.2
+    # a diverged probe below the best does not cap the range above it
+    assert suggest_probes(lrs, [math.nan, 0.7, 0.9, 0.2, 0.1], "maximize").high == pytest.approx(0.3)
+    # every probe diverged: a tenth of the lowest, the whole range below it
+    none = suggest_probes(lrs, [math.nan] * 5, "maximize")
+    assert none.lr == pytest.approx(0.0025) and none.high < lrs[0] and "every probe diverged" in none.note
+
+
+def test_a_probe_whose_loss_blew_up_counts_as_diverged() -> None:
+    """One epoch at too high an LR often ends with a finite, useless loss (digits + sgd at lr 100: 57 against 1.9):
+    above ``factor`` x the lowest loss of the probes at lower LRs, it counts as diverged -- as in the sweep."""
+    from tuner.train.lr_range import _probe_values
+
+    ended = [
+        {"loss": 2.2, "accuracy": 0.3},
+        {"loss": 1.9, "accuracy": 0.6},
+        {"loss": 2.4, "accuracy": 0.1},
+        {"loss": 57.0, "accuracy": 0.1},
+        {"accuracy": float("inf")},
+        None,
+    ]
+    values = _probe_values(ended, "accuracy", factor=4.0)
+    assert values[:3] == [0.3, 0.6, 0.1] and all(math.isnan(v) for v in values[3:])
+    assert _probe_values([{"accuracy": 0.5}], "accuracy", 4.0) == [0.5]  # no loss reported: nothing to compare

@@ -87,11 +87,13 @@ def _lengths(prepared: Prepared) -> list[str]:
 def _space(prepared: Prepared) -> list[str]:
     from tuner.optim import OPTIMIZERS
     from tuner.schedules import SCHEDULES
+    from tuner.train.lr_range import PROBES
 
     space = prepared.space
+    test = "the LR range test" if prepared.task is not None else f"a probe sweep of {PROBES} short runs of your code"
     lines = ["", _choice_line("optimizer", list(space.optimizers))]
     for name, entry in space.optimizers.items():
-        auto = "  lr from the LR range test (lr: auto), before the first trial" if name in space.auto_lr else ""
+        auto = f"  lr from {test} (lr: auto), before the first trial" if name in space.auto_lr else ""
         lines += [f"  {name}{auto}"] + _entry(entry.params, OPTIMIZERS[name].defaults)
     lines.append(_choice_line("schedule", list(space.schedules)))
     for name, entry in space.schedules.items():

@@ -63,22 +63,30 @@ def compare(
     html: Annotated[Optional[Path], typer.Option("--html", help="also write the comparison as an HTML page")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Studies side by side: best value and recipe, trials by state, and what they cost (optimizer steps trained,
-    seconds of training)."""
+    """Studies side by side: best value and recipe, trials by state, what they cost (optimizer steps trained, seconds
+    of training, wall clock) and what it cost each to reach the best value all of them reached (the worst of their
+    bests). --html: also every study's best value against its compute on one plot."""
     from tuner.spec import storage_url
-    from tuner.study.records import compare as compare_studies
+    from tuner.study.economics import compare as compare_studies
     from tuner.study.storage import load_existing_study, open_storage
 
     url = storage_url(storage)
     opened = open_storage(url)
-    rows = compare_studies([load_existing_study(name, url, opened) for name in studies])
+    comparison = compare_studies([load_existing_study(name, url, opened) for name in studies])
     if html is not None:
         from tuner.reports.html import comparison_page, write_page
 
-        write_page(html, comparison_page(rows))
+        write_page(html, comparison_page(comparison))
     if json_output:
-        return print_json(rows)
-    _print(rows)
+        return print_json(comparison.rows)
+    _print(comparison.rows)
+    if comparison.reach_value is not None:
+        typer.echo(
+            f"to reach: optimizer steps, seconds of training until the study's best reached "
+            f"{fmt(comparison.reach_value)}, the best value every study reached (an LR range test included)"
+        )
+    else:
+        typer.echo(comparison.reach_note)
     if html is not None:
         typer.echo(f"wrote {html}")
 
@@ -96,14 +104,24 @@ COLUMNS = (
     "fail",
     "steps",
     "seconds",
+    "wall_s",
+    "to_reach",
 )
+HEADERS = {"wall_s": "wall s", "to_reach": "to reach"}
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    table = Table(*COLUMNS)
+    table = Table(*(HEADERS.get(column, column) for column in COLUMNS))
     for row in rows:
         metric = f"{row['metric']} ({row['objective']}, {'max' if row['direction'] == 'maximize' else 'min'})"
-        table.add_row(*(metric if column == "metric" else fmt(row[column]) for column in COLUMNS))
+        cells = dict(row, metric=metric, to_reach=_to_reach(row))
+        table.add_row(*(fmt(cells[column]) for column in COLUMNS))
     console().print(table)
+
+
+def _to_reach(row: dict[str, Any]) -> Optional[str]:
+    if row["steps_to_reach"] is None:
+        return None
+    return f"{row['steps_to_reach']}, {fmt(row['seconds_to_reach'])}"

@@ -56,7 +56,7 @@ def run(
     """Tune the optimizer, learning rate and schedule described by STUDY_FILE (same name resumes the study)."""
     from tuner.study.grid import check_grid_run
     from tuner.study.prepare import prepare
-    from tuner.study.runner import RunOptions, run_study
+    from tuner.study.runner import RunOptions, busy_cpu_hint, run_study
     from tuner.study.warmstart import check_source
 
     prepared = prepare(study_file, storage=storage, tracking_uri=tracking_uri, device=device)
@@ -84,8 +84,11 @@ def run(
 
     typer.echo(
         f"study {prepared.spec.name!r}: {options.n_trials} finished trials wanted; "
-        f"{describe_search(prepared.spec.sampler, prepared.spec.pruner)}"
+        f"{describe_search(prepared.spec.sampler, prepared.spec.pruner, prepared.spec, options.population)}"
     )
+    hint = busy_cpu_hint(prepared.device, options.jobs)
+    if hint:
+        typer.echo(f"note: {hint}", err=True)
     try:
         total = options.n_trials if grid is None else min(options.n_trials, grid.size)
         with _Progress(prepared.spec.name, total) as progress:

@@ -52,7 +52,7 @@ def worker(
     if gpus is not None:
         raise typer.Exit(run_gpu_workers(options, parse_gpus(gpus)))
     try:
-        result = run_worker(options)
+        result = run_worker(options, on_message=lambda hint: typer.echo(f"note: {hint}", err=True))
     except KeyboardInterrupt:
         typer.echo("interrupted: the running trial is marked FAIL (reason: interrupted).", err=True)
         raise typer.Exit(130) from None

@@ -361,24 +361,48 @@ class BatchedOptimizer:
         if len(keys) != 1 or None in keys:
             raise TunerError(f"recipes cannot share one batched optimizer: population keys {sorted(map(str, keys))}")
         self.rule = lookup(BATCHED, "batched optimizer", recipes[0].optimizer)
-        device = next(iter(params.values())).device
+        self.key = population_key(recipes[0])
+        self.hypers, rows = self._rows(recipes, next(iter(params.values())).device)
+        self.peak, self.coupled, self.decoupled = rows["peak"], rows["coupled"], rows["decoupled"]
+        self.clip_norm, self.clip_value = rows["clip_norm"], rows["clip_value"]
+        self._share()
+        self.state = {name: self.rule.init(p, self.values) for name, p in params.items()}
+        self.count = 0
+        self.lr = self.peak.clone()
+
+    def _rows(self, recipes: Sequence[Recipe], device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The members' hyperparameters of the update rule, and their LR, weight decay and clipping, (N,) each."""
         resolved = [
             {**self.rule.defaults, **resolve_params(get_optimizer_spec(r.optimizer), r.optimizer_params)}
             for r in recipes
         ]
         numeric = [key for key, value in resolved[0].items() if isinstance(value, (int, float))]  # bools: 0/1
-        self.hypers: dict[str, Tensor] = {key: _per_member([r[key] for r in resolved], device) for key in numeric}
+        hypers = {key: _per_member([r[key] for r in resolved], device) for key in numeric}
         for switch in self.rule.switches(resolved[0]):
-            self.hypers[switch] = torch.ones(len(recipes), dtype=torch.float64, device=device)
-        self.peak = _per_member([recipe.lr for recipe in recipes], device)
-        self.coupled = _per_member([r.weight_decay * (r.weight_decay_mode == "coupled") for r in recipes], device)
-        self.decoupled = _per_member([r.weight_decay * (r.weight_decay_mode == "decoupled") for r in recipes], device)
-        self.clip_norm = _per_member([_limit(r.clip_norm) for r in recipes], device)
-        self.clip_value = _per_member([_limit(r.clip_value) for r in recipes], device)
+            hypers[switch] = torch.ones(len(recipes), dtype=torch.float64, device=device)
+        rows = {
+            "peak": [r.lr for r in recipes],
+            "coupled": [r.weight_decay * (r.weight_decay_mode == "coupled") for r in recipes],
+            "decoupled": [r.weight_decay * (r.weight_decay_mode == "decoupled") for r in recipes],
+            "clip_norm": [_limit(r.clip_norm) for r in recipes],
+            "clip_value": [_limit(r.clip_value) for r in recipes],
+        }
+        return hypers, {name: _per_member(values, device) for name, values in rows.items()}
+
+    def copy_row(self, target: int, source: int, recipe: Recipe) -> None:
+        """Member ``target`` takes member ``source``'s optimizer state (every slot's row), then trains with
+        ``recipe`` (its hyperparameters; same ``population_key``): population-based training's exploit."""
+        if population_key(recipe) != self.key:
+            raise TunerError(f"a member cannot take recipe {recipe.optimizer!r} into a {self.rule.group!r} block")
+        for slots in self.state.values():
+            for tensor in slots.values():
+                tensor[target] = tensor[source]
+        hypers, rows = self._rows([recipe], self.peak.device)
+        for key, value in hypers.items():
+            self.hypers[key][target] = value[0]
+        for name, value in rows.items():
+            getattr(self, name)[target] = value[0]
         self._share()
-        self.state = {name: self.rule.init(p, self.values) for name, p in params.items()}
-        self.count = 0
-        self.lr = self.peak.clone()
 
     def _share(self) -> None:
         """The hyperparameters as the rules read them (``_shared``), and which optional parts any member uses."""
@@ -466,6 +490,16 @@ class BlockOptimizer:
                 {name: g[start:end] for name, g in grads.items()},
                 multipliers[start:end],
             )
+
+    def copy_row(self, target: int, source: int, recipe: Recipe) -> None:
+        """``BatchedOptimizer.copy_row`` for two rows of one block (``TunerError`` across blocks)."""
+        for start, end, optimizer in self.blocks:
+            if start <= target < end:
+                if not start <= source < end:
+                    raise TunerError(f"rows {source} and {target} are updated by different rules: they cannot copy")
+                optimizer.copy_row(target - start, source - start, recipe)
+                return
+        raise IndexError(f"no row {target} in a population of {len(self)}")
 
     def select(self, rows: Tensor) -> None:
         """Keep only the members at ``rows`` (ascending row indices)."""

@@ -1,6 +1,7 @@
 """``tuner report``: one self-contained HTML page that explains a study.
 
-Sections: the best recipe; counts of complete / pruned / failed trials with their reasons; Optuna's own plots
+Sections: the best recipe; counts of complete / pruned / failed trials with their reasons; the best value against
+the compute spent (``tuner.study.economics``: steps, training seconds, wall clock); Optuna's own plots
 (optimization history, parallel coordinates, parameter importances); the best value per optimizer family; the
 LR curves of the top-K trials, recomputed from each recipe, its schedule and the trial's ``total_steps``; and
 their learning curves (the intermediate values the pruner saw). plotly.js is embedded once, inline, so the
@@ -24,7 +25,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.recipe import Recipe
+from tuner.reports.plots import economics_figure
 from tuner.schedules import recipe_lr_curve
+from tuner.study.economics import COUNTED, Comparison, Economics, Spent, economics
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.prepare import quiet_libraries
 from tuner.study.records import reason_kind, study_metric
@@ -61,40 +64,35 @@ def write_page(output: str | Path, page: str) -> None:
     os.replace(temporary, output)
 
 
-def comparison_page(rows: list[dict[str, Any]]) -> str:
-    """``tuner compare`` as one self-contained page: the table, and each study's best value against its compute."""
-    import plotly.graph_objects as go
+def comparison_page(comparison: Comparison) -> str:
+    """``tuner compare`` as one self-contained page: the table, and every study's best value against its compute on
+    one plot."""
     import plotly.io
     from plotly.offline import get_plotlyjs
 
+    rows = comparison.rows
     columns = list(rows[0]) if rows else []
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in columns) + "</tr>" for row in rows
     )
-    figure = go.Figure(
-        layout={
-            "title": "best value against optimizer steps trained",
-            "xaxis_title": "optimizer steps",
-            "yaxis_title": "best value",
-            "height": PLOT_HEIGHT,
-        }
+    reach = (
+        f"<p>*_to_reach: the compute each study spent until its best reached {_cell(comparison.reach_value)}, the "
+        f"best value every study reached (the worst of their bests).</p>"
+        if comparison.reach_value is not None
+        else f"<p class='note'>{html.escape(comparison.reach_note)}</p>"
     )
-    for row in rows:
-        if row["best_value"] is not None:
-            figure.add_scatter(
-                x=[row["steps"]],
-                y=[row["best_value"]],
-                mode="markers+text",
-                text=[row["study"]],
-                textposition="top center",
-                name=row["study"],
-            )
-    plot = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False, div_id="plot-compare")
+    try:
+        figure = economics_figure(comparison.curves, "best value against compute, every study")
+    except ValueError as error:
+        plot = f"<p class='note'>not available: {html.escape(str(error))}</p>"
+    else:
+        figure.update_layout(height=PLOT_HEIGHT)
+        plot = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False, div_id="plot-compare")
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tuner compare</title>\n<style>{CSS}</style>\n"
         f"<script type='text/javascript'>{get_plotlyjs()}</script>\n</head><body>\n<h1>tuner compare</h1>\n"
-        f"<table><tr>{head}</tr>{body}</table>\n{plot}\n</body></html>\n"
+        f"<table><tr>{head}</tr>{body}</table>\n{reach}\n{plot}\n{_counted_html(comparison.curves)}\n</body></html>\n"
     )
 
 
@@ -132,6 +130,7 @@ def render(study: optuna.Study, top_k: int = 5) -> str:
     sections = [
         _section("Result", _result_html(study)),
         _section("Trials", _counts_html(trials)),
+        _section(ECONOMICS_TITLE, _economics_html(study)),
         *[_figure_section(title, build, study, top) for title, build in FIGURES],
     ]
     title = f"tuner report: {html.escape(study.study_name)}"
@@ -221,6 +220,58 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     maximize = study.direction.name == "MAXIMIZE"
     return sorted(complete, key=lambda t: -t.value if maximize else t.value)[:k]
+
+
+# -- the economics: best value against compute ---------------------------------------------------------------
+
+ECONOMICS_TITLE = "Best value against compute"
+
+
+def _economics_html(study: optuna.Study) -> str:
+    """The best value so far against the compute spent (plot), the compute to reach 90/99/100% of the way from the
+    first complete trial's value to the best, and the totals (table), and what is counted."""
+    import plotly.io
+
+    curve = economics(study)
+    if not curve.points:
+        return "<p class='note'>no trial has ended yet: no compute spent, no value to show</p>"
+    try:
+        figure = economics_figure([curve], "best value so far against the compute spent")
+    except ValueError as error:
+        plot = f"<p class='note'>not available: {html.escape(str(error))}</p>"
+    else:
+        figure.update_layout(height=PLOT_HEIGHT, showlegend=False)
+        plot = plotly.io.to_html(figure, full_html=False, include_plotlyjs=False, div_id=_slug(ECONOMICS_TITLE))
+    rows = "".join(
+        f"<tr><td>{fraction:.0%} of the way ({_cell(curve.first)} &rarr; {_cell(curve.best)})</td>"
+        f"<td>{target:.6g}</td>{_spent_cells(point.spent)}<td>{point.trial}</td></tr>"
+        for fraction, target, point in curve.milestones()
+    )
+    total = curve.total
+    rows += f"<tr><td>all {len(curve.points)} ended trials</td><td>-</td>{_spent_cells(total)}<td>-</td></tr>"
+    header = (
+        "<tr><th>reached</th><th>value</th><th>optimizer steps</th><th>training seconds</th><th>wall clock (s)</th>"
+        "<th>at trial</th></tr>"
+    )
+    return f"{plot}\n<table>{header}{rows}</table>\n{_counted_html([curve])}"
+
+
+def _spent_cells(spent: Spent) -> str:
+    return f"<td>{spent.steps}</td><td>{spent.seconds:.1f}</td><td>{spent.wall_s:.1f}</td>"
+
+
+def _counted_html(curves: list[Economics]) -> str:
+    """What the compute counts, the LR range tests included, and what some study's records could not say."""
+    lines = [f"counted: {COUNTED}."]
+    for curve in curves:
+        prefix = f"{curve.study}: " if len(curves) > 1 else ""
+        if curve.range_test.steps:
+            lines.append(
+                f"{prefix}the LR range test (lr: auto) spent {curve.range_test.steps} steps, "
+                f"{curve.range_test.seconds:.1f} s before the first trial (included)."
+            )
+        lines += [f"{prefix}{note}." for note in curve.notes]
+    return "".join(f"<p class='note'>{html.escape(line)}</p>" for line in lines)
 
 
 # -- figures ----------------------------------------------------------------------------------------------

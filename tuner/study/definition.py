@@ -35,6 +35,8 @@ def definition(spec: StudySpec, metric: str, direction: str) -> dict[str, Any]:
     defined["budget"] = {key: value for key, value in data["budget"].items() if key not in FREE_BUDGET_KEYS}
     defined["space"] = data["space"]
     defined["sampler"], defined["pruner"] = data["sampler"]["name"], data["pruner"]["name"]
+    if spec.strategy == "pbt":  # only then: the definitions stored before strategies existed stay equal
+        defined["strategy"], defined["pbt"] = spec.strategy, spec.pbt_settings.model_dump(mode="json")
     return json.loads(json.dumps(defined))  # one canonical form (tuples as lists ...)
 
 

@@ -21,6 +21,7 @@ class TrialKeys:
     GRID_POINT = "grid_point"  # the grid point it runs (a key of tuner.study.grid.Grid), on a grid study's trials
     RESUMED = "resumed_from"  # {"trial": N, "step": S}: it went on from trial N's checkpoint after S steps
     MODEL = "model"  # the file of its final weights (save_model), while kept
+    PBT_LINEAGE = "pbt_lineage"  # strategy pbt: {exploits: [{step, parent_trial, lr...}], ancestry, exact_replay}
 
 
 class StudyKeys:

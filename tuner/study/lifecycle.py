@@ -21,6 +21,7 @@ removes folders once the trial is told.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -37,6 +38,7 @@ from tuner.errors import UserCodeError
 from tuner.recipe import Recipe
 from tuner.study.checkpoints import StudyCheckpoints, TrialCheckpoints
 from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.pbt import lineage_record, pbt_config
 from tuner.study.prepare import Prepared, train_budget
 from tuner.study.pruning import Pruning
 from tuner.study.runs import run_link
@@ -47,8 +49,7 @@ from tuner.study.storage.redact import mask_text
 from tuner.study.storage.sql import write_trial
 from tuner.tracking import LOST_REASON, Tracker, TrialOutcome, TrialRun
 from tuner.train import Evaluation, FitResult, OnEval, fit, fit_population, resolve_device
-from tuner.train.command import CommandFailed, run_command
-from tuner.train.trial import Trial, TrialInfo, run_function
+from tuner.train.command import CommandFailed
 
 
 class TrialResultDiscarded(UserWarning):
@@ -125,6 +126,7 @@ class TrialLifecycle:
     def run(self, size: int, *, stacked: bool = False) -> None:
         """Ask ``size`` trials and train them together, ending each: with ``fit``, or with ``fit_population`` when
         ``stacked`` (a population run, even a batch of one) or ``size > 1``."""
+        stacked = stacked or self.prepared.spec.strategy == "pbt"  # a lone PBT member (a retry) is a population of 1
         fail_stale_trials(self.study)  # what study.optimize does before each trial
         with Heartbeats(self.study) as heartbeats:  # from the moment a trial is asked: a lost start is retried
             members = self._ask(size, heartbeats, resumable=size == 1 and not stacked)
@@ -172,11 +174,17 @@ class TrialLifecycle:
         except Exception as error:  # the trials fail; the study goes on
             self._fail_all(members, failure_reason(error), time.perf_counter() - started, pruning)
             return
+        numbers = [m.trial.number for m in members]
         for member, result in zip(members, results):
             extra = {TrialKeys.POPULATION: int(result.extras.get("population", 1))} if stacked else {}
             extra.update(self.checkpoints.finished(member.checkpoints, result))
+            tags: dict[str, str] = {}
+            if "pbt" in result.extras:  # the recipe and seed that replay it, its lineage in trial numbers
+                attrs, tags = lineage_record(result.extras["pbt"], numbers)
+                extra.update(attrs)
             self._report_resumed(member, result, pruning)
-            self._end_safely(member, outcome_of(result, self.prepared.metric, extra), pruning)
+            outcome = dataclasses.replace(outcome_of(result, self.prepared.metric, extra), tags=tags)
+            self._end_safely(member, outcome, pruning)
 
     def _report_resumed(self, member: StartedTrial, result: FitResult, pruning: Pruning) -> None:
         """The evaluations a resumed trial took over from its checkpoint, logged and recorded like its own (already
@@ -189,7 +197,9 @@ class TrialLifecycle:
                     on_eval(evaluation)
 
     def _fit(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> list[FitResult]:
-        prepared, on_eval = self.prepared, [self.reporter(m, pruning) for m in members]
+        prepared = self.prepared
+        pbt = prepared.spec.strategy == "pbt"
+        on_eval = [self.reporter(m, pruning, prune=not pbt) for m in members]
         common: dict[str, Any] = dict(
             metric=prepared.metric,
             direction=prepared.direction,
@@ -226,32 +236,19 @@ class TrialLifecycle:
             on_eval=on_eval,
             on_evaluated=on_evaluated,
             keep_params=self.checkpoints.save_model,
+            pbt=pbt_config(prepared.spec, prepared.space, trial_seed(prepared.spec.seed, numbers[0])) if pbt else None,
             **common,
         )
 
     def _run_own_code(self, member: StartedTrial, on_eval: OnEval) -> FitResult:
         """A ``train:`` function called with a ``tuner.Trial`` here, or a ``command:`` run with one in its process."""
-        prepared, trial = self.prepared, member.trial
-        info = TrialInfo(
-            trial.number,
-            prepared.spec.name,
-            member.recipe,
-            dict(trial.params),
-            member.seed,
-            str(resolve_device(prepared.device)),
-            self.budget,
-            prepared.metric,
-            prepared.direction,
-            prepared.spec.deterministic,
-            dict(prepared.spec.train.options) if prepared.spec.train is not None else {},
-            member.checkpoints.checkpointer.plan,
+        own, trial, checkpointer = self.prepared.own, member.trial, member.checkpoints.checkpointer
+        assert own is not None
+        device = str(resolve_device(self.prepared.device))
+        info = own.info(
+            trial.number, member.recipe, member.seed, device, params=dict(trial.params), checkpoint=checkpointer.plan
         )
-        if prepared.train_fn is not None:
-            return run_function(prepared.train_fn, Trial(info, on_eval, checkpoints=member.checkpoints.checkpointer))
-        assert prepared.command is not None
-        return run_command(
-            prepared.command, info, on_eval, cwd=prepared.spec_dir, timeout=prepared.spec.budget.trial_timeout
-        )
+        return own.run(info, on_eval, checkpointer)
 
     def _fail_all(
         self, members: Sequence[StartedTrial], reason: str, seconds: float, pruning: Optional[Pruning]
@@ -305,14 +302,16 @@ class TrialLifecycle:
         )
         return StartedTrial(trial, recipe, seed, run, checkpoints)
 
-    def reporter(self, member: StartedTrial, pruning: Pruning) -> OnEval:
-        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it."""
+    def reporter(self, member: StartedTrial, pruning: Pruning, *, prune: bool = True) -> OnEval:
+        """The ``on_eval`` of one trial: metrics to its MLflow run, the objective to the pruner; True: prune it.
+        Without ``prune`` (a PBT member: the population replaces its worst members itself) the pruner only hears it."""
         metric = self.prepared.metric
 
         def on_eval(evaluation: Evaluation) -> bool:
             losses = {} if evaluation.train_loss is None else {"train_loss": evaluation.train_loss}
             self.tracker.log_metrics(member.run, {**evaluation.metrics, **losses}, evaluation.step)
-            return pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
+            decided = pruning.report(member.trial, evaluation.step, evaluation.metrics[metric])
+            return decided and prune
 
         return on_eval
 
@@ -357,10 +356,11 @@ class TrialLifecycle:
         not have found it: its creation may have waited for MLflow)."""
         if run is not None:
             self.tracker.end_trial(run, TrialOutcome("FAIL", LOST_REASON, seconds=outcome.seconds))
+        retry = _retry_number(trial)
         warnings.warn(
             f"trial {trial.number} was failed as lost by another worker (this one was paused past the "
-            f"grace period); its retry repeats the recipe; this result ({outcome.state}: {outcome.reason}) is "
-            f"discarded",
+            f"grace period); its retry{'' if retry is None else f' is trial {retry}, which'} repeats the recipe; "
+            f"this result ({outcome.state}: {outcome.reason}) is discarded",
             TrialResultDiscarded,
             stacklevel=3,
         )
@@ -374,8 +374,12 @@ def failure_reason(error: BaseException) -> str:
     return mask_text(f"error: {type(error).__name__}: {error}")
 
 
-def _record_run_id(trial: optuna.Trial, run_id: Optional[str]) -> None:
-    """Called once the trial's MLflow run exists (on the tracking thread for a server): lost-trial handling closes the
-    run by this id."""
-    if run_id:
-        trial.set_user_attr(TrialKeys.RUN_ID, run_id)
+def _retry_number(trial: optuna.Trial) -> Optional[int]:
+    """The number of the trial that retries ``trial`` (failed as lost by another worker), if it can be read."""
+    try:
+        for other in trial.study.get_trials(deepcopy=False):
+            if optuna.storages.RetryFailedTrialCallback.retried_trial_number(other) == trial.number:
+                return other.number
+    except Exception:  # only a message depends on it: a storage hiccup here must not end the worker
+        return None
+    return None

@@ -1,5 +1,8 @@
 """``lr: auto`` in a study: the LR range test runs once per study and sets each such optimizer's LR search range.
 
+A study that brings its own training (``train:`` / ``command:``) runs a probe sweep of short runs of its own code
+instead (``tuner.train.lr_range.probe_sweep``); the ranges are recorded the same way. Probes are not trials.
+
 The ranges are recorded on the study (user attr ``lr_auto``, which every worker and every resume reads) and on the
 MLflow parent run (params ``lr_auto.<optimizer>.lr|low|high|batch_size``, tag ``tuner.lr_auto``).
 """
@@ -28,10 +31,10 @@ def apply_auto_lr(
     ranges (study and MLflow), print them, and return ``prepared`` searching those ranges."""
     recorded = study.user_attrs.get(StudyKeys.LR_AUTO, {})
     missing = [name for name in prepared.space.auto_lr if name not in recorded]
-    if missing and prepared.task is not None:  # prepare refuses `lr: auto` without a task
+    if missing:
         batch_size = sweep_batch_size(prepared.space)
         findings = find_lrs(
-            prepared.task, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device
+            prepared.trains, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device
         )
         found = {**recorded, **{name: finding.summary() for name, finding in findings.items()}}
         study.set_user_attr(StudyKeys.LR_AUTO, found)
@@ -48,10 +51,11 @@ def apply_auto_lr(
 def with_lr_ranges(prepared: Prepared, user_attrs: Mapping[str, Any]) -> Prepared:
     """``prepared`` with the LR ranges recorded on the study in its search space; unchanged without them."""
     found = user_attrs.get(StudyKeys.LR_AUTO)
-    if not prepared.space.auto_lr or not found or prepared.task is None:
+    if not prepared.space.auto_lr or not found:
         return prepared
     ranges = {name: (row["low"], row["high"]) for name, row in found.items()}
-    return replace(prepared, space=resolve_space(prepared.spec.space, prepared.task.default_batch_size, ranges))
+    batch_size = prepared.task.default_batch_size if prepared.task is not None else None
+    return replace(prepared, space=resolve_space(prepared.spec.space, batch_size, ranges))
 
 
 def sweep_batch_size(space: SearchSpace) -> Optional[int]:

@@ -24,12 +24,13 @@ from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
 from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
+from tuner.study.pbt import check_pbt
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.storage.redact import mask_output
 from tuner.tasks import Task, load_function, load_task
 from tuner.train import TrainBudget, check_training
 from tuner.train.checks import available_device
-from tuner.train.command import command_argv
+from tuner.train.command import OwnTraining, command_argv
 from tuner.train.trial import check_train_function
 
 
@@ -53,6 +54,34 @@ class Prepared:
     train_fn: Optional[Callable[..., Any]] = None
     command: Optional[list[str]] = None
     plan: StudyPlan = StudyPlan()  # what the checks found: steps a trial per batch size, the grid
+
+    @property
+    def own(self) -> Optional[OwnTraining]:
+        """The user's own training (``train:`` or ``command:``) as every run of it starts; None for a task."""
+        if self.task is not None:
+            return None
+        spec = self.spec
+        return OwnTraining(
+            spec.name,
+            self.metric,
+            self.direction,
+            train_budget(spec.budget),
+            function=self.train_fn,
+            command=self.command,
+            cwd=self.spec_dir,
+            timeout=spec.budget.trial_timeout,
+            deterministic=spec.deterministic,
+            options=dict(spec.train.options) if spec.train is not None else {},
+        )
+
+    @property
+    def trains(self) -> Union[Task, OwnTraining]:
+        """What trials train: the task (tuner's trainer), else the user's own training."""
+        if self.task is not None:
+            return self.task
+        own = self.own
+        assert own is not None
+        return own
 
 
 def prepare(
@@ -81,7 +110,8 @@ def prepare(
         door = _load_door(spec, spec_dir)
         space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
         metric, direction = _metric_and_direction(spec, door.task)
-        _check_door(spec, space)
+        _check_door(spec)
+        check_pbt(spec, space, door.task, train_budget(spec.budget))
         _check_training(spec, door, space, device or spec.device)
         check_checkpoint_dir(spec)
         quiet_libraries()
@@ -173,19 +203,15 @@ def largest_batch(dimension: Any) -> Optional[int]:
     return None if None in values or not values else int(max(values))
 
 
-def _check_door(spec: StudySpec, space: SearchSpace) -> None:
-    """What only tuner's own trainer can do: a population, the LR range test of ``lr: auto``, ``save_model``."""
+def _check_door(spec: StudySpec) -> None:
+    """What only tuner's own trainer can do: a population, ``save_model``. (``lr: auto`` runs a probe sweep of the
+    user's own code: ``tuner.train.lr_range.probe_sweep``.)"""
     if spec.task is not None:
         return
     if spec.budget.population is not None and spec.budget.population > 1:
         raise TunerError(
             f"budget.population: {spec.budget.population} members need a task that tuner trains "
             f"(a {spec.door}: study runs its own loop, one trial at a time); remove it"
-        )
-    if space.auto_lr:
-        raise TunerError(
-            f"lr: auto runs tuner's LR range test, which needs a task; with {spec.door}: give each "
-            f"optimizer an LR range (space.optimizers.{space.auto_lr[0]}.lr: {{low: ..., high: ...}})"
         )
     if spec.save_model:
         raise TunerError(

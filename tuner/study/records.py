@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Optional
 
 import optuna
@@ -44,6 +45,8 @@ class TrialRecord:
     intermediate_values: dict[int, float] = field(default_factory=dict)
     model: Optional[str] = None  # the file of its final weights (save_model)
     resumed_from: Optional[dict[str, int]] = None  # {"trial": N, "step": S}: resumed from trial N's checkpoint
+    started: Optional[datetime] = None
+    completed: Optional[datetime] = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -67,6 +70,8 @@ class TrialRecord:
             dict(trial.intermediate_values),
             attrs.get(TrialKeys.MODEL),
             attrs.get(TrialKeys.RESUMED),
+            trial.datetime_start,
+            trial.datetime_complete,
         )
 
     def to_recipe(self) -> Recipe:
@@ -150,19 +155,25 @@ def study_summaries(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
     return rows
 
 
+def steps_trained(record: TrialRecord) -> Optional[int]:
+    """The optimizer steps a trial trained itself: its ``steps_done``, less the steps of the checkpoint it resumed
+    from (the interrupted trial counts those); without ``steps_done`` (a failed or lost trial, a study of an older
+    tuner), the planned steps of a complete trial, else the step of its last report; None when nothing says."""
+    done = record.steps_done
+    if done is None:
+        last = max(record.intermediate_values, default=None)
+        done = record.total_steps if record.state == "COMPLETE" and record.total_steps else last
+    if done is None:
+        return None
+    return max(int(done) - int((record.resumed_from or {}).get("step", 0)), 0)
+
+
 def compute(study: optuna.Study) -> dict[str, Any]:
-    """What a study cost: optimizer steps trained (all its finished trials; a pruned trial its steps up to its last
-    report) and seconds of training, and its trials by state."""
-    steps = seconds = 0.0
-    for record in records(study):
-        if record.state in ("RUNNING", "WAITING"):
-            continue
-        done = record.steps_done
-        if done is None:  # a study of an older tuner: the planned steps, or the last report's step
-            last = max(record.intermediate_values, default=0)
-            done = record.total_steps if record.state == "COMPLETE" and record.total_steps else last
-        steps += done or 0
-        seconds += record.duration_s or 0.0
+    """What a study cost: optimizer steps trained (all its finished and failed trials, ``steps_trained``) and seconds
+    of training, summed."""
+    ended = [record for record in records(study) if record.state not in ("RUNNING", "WAITING")]
+    steps = sum(steps_trained(record) or 0 for record in ended)
+    seconds = sum(record.duration_s or 0.0 for record in ended)
     return {"steps": int(steps), "seconds": round(seconds, 1)}
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import optuna
 
 from tuner.errors import TunerError
-from tuner.spec import parse_study
+from tuner.spec import PBT_MIN_POPULATION, parse_study
 from tuner.study.definition import check_unchanged, definition, storable
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
@@ -73,6 +73,7 @@ def run_study(
     from tuner.study.warmstart import warm_start
 
     quiet_libraries()
+    check_population(prepared, options.population)
     grid = grid_of(prepared.space, prepared.spec.sampler)
     check_grid_run(grid, options.n_trials, options.allow_partial_grid, options.warm_start)
     closer = LostRunCloser()
@@ -101,6 +102,14 @@ def run_study(
             worker.join()
         end_study(study, tracker)
     return study
+
+
+def check_population(prepared: Prepared, population: int) -> None:
+    """``strategy: pbt`` runs populations of at least ``PBT_MIN_POPULATION`` (``--population`` overrides the file's)."""
+    if prepared.spec.strategy == "pbt" and population < PBT_MIN_POPULATION:
+        raise TunerError(
+            f"strategy: pbt needs a population of at least {PBT_MIN_POPULATION} members, got --population {population}"
+        )
 
 
 def open_tracker(tracking_uri: str) -> Tracker:
@@ -209,6 +218,7 @@ def optimize(
 ) -> None:
     """Run trials in this process until the study holds ``n_trials`` finished trials or ``timeout`` passes; then, as
     the last worker out, run the retries of trials whose workers were lost."""
+    check_population(prepared, options.population)
     remaining = options.n_trials - finished_count(study)
     if remaining <= 0:
         return
@@ -261,6 +271,29 @@ def run_trials(
         lifecycle.run(batch, stacked=size > 1)
         if on_trial is not None:
             on_trial(study)
+
+
+def busy_cpu_hint(
+    device: str, jobs: int = 1, load: Optional[float] = None, cores: Optional[int] = None
+) -> Optional[str]:
+    """A line for the user when CPU trials would run several torch threads each on a machine that other processes
+    already keep busy (load average at or above the cores): intra-op threads that wait for each other's cores made
+    the quickstart 6-7x slower here (docs/benchmarks.md); one thread each avoids it. None when there is no cause."""
+    import torch
+
+    from tuner.train import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    cores = cores or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    threads = torch.get_num_threads() if jobs <= 1 else max(1, cores // jobs)
+    if threads <= 1 or load < cores:
+        return None
+    return (
+        f"this machine is busy (load {load:.1f} on {cores} cores) and each training process would use {threads} "
+        f"torch threads, which can make small models many times slower; OMP_NUM_THREADS=1 gives each one thread"
+    )
 
 
 def share_cpu_threads(processes: int) -> None:

@@ -10,12 +10,12 @@ never leaves an empty study behind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 
 from tuner.errors import TunerError, lookup
-from tuner.spec import NamedOptions
+from tuner.spec import NamedOptions, StudySpec
 from tuner.study.grid import GridQueueSampler, grid_options
 from tuner.study.search import SearchSpace
 
@@ -75,9 +75,20 @@ STARTUP_SAMPLERS = {
 """Samplers that draw their first trials at random (``n_startup_trials``) before their model takes over."""
 
 
-def describe_search(spec: NamedOptions, pruner: NamedOptions) -> str:
-    """One line for the run's start: the sampler and its random start-up trials, the pruner and its warm-up."""
+def describe_search(
+    spec: NamedOptions, pruner: NamedOptions, study: Optional[StudySpec] = None, population: int = 1
+) -> str:
+    """One line for the run's start: the sampler and its random start-up trials, the pruner and its warm-up (with
+    ``strategy: pbt``: the populations and their exploit cadence instead of the pruner)."""
     parts = [f"sampler {spec.name}"]
+    if study is not None and study.strategy == "pbt":
+        settings = study.pbt_settings
+        parts.append(
+            f"population-based training: populations of {population}, the bottom {settings.quantile:g} copies the "
+            f"top every {settings.interval} evaluation(s) and perturbs {', '.join(settings.perturb) or 'nothing'} "
+            f"(no pruning)"
+        )
+        return "; ".join(parts)
     if spec.name in STARTUP_SAMPLERS:
         startup = spec.options.get("n_startup_trials", _default(STARTUP_SAMPLERS[spec.name], "n_startup_trials"))
         if startup:

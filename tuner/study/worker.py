@@ -27,7 +27,7 @@ import optuna
 
 from tuner.errors import TunerError
 from tuner.study.prepare import Prepared, quiet_libraries
-from tuner.study.runner import RunOptions, join_study, open_tracker, optimize
+from tuner.study.runner import RunOptions, busy_cpu_hint, join_study, open_tracker, optimize
 from tuner.study.runs import end_study
 from tuner.study.storage import load_existing_study
 from tuner.study.trust import prepare_own
@@ -56,14 +56,25 @@ def prepare_stored(options: WorkerOptions) -> Prepared:
     )
 
 
-def run_worker(options: WorkerOptions, on_trial: Optional[Callable[[optuna.Study], None]] = None) -> optuna.Study:
+def run_worker(
+    options: WorkerOptions,
+    on_trial: Optional[Callable[[optuna.Study], None]] = None,
+    on_message: Callable[[str], None] = lambda message: None,
+) -> optuna.Study:
     """Run trials of the stored study in this process until it holds its target of finished trials."""
     prepared = prepare_stored(options)
+    hint = busy_cpu_hint(prepared.device)
+    if hint:
+        on_message(hint)
     quiet_libraries()
     tracker = open_tracker(prepared.tracking_uri)
     study = join_study(prepared.spec.name, prepared.storage_url, tracker)
     budget = prepared.spec.budget
-    run_options = RunOptions(n_trials=options.n_trials or budget.n_trials, timeout=options.timeout or budget.timeout)
+    run_options = RunOptions(
+        n_trials=options.n_trials or budget.n_trials,
+        timeout=options.timeout or budget.timeout,
+        population=(budget.population or 1) if prepared.spec.strategy == "pbt" else 1,  # PBT runs whole populations
+    )
     try:
         optimize(study, prepared, tracker, run_options, worker_index(), on_trial=on_trial)
     finally:

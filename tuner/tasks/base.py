@@ -117,9 +117,9 @@ class PopulationTask(Task, Protocol):
 
 def population_hooks(task: Task) -> tuple[Optional[Callable[[Any, Any], Any]], Optional[Callable[[Any, Any], Any]]]:
     """(population_loss, population_metrics) of a task, (None, None) when it declares neither."""
-    if isinstance(task, PopulationTask):
-        return task.population_loss, task.population_metrics
-    return None, None
+    # getattr, not isinstance(task, PopulationTask): from Python 3.12 a runtime protocol check no longer sees
+    # members a wrapper serves through __getattr__ (seen on the GPU machine's 3.12)
+    return getattr(task, "population_loss", None), getattr(task, "population_metrics", None)
 
 
 @runtime_checkable
@@ -158,9 +158,7 @@ class Loaders(NamedTuple):
 def loaders_of(task: Any) -> Optional[Loaders]:
     """The task's loaders when its data streams from them (``LoaderTask``), None when it trains from
     ``load_data()``; ``TunerError`` when it has only one of the two."""
-    if not isinstance(task, LoaderTask):
-        return None
-    train, val = task.train_loader, task.val_loader
+    train, val = getattr(task, "train_loader", None), getattr(task, "val_loader", None)  # as population_hooks
     if train is None and val is None:
         return None
     if train is None or val is None:

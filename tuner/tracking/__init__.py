@@ -70,7 +70,8 @@ class TrialOutcome:
 
     ``state`` is COMPLETE, PRUNED or FAIL; ``value`` the objective (None for a failed trial, or a pruned one that
     never evaluated); ``seconds`` of training; ``lr_curve`` the (step, LR) points the run kept; ``attrs`` what the
-    study records besides (total steps, population size)."""
+    study records besides (total steps, population size); ``tags`` what its run is tagged with besides (a PBT
+    member's lineage)."""
 
     state: str
     reason: str
@@ -78,6 +79,7 @@ class TrialOutcome:
     seconds: float = 0.0
     lr_curve: list[tuple[int, float]] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class Tracker(Protocol):

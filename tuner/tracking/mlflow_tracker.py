@@ -232,6 +232,7 @@ class MlflowTracker:
             for start in range(0, len(metrics), MAX_METRICS_PER_BATCH)
         ]
         tags = {
+            **outcome.tags,
             "tuner.state": outcome.state,
             "tuner.reason": outcome.reason[:5000],
             "tuner.duration_s": f"{outcome.seconds:.3f}",

@@ -30,13 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from tuner.errors import TrialPruned, TunerError
-from tuner.train.progress import FitResult
-from tuner.train.trial import ENV_TRIAL, Reporter, Trial, TrialInfo
+from tuner.recipe import Recipe
+from tuner.train.checkpoint import Checkpointer, CheckpointPlan
+from tuner.train.progress import FitResult, TrainBudget
+from tuner.train.trial import ENV_TRIAL, Reporter, Trial, TrialInfo, run_function
 
 PRUNED_GRACE_SECONDS = 10.0
 """How long a pruned command may take to exit before its process group is killed."""
@@ -47,6 +50,62 @@ OUTPUT_LINES = 5
 
 class CommandFailed(Exception):
     """A command trial failed: it exited non-zero, timed out, or never reported (the message says which)."""
+
+
+@dataclass(frozen=True)
+class OwnTraining:
+    """A study's own training -- its ``train:`` function (called in this process) or its ``command:`` (run once per
+    call) -- and what every run of it is told: the study's name, metric, direction, budget and options.
+
+    The one way a run of the user's code is started: a trial of the study (``tuner.study.lifecycle``) and a probe of
+    the LR sweep (``tuner.train.lr_range.probe_sweep``) both go through ``run``.
+    """
+
+    study_name: str
+    metric: str
+    direction: str
+    budget: TrainBudget
+    function: Optional[Callable[[Trial], Any]] = None
+    command: Optional[list[str]] = None
+    cwd: str = "."
+    timeout: Optional[float] = None
+    deterministic: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def info(
+        self,
+        number: int,
+        recipe: Recipe,
+        seed: int,
+        device: str,
+        *,
+        params: Optional[dict[str, Any]] = None,
+        budget: Optional[TrainBudget] = None,
+        checkpoint: Optional[CheckpointPlan] = None,
+    ) -> TrialInfo:
+        """The ``TrialInfo`` of one run (``budget``: the study's unless given)."""
+        return TrialInfo(
+            number,
+            self.study_name,
+            recipe,
+            dict(params or {}),
+            seed,
+            device,
+            budget or self.budget,
+            self.metric,
+            self.direction,
+            self.deterministic,
+            dict(self.options),
+            checkpoint,
+        )
+
+    def run(self, info: TrialInfo, reporter: Reporter, checkpoints: Optional[Checkpointer] = None) -> FitResult:
+        """Run the user's code once as ``info`` says; ``reporter`` hears every report. Raises ``UserCodeError`` (the
+        function raised) or ``CommandFailed`` (the command failed)."""
+        if self.function is not None:
+            return run_function(self.function, Trial(info, reporter, checkpoints=checkpoints))
+        assert self.command is not None, "OwnTraining needs a function or a command"
+        return run_command(self.command, info, reporter, cwd=self.cwd, timeout=self.timeout)
 
 
 def command_argv(command: Union[str, list[str]], spec_dir: str) -> list[str]:

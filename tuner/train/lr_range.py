@@ -24,46 +24,100 @@ entrance of the valley, stable under noise in its flat bottom — and the safe r
 When the sweep stopped on divergence at LR ``d``, nothing at or above ``d`` is proposed: the range's high and the
 suggestion are capped at the last LR of the sweep before ``d`` (and the low at the suggestion), and the note says so.
 A sweep that diverged at its very first LR suggests a tenth of it.
+
+**Own training** (a ``train:`` function or a ``command:``, ``OwnTraining``) gives tuner its metrics only when it
+reports (typically once per epoch), not a loss per step, so one exponential sweep cannot be observed. ``probe_sweep``
+runs instead ``probes`` short runs of the user's own code per optimizer, one per LR, log-spaced over the sweep's
+range (by default the optimizer's catalog LR range): constant schedule, no warmup, the study's seed, one epoch (or
+at most ``steps`` optimizer steps for a budget in steps); each probe's value is the study's metric it ended with. A
+probe whose metric is not finite, that the trial's divergence rule stopped, that raised, or whose loss ended above
+``divergence_factor`` times the lowest loss of the probes at lower LRs (``_probe_values``) counts as diverged.
+``suggest_probes``: the best probe's LR, the range ``[min(lr / 10, the lowest probe next to it within KNEE of the
+spread of the probes' scores), max(3 * lr, the next probe above it, the highest probe within KNEE)]`` -- and, by the
+same rule as the sweep, nothing at or above the lowest diverged probe above the best. The next probe above the best
+is in the range because a short run favours a lower LR than the full budget (``bench/lr_probes.py``: sgd's best of 7
+one-epoch probes on digits was 0.32, its best 5-epoch run 1.0, the next probe).
+Probes are not trials: nothing of them is written anywhere.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
+from tuner.errors import TunerError, UserCodeError
 from tuner.recipe import Recipe
-from tuner.train.progress import TrainBudget
+from tuner.train.progress import FitResult, TrainBudget
+
+if TYPE_CHECKING:
+    from tuner.train.command import OwnTraining
 
 KNEE = 0.1  # the valley starts where the smoothed loss is within 10% of the total drop from its minimum
 MEDIAN_WINDOW = 5
 MEAN_WINDOW = 5
 DIVERGENCE_FACTOR = 4.0
+SWEEP_SPAN = (1e-6, 10.0)  # the exponential sweep's default LR range
+PROBES = 7  # short runs per optimizer of a probe sweep (own training)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """The sweep: ``steps`` optimizer steps from ``lr_start`` to ``lr_end`` (geometric)."""
+    """The sweep: ``steps`` optimizer steps from ``lr_start`` to ``lr_end`` (geometric); own training: ``probes``
+    short runs at LRs log-spaced over that range, each at most ``steps`` steps when the study's budget is in steps.
 
-    lr_start: float = 1e-6
-    lr_end: float = 10.0
+    ``lr_start`` / ``lr_end`` left None: 1e-6 / 10 for the sweep, the optimizer's catalog LR range for probes.
+    """
+
+    lr_start: Optional[float] = None
+    lr_end: Optional[float] = None
     steps: int = 100
     divergence_factor: float = DIVERGENCE_FACTOR
+    probes: int = PROBES
 
     def __post_init__(self) -> None:
-        if not 0 < self.lr_start < self.lr_end:
-            raise ValueError(f"need 0 < lr_start < lr_end, got lr_start={self.lr_start}, lr_end={self.lr_end}")
+        if self.lr_start is not None and self.lr_end is not None:
+            _check_span(self.lr_start, self.lr_end)
         if self.steps < 10:
             raise ValueError(f"steps must be >= 10, got steps={self.steps}")
         if not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1, got divergence_factor={self.divergence_factor}")
+        if self.probes < 2:
+            raise ValueError(f"probes must be >= 2, got probes={self.probes}")
+
+    def span(self, optimizer: Optional[str] = None) -> tuple[float, float]:
+        """The LR range: the one given, else the sweep's default, or (``optimizer``) that optimizer's catalog range."""
+        low, high = SWEEP_SPAN
+        if optimizer is not None:
+            from tuner.optim import OPTIMIZERS
+
+            low, high = OPTIMIZERS[optimizer].lr.low, OPTIMIZERS[optimizer].lr.high
+        start = low if self.lr_start is None else self.lr_start
+        end = high if self.lr_end is None else self.lr_end
+        _check_span(start, end)
+        return start, end
 
     def lrs(self) -> list[float]:
         """The sweep's LR at each step: geometric from ``lr_start`` to ``lr_end``."""
-        ratio = self.lr_end / self.lr_start
-        return [self.lr_start * ratio ** (i / (self.steps - 1)) for i in range(self.steps)]
+        return geometric(*self.span(), self.steps)
+
+    def probe_lrs(self, optimizer: str) -> list[float]:
+        """The LRs of ``optimizer``'s probes: ``probes`` of them, geometric over ``span(optimizer)``."""
+        return geometric(*self.span(optimizer), self.probes)
+
+
+def _check_span(start: float, end: float) -> None:
+    if not 0 < start < end:
+        raise ValueError(f"need 0 < lr_start < lr_end, got lr_start={start}, lr_end={end}")
+
+
+def geometric(start: float, end: float, n: int) -> list[float]:
+    """``n`` LRs from ``start`` to ``end``, evenly spaced on a log scale."""
+    ratio = end / start
+    return [start * ratio ** (i / (n - 1)) for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -89,16 +143,19 @@ class LRFinding:
     stopped: str
     suggestion: Suggestion
     extras: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # of the sweep's training
+    steps: Optional[int] = None  # optimizer steps trained (None: one per loss, the sweep's); a probe sweep's: summed
 
     def summary(self) -> dict[str, Any]:
-        """The suggestion as plain data (for study user attrs and MLflow); ``steps``: the optimizer steps the sweep
-        trained (what it cost)."""
+        """The suggestion as plain data (for study user attrs and MLflow), with what the sweep cost: its optimizer
+        steps and seconds (a study's compute counts them)."""
         return {
             "optimizer": self.optimizer,
             "batch_size": self.batch_size,
             **asdict(self.suggestion),
             "stopped": self.stopped,
-            "steps": len(self.losses),
+            "steps": len(self.losses) if self.steps is None else self.steps,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -220,13 +277,15 @@ def range_test(
     from tuner.train.trainer import Trainer
 
     lrs = config.lrs()
-    recipe = Recipe(optimizer=optimizer, lr=config.lr_end, batch_size=batch_size, schedule="constant")
+    lr_end = lrs[-1]
+    recipe = Recipe(optimizer=optimizer, lr=lr_end, batch_size=batch_size, schedule="constant")
     trainer = Trainer(task, recipe, TrainBudget(steps=config.steps), device=device, seed=seed)
     losses: list[float] = []
     stopped = f"completed {config.steps} steps"
     diverged_at: Optional[float] = None
+    started = time.perf_counter()
     for step, micro_batches in enumerate(trainer.batches()):
-        losses.append(trainer.train_step(step, micro_batches, lr_multiplier=lrs[step] / config.lr_end))
+        losses.append(trainer.train_step(step, micro_batches, lr_multiplier=lrs[step] / lr_end))
         if diverged(losses, config.steps // 10, config.divergence_factor):
             stopped, diverged_at = f"diverged at lr {lrs[step]:.3g} (step {step + 1})", lrs[step]
             break
@@ -239,11 +298,12 @@ def range_test(
         smooth(finite) if finite else [],
         stopped,
         suggest(lrs, losses, diverged_at),
+        seconds=time.perf_counter() - started,
     )
 
 
 def find_lrs(
-    task: Any,
+    trains: Union[Any, OwnTraining],
     optimizers: Sequence[str],
     *,
     batch_size: Optional[int] = None,
@@ -251,11 +311,121 @@ def find_lrs(
     seed: int = 0,
     device: str = "auto",
 ) -> dict[str, LRFinding]:
-    """``range_test`` for each optimizer (same seed, so every optimizer sees the same initial model and batches)."""
+    """Per optimizer, what a study trains says about its LR: ``range_test`` of a task, ``probe_sweep`` of the user's
+    own training (``OwnTraining``). Same seed for each, so every optimizer sees the same initial model and batches."""
+    from tuner.train.command import OwnTraining
+
+    test = probe_sweep if isinstance(trains, OwnTraining) else range_test
     return {
-        name: range_test(task, name, batch_size=batch_size, config=config, seed=seed, device=device)
-        for name in optimizers
+        name: test(trains, name, batch_size=batch_size, config=config, seed=seed, device=device) for name in optimizers
     }
+
+
+# -- own training: the probe sweep --------------------------------------------------------------------------------
+
+
+def suggest_probes(lrs: Sequence[float], values: Sequence[float], direction: str) -> Suggestion:
+    """The suggested LR and safe range from probes (``values``: the metric each ended with, NaN when it diverged);
+    never empty, never at or above the lowest diverged probe above the best (module docstring)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    scores = {i: sign * value for i, value in enumerate(values) if math.isfinite(value)}
+    if not scores:
+        note = "every probe diverged; the sweep started too high"
+        return _below_divergence(_fallback(lrs[0] / 10, lrs[0] / 10, note), lrs, lrs[0])
+    best = max(scores, key=lambda i: (scores[i], -i))  # a tie goes to the lower LR
+    tolerance = KNEE * (scores[best] - min(scores.values()))
+    near = [i for i in scores if scores[i] >= scores[best] - tolerance]
+    lo, hi = best, best
+    while lo - 1 in near:
+        lo -= 1
+    while hi + 1 in near:
+        hi += 1
+    lr = lrs[best]
+    edge = {0: "; the lowest LR probed", len(lrs) - 1: "; the highest LR probed"}.get(best, "")
+    above_best = lrs[best + 1] if best + 1 in scores else lr  # the untried gap up to a finite neighbour stays open
+    found = Suggestion(
+        lr=lr,
+        low=min(lr / 10, lrs[lo]),
+        high=max(3 * lr, above_best, lrs[hi]),
+        lr_min_loss=lr,
+        note=f"best of {len(lrs)} probes{edge}",
+    )
+    above = [lrs[i] for i in range(best + 1, len(lrs)) if i not in scores]
+    return _below_divergence(found, lrs, min(above) if above else None)
+
+
+def probe_budget(budget: TrainBudget, steps: int) -> TrainBudget:
+    """A probe's budget: one epoch, or at most ``steps`` optimizer steps when the study's budget is in steps."""
+    if budget.steps is not None:
+        return replace(budget, epochs=None, steps=min(budget.steps, steps), eval_every=None, patience=None)
+    return replace(budget, epochs=1, eval_every=None, patience=None)
+
+
+def probe_sweep(
+    own: OwnTraining,
+    optimizer: str,
+    *,
+    batch_size: Optional[int] = None,
+    config: SweepConfig = SweepConfig(),
+    seed: int = 0,
+    device: str = "auto",
+) -> LRFinding:
+    """Probe ``optimizer`` (catalog defaults, constant schedule) with ``config.probes`` short runs of the user's own
+    training, one per LR, and suggest an LR (module docstring). ``TunerError`` when every probe raised or failed."""
+    from tuner.train.command import CommandFailed
+    from tuner.train.compute import resolve_device
+
+    lrs = config.probe_lrs(optimizer)
+    budget = probe_budget(own.budget, config.steps)
+    where = str(resolve_device(device))
+    ended: list[Optional[dict[str, float]]] = []
+    errors: dict[float, str] = {}
+    steps, started = 0, time.perf_counter()
+    for i, lr in enumerate(lrs):
+        recipe = Recipe(optimizer=optimizer, lr=lr, batch_size=batch_size, schedule="constant")
+        info = own.info(-1 - i, recipe, seed, where, budget=budget)  # negative numbers: probes, not trials
+        try:
+            result = own.run(info, lambda evaluation: False)
+            steps += result.steps_done  # a probe that raised: its steps are not known, not counted
+            ended.append(_ended_with(result))
+        except (UserCodeError, CommandFailed) as error:  # it raised or failed: diverged (or broken: below)
+            ended.append(None)
+            errors[lr] = str(error)
+    if len(errors) == len(lrs):  # not a divergence: the code is broken
+        raise TunerError(f"every probe of {optimizer}'s LR sweep failed; at lr {lrs[0]:.3g}: {errors[lrs[0]]}")
+    values = _probe_values(ended, own.metric, config.divergence_factor)
+    diverged_lrs = [lr for lr, value in zip(lrs, values) if not math.isfinite(value)]
+    length = f"{budget.steps} steps" if budget.steps is not None else "1 epoch"
+    stopped = f"{len(lrs)} probes of {length}, " + (
+        f"{len(diverged_lrs)} diverged (from lr {min(diverged_lrs):.3g})" if diverged_lrs else "none diverged"
+    )
+    extras = {"probes": len(lrs), "metric": own.metric, "direction": own.direction, "errors": errors}
+    suggestion = suggest_probes(lrs, values, own.direction)
+    seconds = time.perf_counter() - started  # the probes' whole runs (a command's start-up included)
+    smoothed = _finite_prefix(values)
+    return LRFinding(optimizer, batch_size, lrs, values, smoothed, stopped, suggestion, extras, seconds, steps)
+
+
+def _ended_with(result: FitResult) -> Optional[dict[str, float]]:
+    """The metrics a probe ended with; None when the trial's rules stopped it (diverged) or it never said any."""
+    return result.counted if result.status in ("completed", "early_stopped") else None
+
+
+def _probe_values(ended: Sequence[Optional[dict[str, float]]], metric: str, factor: float) -> list[float]:
+    """Each probe's metric, NaN where it diverged: no metrics, a non-finite one, or a loss (the one the trial's
+    divergence rule follows) above ``factor`` times the lowest loss of the probes at lower LRs -- the sweep's rule
+    across probes: a short run at too high an LR often ends with a finite but useless loss."""
+    from tuner.train.trial import LOSS_KEYS
+
+    values, lowest = [], math.inf
+    for metrics in ended:
+        value = (metrics or {}).get(metric, math.nan)
+        loss = next((metrics[key] for key in LOSS_KEYS if key in metrics), None) if metrics else None
+        if loss is not None and math.isfinite(loss):
+            value = math.nan if loss > factor * lowest else value
+            lowest = min(lowest, loss)
+        values.append(float(value) if math.isfinite(value) else math.nan)
+    return values
 
 
 def describe(row: dict[str, Any]) -> str:

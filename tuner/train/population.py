@@ -22,6 +22,10 @@ dropout's random masks and other buffers or randomness fall back: they would not
 sequentially with ``fit``, after one ``PopulationFallbackWarning``; so does every member of a task that streams its
 data from loaders, or of a budget asking for mixed precision, accumulation, ``torch.compile`` or channels-last
 (``population_blocker``).
+
+Population-based training (``pbt=``, ``tuner.train.pbt``) is a hook of this same pass: after an evaluation that is an
+exploit round, ``_Population._exploit`` copies the rows ``Explorer.decide`` picks. It never falls back: what would
+train sequentially is a ``TunerError`` (members must share the stacks to copy each other).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Optional
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from tuner.errors import TunerError
 from tuner.optim.batched import BlockOptimizer, population_key
 from tuner.recipe import Recipe
 from tuner.schedules import recipe_schedule
@@ -47,6 +52,7 @@ from tuner.tasks import Task, loaders_of
 from tuner.tasks.base import population_hooks, stacked_cross_entropy
 from tuner.train.compute import resolve_device, seed_everything
 from tuner.train.data import EVAL_CHUNK, data_on_device
+from tuner.train.pbt import Explorer, Lineage, PBTConfig, check_pbt_recipe
 from tuner.train.progress import MIN_LOSS_SCALE, FitResult, OnEval, RunProgress, TrainBudget, plan_steps
 from tuner.train.stacked import StackedNet, cross_entropy_with_grad
 from tuner.train.trainer import fit
@@ -75,6 +81,7 @@ def fit_population(
     deterministic: bool = False,
     max_members: Optional[int] = None,
     keep_params: bool = False,
+    pbt: Optional[PBTConfig] = None,
 ) -> list[FitResult]:
     """Train ``recipes`` (member ``i`` with ``seeds[i]`` and ``on_eval[i]``); one ``FitResult`` each, in order.
 
@@ -84,6 +91,11 @@ def fit_population(
     ``objective: best``: those of its best evaluation) in ``result.extras["params"]``.
     ``on_evaluated(step, {i: metrics})``, when given, hears the finite metrics of every member of a vectorized
     pass evaluated at ``step`` before any of their ``on_eval`` (a pruner comparing members with their peers).
+
+    ``pbt``: population-based training (``tuner.train.pbt``): every ``pbt.interval`` evaluations the bottom members
+    copy the top ones' rows and perturb their hyperparameters; each result's ``extras["pbt"]`` is its
+    ``Lineage.to_dict()`` (the recipe and seed that replay it with ``fit``). The members must share one stack:
+    where they cannot (what would fall back to sequential training), ``TunerError`` says why.
     """
     if len(seeds) != len(recipes):
         raise ValueError(f"need one seed per recipe, got {len(recipes)} recipes and {len(seeds)} seeds")
@@ -101,7 +113,10 @@ def fit_population(
         deterministic,
         keep_params,
         on_evaluated or _nobody,
+        Explorer(pbt) if pbt is not None else None,
     )
+    if pbt is not None:
+        _check_pbt(members, budget, max_members)
     blocker = population_blocker(task, budget)
     if blocker is not None:
         results = _sequential(common, members, blocker)
@@ -129,6 +144,24 @@ def _nobody(step: int, metrics: dict[int, dict[str, float]]) -> None:
     pass
 
 
+def _check_pbt(members: list[_Member], budget: TrainBudget, max_members: Optional[int]) -> None:
+    """PBT's members copy each other's rows: one update rule (``population_key``), one pass, a held LR; a member's
+    value is its final evaluation (its best one may predate the weights it ends with)."""
+    if budget.objective != "final":
+        raise TunerError(f"PBT members are valued by their final evaluation, got objective={budget.objective!r}")
+    for m in members:
+        check_pbt_recipe(m.recipe)
+    keys = sorted({str(population_key(m.recipe)) for m in members})
+    if len(keys) != 1 or population_key(members[0].recipe) is None:
+        names = sorted({m.recipe.optimizer for m in members})
+        raise TunerError(
+            f"PBT members copy each other's optimizer state, so they need one batched update rule and batch size; "
+            f"got optimizers {names} with population keys {keys}"
+        )
+    if max_members is not None and max_members < len(members):
+        raise TunerError(f"PBT trains its {len(members)} members in one pass, got max_members={max_members}")
+
+
 @dataclass
 class _Common:
     task: Task
@@ -139,6 +172,7 @@ class _Common:
     deterministic: bool
     keep_params: bool
     on_evaluated: OnEvaluated
+    explorer: Optional[Explorer] = None
 
 
 @dataclass
@@ -153,11 +187,13 @@ class _Member:
 
 @dataclass
 class _Running:
-    """A member in a vectorized pass: its schedule and its ``RunProgress``."""
+    """A member in a vectorized pass: its recipe (PBT changes it), schedule and ``RunProgress``."""
 
     member: _Member
+    recipe: Recipe
     schedule: Any
     progress: RunProgress
+    lineage: Lineage
     best_params: Optional[dict[str, torch.Tensor]] = None  # with objective "best" and keep_params
 
 
@@ -187,6 +223,11 @@ def _train_group(
     if reason is not None:
         return _sequential(common, group, reason)
     cap = max_members or population_cap(probe, data.train_inputs, group[0].recipe.batch_size, common.device)
+    if common.explorer is not None and cap < len(group):
+        raise TunerError(
+            f"PBT trains its {len(group)} members in one pass, but only {cap} fit in {MEMORY_SHARE:.0%} of the free "
+            f"memory of {common.device}: use a smaller budget.population"
+        )
     if common.device.type == "cpu":
         _keep_freed_memory()
     results: dict[int, FitResult] = {}
@@ -202,6 +243,8 @@ def _train_group(
 
 
 def _sequential(common: _Common, group: list[_Member], reason: str) -> dict[int, FitResult]:
+    if common.explorer is not None:
+        raise TunerError(f"PBT needs the shared vectorized pass (members copy each other's rows), but {reason}")
     warnings.warn(
         f"population training: {len(group)} member(s) of task {common.task.name!r} train sequentially: {reason}",
         PopulationFallbackWarning,
@@ -436,6 +479,7 @@ class _Population:
         self.limits: Optional[torch.Tensor] = None  # divergence threshold of each member's training loss
         self.loss_sums = torch.zeros(len(members), dtype=torch.float64)
         self.loss_count = 0
+        self.evaluations = 0
         self.engine = self._probe(_engines(task, models[0]))
 
     def _running(self, m: _Member, eval_every: int) -> _Running:
@@ -452,7 +496,7 @@ class _Population:
             on_eval=m.on_eval,
             schedule=schedule,
         )
-        return _Running(m, schedule, progress)
+        return _Running(m, recipe, schedule, progress, Lineage.root(m.index, recipe, m.seed))
 
     def _set_flat(self, flat: torch.Tensor) -> None:
         """Take ``flat`` (N, P) as the parameters; ``params`` are each parameter's stacked (N, *shape) view of it."""
@@ -500,7 +544,9 @@ class _Population:
             self.multipliers = [r.schedule(step) for r in self.running]
             stopped = self._after_step(step, self._step(step))
             if self.running[0].progress.is_eval_step(step + 1):
-                stopped |= self._evaluate(step + 1, stopped)
+                metrics = self._val_metrics()
+                stopped |= self._evaluate(step + 1, stopped, metrics)
+                self._exploit(step + 1, stopped, metrics)
             self._finish(stopped, step + 1, started, finished)
         self._finish(set(range(len(self.running))), self.total_steps, started, finished)
         return finished
@@ -528,7 +574,7 @@ class _Population:
                 r.progress.first_loss = loss
             self.limits = divergence_limit_of(losses, self.common.budget.divergence_factor)
         for r, multiplier in zip(self.running, self.multipliers):
-            r.progress.record_lr(step, r.member.recipe.lr * multiplier)
+            r.progress.record_lr(step, r.recipe.lr * multiplier)
         healthy = torch.isfinite(losses) & (losses <= self.limits)
         self.loss_sums += losses  # a member that is not healthy leaves now, its sum with it
         self.loss_count += 1
@@ -540,9 +586,8 @@ class _Population:
         return stopped
 
     @torch.no_grad()
-    def _evaluate(self, step: int, skip: set[int]) -> set[int]:
-        """Evaluate every member (but ``skip``) and hand each its evaluation; the rows that stop."""
-        metrics = self._val_metrics()
+    def _evaluate(self, step: int, skip: set[int], metrics: list[dict[str, float]]) -> set[int]:
+        """Hand every member (but ``skip``) its evaluation (``metrics``, by row); the rows that stop."""
         train_losses = (self.loss_sums / max(self.loss_count, 1)).tolist()
         self.common.on_evaluated(
             step,
@@ -556,7 +601,7 @@ class _Population:
         for row, r in enumerate(self.running):
             if row in skip:
                 continue
-            lr = r.member.recipe.lr * self.multipliers[row]
+            lr = r.recipe.lr * self.multipliers[row]
             evaluation = r.progress.evaluation(step, metrics[row], train_losses[row], lr)
             if r.progress.evaluated(evaluation):
                 stopped.add(row)
@@ -565,6 +610,40 @@ class _Population:
         self.loss_sums.zero_()
         self.loss_count = 0
         return stopped
+
+    def _exploit(self, step: int, stopped: set[int], metrics: list[dict[str, float]]) -> None:
+        """PBT's round after the evaluation at ``step``, when due: the copies ``Explorer.decide`` picks among the
+        members still training, each a copy of rows (parameters, optimizer state, data order, divergence limit)."""
+        explorer = self.common.explorer
+        if explorer is None:
+            return
+        self.evaluations += 1
+        if not explorer.due(self.evaluations, step, self.total_steps):
+            return
+        rows = [row for row in range(len(self.running)) if row not in stopped]
+        exploits = explorer.decide(
+            step,
+            [metrics[row][self.common.metric] for row in rows],
+            [self.running[row].lineage for row in rows],
+            [self.running[row].member.index for row in rows],
+            self.common.direction == "maximize",
+        )
+        for exploit in exploits:
+            self._copy_member(rows[exploit.child], rows[exploit.parent], exploit.lineage)
+
+    @torch.no_grad()
+    def _copy_member(self, child: int, parent: int, lineage: Lineage) -> None:
+        self.flat[child] = self.flat[parent]
+        self.optimizer.copy_row(child, parent, lineage.recipe)
+        self.generators[child].set_state(self.generators[parent].get_state())
+        if self.orders is not None:
+            self.orders[:, child] = self.orders[:, parent]
+        if self.limits is not None:
+            self.limits[child] = self.limits[parent]
+        r = self.running[child]
+        r.progress.first_loss = self.running[parent].progress.first_loss
+        r.recipe, r.lineage = lineage.recipe, lineage
+        r.schedule = recipe_schedule(lineage.recipe, self.total_steps)
 
     def _val_metrics(self) -> list[dict[str, float]]:
         """Each member's validation metrics, weighted over chunks as ``fit`` weighs them (float64)."""
@@ -600,6 +679,8 @@ class _Population:
         for row in sorted(rows):
             r = self.running[row]
             extras: dict[str, Any] = {"population": len(self.optimizer)}
+            if self.common.explorer is not None:
+                extras["pbt"] = r.lineage.to_dict()
             if self.common.keep_params:
                 extras["params"] = r.best_params if r.best_params is not None else self._member_params(row)
             finished[r.member.index] = r.progress.result(steps_done, seconds, extras)
