@@ -215,7 +215,7 @@ def run_naive(setup: TaskSetup, seed: int) -> Run:
 
 
 def pbt_available() -> bool:
-    """Whether this tuner's study file has ``strategy`` (PBT lands on another branch)."""
+    """Whether this tuner's study file has ``strategy`` (an older checkout has no PBT)."""
     from tuner.spec import StudySpec
 
     return "strategy" in StudySpec.model_fields
@@ -227,16 +227,23 @@ def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Callable[[TaskSe
     def tuner_arm(update: dict[str, Any], population: int = 1) -> Callable[[TaskSetup, int, Path], Run]:
         def run(setup: TaskSetup, seed: int, directory: Path) -> Run:
             spec = merged(five_line_file("bench", setup, seed, directory), update)
-            if "strategy" in spec:  # PBT reads budget.population itself
-                return run_tuner(spec, setup, directory)
-            return run_tuner(spec, setup, directory, spec["budget"].pop("population", None) or population)
+            budget = spec["budget"]  # PBT keeps budget.population (it checks it); others take it as the option
+            members = budget.get("population") if "strategy" in spec else budget.pop("population", None)
+            return run_tuner(spec, setup, directory, members or population)
 
         return run
 
     def pbt(setup: TaskSetup, seed: int, directory: Path) -> Run:
         if not pbt_available():
             return Run(unavailable="not available")
-        return tuner_arm({"strategy": "pbt", "budget": {"population": POPULATION}})(setup, seed, directory)
+        # PBT owns the LR (one optimizer, a constant schedule it reshapes): adam, the catalog's first choice
+        update = {
+            "strategy": "pbt",
+            "budget": {"population": POPULATION},
+            "space": {"optimizers": ["adam"], "schedules": ["constant"]},
+            "pbt": {"interval": 1, "quantile": 0.25},
+        }
+        return tuner_arm(update)(setup, seed, directory)
 
     arms = {
         "random": tuner_arm({"sampler": "random", "pruner": "none"}),
