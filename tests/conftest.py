@@ -34,6 +34,19 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
             os.environ[name] = value
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models train as fast, and threads waiting for each other's cores on a busy 2-core machine make them many times
+    slower; a process the test starts and this one then compute alike."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on 127.0.0.1 for the session (``create_database(name)`` gives each test its own URL)."""

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers import ROOT
 
@@ -23,12 +22,7 @@ Run, TaskSetup = efficiency.Run, efficiency.TaskSetup
 SETUP = TaskSetup({"name": "quadratic", "options": {"dim": 10, "n": 256, "val_n": 64}}, 20, 10, 4, "loss", "minimize")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compute_to_the_target_accumulates_steps_in_completion_order_and_counts_the_range_test() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,8 @@ from tests.integrations import EXAMPLES
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models train many times faster than with threads fighting over shared cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_threaded(one_thread) -> None:
+    """Every integration test with one torch thread (tests/conftest.py: the models are tiny)."""
 
 
 @pytest.fixture

@@ -47,15 +47,6 @@ def _study_file(directory: Path, name: str = "long", **changes) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """The killed worker and this process compute alike: one intra-op thread each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _wait_for(condition, what: str, process: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

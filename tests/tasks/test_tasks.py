@@ -33,13 +33,7 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cifar(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not fight the other processes on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,14 +16,7 @@ from tuner.train import TrainBudget, check_training, fit, fit_population, range_
 from tuner.train.lr_range import SweepConfig
 from tuner.train.population import PopulationFallbackWarning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not fight the other processes on a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from tuner.tasks import SimpleTask, TaskData, load_task
 from tuner.train import TrainBudget, Trainer, check_training, fit, fit_population
 from tuner.train.population import PopulationFallbackWarning
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not fight the other processes on a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n_train: int) -> SimpleTask:
