@@ -192,7 +192,8 @@ def test_three_workers_survive_a_sigkill_a_pause_an_mlflow_outage_and_a_postgres
             gone.user_attrs["recipe"],
             gone.user_attrs["seed"],
         )
-        assert retry.user_attrs["worker"] != gone.user_attrs["worker"]
+        if gone.number == lost.number:  # the paused worker, once continued, may take its own trial's retry itself
+            assert retry.user_attrs["worker"] != gone.user_attrs["worker"]
     recipes = [json.dumps([t.user_attrs["recipe"], t.user_attrs["seed"]], sort_keys=True) for t in finished]
     assert len(set(recipes)) == len(recipes), "no finished trial is duplicated"
     assert any(t.user_attrs.get("tracking_errors", [""])[0].startswith("MLflow unreachable") for t in trials)
