@@ -152,10 +152,11 @@ class SpaceSpec(Strict):
     )
     warmup_kind: RangeValue = Field("linear", description="'linear' or 'exponential'")
     switch: Optional[SwitchSpace] = Field(None, description="switch optimizer part-way through training (searched)")
-    lr: Optional[Literal["auto"]] = Field(
+    lr: Optional[Literal["auto", "catalog"]] = Field(
         None,
         description="'auto': an LR range test per optimizer sets its LR search range "
-        "(also per optimizer: adam: {lr: auto})",
+        "(also per optimizer: adam: {lr: auto}); 'catalog': the catalog's LR ranges; unset: 'auto' for a built-in "
+        "task when the range test costs at most a fifth of the study's planned training, else 'catalog'",
     )
 
     @field_validator("optimizers", "schedules")

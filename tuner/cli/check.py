@@ -87,11 +87,14 @@ def _lengths(prepared: Prepared) -> list[str]:
 def _space(prepared: Prepared) -> list[str]:
     from tuner.optim import OPTIMIZERS
     from tuner.schedules import SCHEDULES
+    from tuner.study.lr_auto import default_note
     from tuner.train.lr_range import PROBES
 
     space = prepared.space
     test = "the LR range test" if prepared.task is not None else f"a probe sweep of {PROBES} short runs of your code"
     lines = ["", _choice_line("optimizer", list(space.optimizers))]
+    if space.auto_lr_by_default:
+        lines.append(f"  ({default_note(prepared)})")
     for name, entry in space.optimizers.items():
         auto = f"  lr from {test} (lr: auto), before the first trial" if name in space.auto_lr else ""
         lines += [f"  {name}{auto}"] + _entry(entry.params, OPTIMIZERS[name].defaults)

@@ -10,18 +10,57 @@ MLflow parent run (params ``lr_auto.<optimizer>.lr|low|high|batch_size``, tag ``
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import optuna
 
 from tuner.space import Choice, Fixed, Float, Int
+from tuner.spec import StudySpec
+from tuner.study.checks import StudyPlan
+from tuner.study.grid import is_grid
 from tuner.study.keys import StudyKeys
-from tuner.study.prepare import Prepared
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.tracking import Tracker
-from tuner.train.lr_range import describe, find_lrs
+from tuner.train.lr_range import SweepConfig, describe, find_lrs
+
+if TYPE_CHECKING:  # prepare builds the space with `lr_auto_by_default`, so it imports this module
+    from tuner.study.prepare import Prepared
+
+RANGE_TEST_MAX_SHARE = 0.2
+"""An unset ``space.lr`` means ``auto`` when the range tests cost at most this share of the study's planned training
+(``n_trials`` x the shortest run). ``bench/efficiency.py`` (docs/benchmarks.md, "Efficiency"): with the range tests at
+1/6 of the compute ``lr: auto`` reached random search's result sooner than the catalog ranges (1.97x against 1.70x);
+at 2/3 of it (the old quick suite's 10-trial studies) it was 4 times worse (0.34x against 1.35x)."""
+
+
+def lr_auto_by_default(spec: StudySpec, space: SearchSpace, plan: StudyPlan, batch_size: Optional[int]) -> bool:
+    """Whether a study that leaves ``space.lr`` unset gets ``lr: auto``: a built-in task (``plan`` knows its runs'
+    length), not a grid or PBT (they own the LR's values), and range tests cheap against the study's training."""
+    if spec.space.lr is not None or plan.shortest is None or is_grid(spec.sampler) or spec.strategy == "pbt":
+        return False
+    tested = resolve_space(spec.space, batch_size, lr_auto_default=True).auto_lr
+    return bool(tested) and range_test_share(len(tested), spec, plan) <= RANGE_TEST_MAX_SHARE
+
+
+def range_test_share(optimizers: int, spec: StudySpec, plan: StudyPlan) -> float:
+    """The range tests' steps for ``optimizers`` optimizers over the study's planned training steps."""
+    assert plan.shortest is not None
+    return optimizers * SweepConfig().steps / (spec.budget.n_trials * plan.shortest.steps)
+
+
+def default_note(prepared: Prepared) -> str:
+    """Why this study has ``lr: auto`` though its file does not say so ('' when it does not, or says so)."""
+    if not prepared.space.auto_lr_by_default:
+        return ""
+    share = range_test_share(len(prepared.space.auto_lr), prepared.spec, prepared.plan)
+    return (
+        f"lr: auto by default: the range tests ({len(prepared.space.auto_lr)} x {SweepConfig().steps} steps) cost "
+        f"{share:.0%} of the study's planned training, at most {RANGE_TEST_MAX_SHARE:.0%}; space.lr: catalog "
+        "searches the catalog's LR ranges instead"
+    )
 
 
 def apply_auto_lr(
@@ -31,7 +70,12 @@ def apply_auto_lr(
     ranges (study and MLflow), print them, and return ``prepared`` searching those ranges."""
     recorded = study.user_attrs.get(StudyKeys.LR_AUTO, {})
     missing = [name for name in prepared.space.auto_lr if name not in recorded]
+    if missing and prepared.space.auto_lr_by_default and not recorded and study.trials:
+        say("lr: the catalog's ranges, as this study began with them (set space.lr: auto for a range test)")
+        return replace(prepared, space=resolve_space(prepared.spec.space, _task_batch_size(prepared)))
     if missing:
+        if prepared.space.auto_lr_by_default:
+            say(default_note(prepared))
         batch_size = sweep_batch_size(prepared.space)
         findings = find_lrs(
             prepared.trains, missing, batch_size=batch_size, seed=prepared.spec.seed, device=prepared.device
@@ -48,14 +92,51 @@ def apply_auto_lr(
     return with_lr_ranges(prepared, study.user_attrs)
 
 
+RANGE_TEST_WAIT_S = 600.0
+"""How long a worker that joins a study before its range tests are recorded waits for them (``tuner run`` runs them
+before the first trial; a probe sweep of a command can take minutes)."""
+
+
+def wait_for_lr_ranges(
+    study: optuna.Study,
+    prepared: Prepared,
+    say: Callable[[str], None] = print,
+    timeout: float = RANGE_TEST_WAIT_S,
+    poll: float = 2.0,
+) -> Prepared:
+    """``prepared`` with the study's recorded LR ranges; a worker that joined a new study (no trial yet) while
+    ``tuner run`` is still running its range tests waits for them, up to ``timeout`` seconds, instead of searching
+    the catalog's ranges."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while _ranges_missing(study, prepared) and not study.trials:
+        if time.monotonic() >= deadline:
+            say(f"lr: auto: no LR ranges recorded after {timeout:g} s; searching the catalog's ranges")
+            break
+        if not said:
+            say("lr: auto: waiting for the LR range tests that `tuner run` runs before the first trial")
+            said = True
+        time.sleep(poll)
+    return with_lr_ranges(prepared, study.user_attrs)
+
+
+def _ranges_missing(study: optuna.Study, prepared: Prepared) -> bool:
+    recorded = study.user_attrs.get(StudyKeys.LR_AUTO, {})
+    return any(name not in recorded for name in prepared.space.auto_lr)
+
+
 def with_lr_ranges(prepared: Prepared, user_attrs: Mapping[str, Any]) -> Prepared:
     """``prepared`` with the LR ranges recorded on the study in its search space; unchanged without them."""
     found = user_attrs.get(StudyKeys.LR_AUTO)
     if not prepared.space.auto_lr or not found:
         return prepared
     ranges = {name: (row["low"], row["high"]) for name, row in found.items()}
-    batch_size = prepared.task.default_batch_size if prepared.task is not None else None
-    return replace(prepared, space=resolve_space(prepared.spec.space, batch_size, ranges))
+    by_default = prepared.space.auto_lr_by_default
+    return replace(prepared, space=resolve_space(prepared.spec.space, _task_batch_size(prepared), ranges, by_default))
+
+
+def _task_batch_size(prepared: Prepared) -> Optional[int]:
+    return prepared.task.default_batch_size if prepared.task is not None else None
 
 
 def sweep_batch_size(space: SearchSpace) -> Optional[int]:

@@ -24,6 +24,7 @@ from tuner.space import Fixed, Float, Int
 from tuner.spec import Budget, StudySpec, load_study
 from tuner.study.checkpoints import check_checkpoint_dir
 from tuner.study.checks import StudyPlan, check_study
+from tuner.study.lr_auto import lr_auto_by_default
 from tuner.study.pbt import check_pbt
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.study.storage.redact import mask_output
@@ -108,7 +109,8 @@ def prepare(
     spec_dir = spec_dir or os.getcwd()
     try:
         door = _load_door(spec, spec_dir)
-        space = resolve_space(spec.space, door.task.default_batch_size if door.task is not None else None)
+        batch_size = door.task.default_batch_size if door.task is not None else None
+        space = resolve_space(spec.space, batch_size)
         metric, direction = _metric_and_direction(spec, door.task)
         _check_door(spec)
         check_pbt(spec, space, door.task, train_budget(spec.budget))
@@ -116,6 +118,8 @@ def prepare(
         check_checkpoint_dir(spec)
         quiet_libraries()
         plan = check_study(spec, door.task, space, train_budget(spec.budget))
+        if lr_auto_by_default(spec, space, plan, batch_size):
+            space = resolve_space(spec.space, batch_size, lr_auto_default=True)
     except TunerError as error:
         raise TunerError(f"{where}: {error}") from None
     return Prepared(

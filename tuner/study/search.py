@@ -43,6 +43,7 @@ class SearchSpace:
         str, Dimension
     ]  # batch_size, weight_decay, weight_decay_mode, clip_norm, clip_value, warmup, warmup_kind
     auto_lr: tuple[str, ...] = ()  # optimizers whose LR range comes from an LR range test (`lr: auto`)
+    auto_lr_by_default: bool = False  # `space.lr` unset and the study cheap enough to test (tuner.study.lr_auto)
     switch: Optional[SwitchSearch] = None
 
     def sample(self, trial: TrialLike) -> Recipe:
@@ -117,16 +118,20 @@ def _suggest_all(trial: TrialLike, entry: EntrySpace) -> dict[str, Any]:
 
 
 def resolve_space(
-    space: SpaceSpec, default_batch_size: Optional[int], lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None
+    space: SpaceSpec,
+    default_batch_size: Optional[int],
+    lr_ranges: Optional[Mapping[str, tuple[float, float]]] = None,
+    lr_auto_default: bool = False,
 ) -> SearchSpace:
     """Check every name against the catalog and turn the file's ranges into dimensions.
 
     ``lr_ranges`` (optimizer -> (low, high)) replaces the LR range of the optimizers with ``lr: auto``; without it they
-    keep the catalog's range until the range test has run (see ``tuner.train.lr_range``).
+    keep the catalog's range until the range test has run (see ``tuner.train.lr_range``). ``lr_auto_default``: an
+    unset ``space.lr`` means ``auto`` (every optimizer without an LR of its own gets a range test).
     Raises ``TunerError`` naming the field (``space.optimizers.adam.beta2``), the value and the valid options.
     """
     entries = _entries(space.optimizers)
-    auto = tuple(name for name, overrides in entries.items() if _is_auto_lr(space, overrides))
+    auto = tuple(name for name, overrides in entries.items() if _is_auto_lr(space, overrides, lr_auto_default))
     optimizers = {
         name: _resolve_entry(
             "optimizer",
@@ -157,14 +162,21 @@ def resolve_space(
     _check_choice("space.weight_decay_mode", shared["weight_decay_mode"], ("coupled", "decoupled"))
     _check_choice("space.warmup_kind", shared["warmup_kind"], ("linear", "exponential"))
     return SearchSpace(
-        optimizers=optimizers, schedules=schedules, shared=shared, auto_lr=auto, switch=_resolve_switch(space)
+        optimizers=optimizers,
+        schedules=schedules,
+        shared=shared,
+        auto_lr=auto,
+        auto_lr_by_default=lr_auto_default and space.lr is None and bool(auto),
+        switch=_resolve_switch(space),
     )
 
 
-def _is_auto_lr(space: SpaceSpec, overrides: Mapping[str, Any]) -> bool:
-    """``lr: auto`` on the optimizer, or a top-level ``space.lr: auto`` that the optimizer does not override."""
+def _is_auto_lr(space: SpaceSpec, overrides: Mapping[str, Any], by_default: bool = False) -> bool:
+    """``lr: auto`` on the optimizer, or a top-level ``space.lr: auto`` (or, ``by_default``, none) that the
+    optimizer does not override."""
     lr = (overrides or {}).get("lr")
-    return lr == "auto" or (space.lr == "auto" and lr is None)
+    top = space.lr if space.lr is not None else ("auto" if by_default else None)
+    return lr == "auto" or (top == "auto" and lr is None)
 
 
 def _with_lr_range(overrides: Mapping[str, Any], auto: bool, lr_range: Optional[tuple[float, float]]) -> dict[str, Any]:

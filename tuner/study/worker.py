@@ -26,6 +26,7 @@ from typing import Any, Optional
 import optuna
 
 from tuner.errors import TunerError
+from tuner.study.lr_auto import wait_for_lr_ranges
 from tuner.study.prepare import Prepared, quiet_libraries
 from tuner.study.runner import RunOptions, busy_cpu_hint, join_study, open_tracker, optimize
 from tuner.study.runs import end_study
@@ -69,6 +70,7 @@ def run_worker(
     quiet_libraries()
     tracker = open_tracker(prepared.tracking_uri)
     study = join_study(prepared.spec.name, prepared.storage_url, tracker)
+    prepared = wait_for_lr_ranges(study, prepared, on_message)
     budget = prepared.spec.budget
     run_options = RunOptions(
         n_trials=options.n_trials or budget.n_trials,
