@@ -3,11 +3,14 @@
 Tasks where the optimizer and schedule matter: ``digits-cnn``, ``charlm``, an ill-conditioned noisy ``quadratic``
 (condition number 10^4, label noise 1.0) and an MLP on ``tabular-mlp`` (scikit-learn's breast-cancer set). Arms:
 
-* ``random``      random search over the catalog space (the five-line study file's), no pruning;
+* ``random``      random search over the catalog space (the five-line study file's, with the catalog's LR ranges:
+                  ``space.lr: catalog``), no pruning;
 * ``naive``       hand-written Optuna: ``TPESampler`` over optimizer choice + a log-uniform LR, nothing else, no
                   pruning, each trial ``tuner.fit`` (what a user writes first);
-* ``defaults``    the five-line study file as it is: tuner's default sampler and pruner;
-* ``lr-auto``     the same file with ``space.lr: auto`` (its LR range test's steps are counted);
+* ``defaults``    the five-line study file as it is: tuner's default sampler, pruner and LR ranges (``lr: auto``
+                  when its range tests cost at most a fifth of the planned study, as in every setup here);
+* ``catalog-lr``  the same file with ``space.lr: catalog`` (the defaults before ``lr: auto`` became one);
+* ``lr-auto``     the same file with ``space.lr: auto`` (its LR range test's steps are counted; not run unless named);
 * ``population``  the same file run with ``--population P``;
 * ``pbt``         ``strategy: pbt`` with ``budget.population: P``, when this tuner's study file accepts it.
 
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,6 +51,8 @@ OPTIMIZERS = ["adam", "adamw", "sgd", "momentum"]
 SCHEDULES = ["constant", "cosine", "one_cycle"]
 NAIVE_LR = (1e-5, 1e-1)  # the log-uniform range a user writes first
 POPULATION = 4  # members per pass on the CPU
+FULL_ARMS = ["random", "naive", "defaults", "catalog-lr", "population", "pbt"]
+QUICK_ARMS = ["random", "naive", "defaults"]  # the arms of the last lines
 MAX_TRIALS_FACTOR = 8  # an arm stops at C, or after this many times the random arm's trials
 
 
@@ -68,38 +73,38 @@ class TaskSetup:
         return self.trials * self.steps
 
 
-FULL = {
-    "digits-cnn": TaskSetup({"name": "digits-cnn", "options": {"channels": [8, 16]}}, 120, 20, 20),
+FULL = {  # studies of 64-96 trials: the quickstart's 50 and more (at 16-24 trials: docs/benchmarks.md)
+    "digits-cnn": TaskSetup({"name": "digits-cnn", "options": {"channels": [8, 16]}}, 120, 20, 80),
     "charlm": TaskSetup(
         {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 60000}},
         150,
         25,
-        16,
+        64,
         direction="minimize",
     ),
     "quadratic": TaskSetup(
         {"name": "quadratic", "options": {"dim": 50, "min_eig": 1e-4, "max_eig": 1.0, "noise": 1.0}},
         200,
         25,
-        24,
+        96,
         "excess_loss",
         "minimize",
     ),
     "tabular-mlp": TaskSetup(
-        {"name": "tabular-mlp", "options": {"dataset": "breast-cancer"}}, 100, 20, 24, "loss", "minimize"
+        {"name": "tabular-mlp", "options": {"dataset": "breast-cancer"}}, 100, 20, 96, "loss", "minimize"
     ),
 }
-QUICK = {
-    "digits-cnn": TaskSetup(FULL["digits-cnn"].task, 60, 15, 10),
+QUICK = {  # shorter runs, fewer trials, 3 seeds, the three arms of the last lines
+    "digits-cnn": TaskSetup(FULL["digits-cnn"].task, 60, 15, 40),
     "charlm": TaskSetup(
         {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 30000}},
         60,
         15,
-        10,
+        40,
         direction="minimize",
     ),
-    "quadratic": TaskSetup(FULL["quadratic"].task, 100, 20, 16, "excess_loss", "minimize"),
-    "tabular-mlp": TaskSetup(FULL["tabular-mlp"].task, 60, 15, 16, "loss", "minimize"),
+    "quadratic": TaskSetup(FULL["quadratic"].task, 100, 20, 64, "excess_loss", "minimize"),
+    "tabular-mlp": TaskSetup(FULL["tabular-mlp"].task, 60, 15, 64, "loss", "minimize"),
 }
 
 
@@ -115,11 +120,12 @@ class Run:
 
 
 def five_line_file(name: str, setup: TaskSetup, seed: int, directory: Path) -> dict[str, Any]:
-    """The study file a user writes first (name, task, budget, space) plus the bench's storage and seed."""
+    """The study file a user writes first (name, task, budget, space) plus the bench's storage and seed; its
+    ``n_trials`` is the random arm's (the study the user plans; an arm runs on past it until it has spent C)."""
     spec: dict[str, Any] = {
         "name": name,
         "task": setup.task,
-        "budget": {"steps": setup.steps, "eval_every": setup.eval_every},
+        "budget": {"steps": setup.steps, "eval_every": setup.eval_every, "n_trials": setup.trials},
         "space": {"optimizers": list(OPTIMIZERS), "schedules": list(SCHEDULES)},
         "seed": seed,
         "device": "cpu",
@@ -246,9 +252,10 @@ def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Callable[[TaskSe
         return tuner_arm(update)(setup, seed, directory)
 
     arms = {
-        "random": tuner_arm({"sampler": "random", "pruner": "none"}),
+        "random": tuner_arm({"sampler": "random", "pruner": "none", "space": {"lr": "catalog"}}),
         "naive": lambda setup, seed, directory: run_naive(setup, seed),
         "defaults": tuner_arm({}),
+        "catalog-lr": tuner_arm({"space": {"lr": "catalog"}}),
         "lr-auto": tuner_arm({"space": {"lr": "auto"}}),
         "population": tuner_arm({}, POPULATION),
         "pbt": pbt,
@@ -328,19 +335,22 @@ def fmt_steps(value: float) -> str:
 
 
 def print_table(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], setups: dict[str, TaskSetup]) -> None:
-    print("\n| task | arm | best at C (median) | steps to target (median) | reached | efficiency (median) | s/run |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| task | arm | best at C (median) | steps to target (median) | reached | efficiency (median) | per seed "
+        "| s/run |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for task, (target, rows) in results.items():
         setup = setups[task]
         for arm, row in rows.items():
             if "unavailable" in row:
-                print(f"| {task} | {arm} | n/a ({row['unavailable']}) | | | | |")
+                print(f"| {task} | {arm} | n/a ({row['unavailable']}) | | | | | |")
                 continue
             best = "none" if row["best"] is None else f"{row['best']:.4f}"
             print(
                 f"| {task} (C={setup.compute:,}, target {target:.4f}) | {arm} | {best} | {fmt_steps(row['to_target'])}"
                 f" | {row['reached']}/{len(row['ratios'])} | {statistics.median(row['ratios']):.2f}x"
-                f" | {row['seconds']:.1f} |"
+                f" | {' '.join(f'{r:.1f}' for r in row['ratios'])} | {row['seconds']:.1f} |"
             )
 
 
@@ -370,19 +380,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller budgets and 3 seeds (<= 8 minutes on 2 cores)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 5; 3 with --quick)")
     parser.add_argument("--tasks", nargs="+", default=None)
-    parser.add_argument("--arms", nargs="+", default=None)
+    parser.add_argument("--arms", nargs="+", default=None, help=f"default {FULL_ARMS}; with --quick {QUICK_ARMS}")
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON: an extra arm (a candidate default)")
+    parser.add_argument("--save", type=Path, default=None, help="also write every run to this JSON file")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", default=None, help="print the table of runs saved by --save (no training)"
+    )
     args = parser.parse_args()
+    setups = QUICK if args.quick else FULL
+    if args.combine:
+        saved = [json.loads(path.read_text()) for path in args.combine]
+        runs = {
+            task: {arm: [Run(**run) for run in arm_runs] for arm, arm_runs in by_arm.items()}
+            for data in saved
+            for task, by_arm in data["runs"].items()
+        }
+        return report(runs, setups, saved[0]["seeds"], 0.0)
 
     import torch
 
     torch.set_num_threads(1)
-    setups = QUICK if args.quick else FULL
     setups = {name: setups[name] for name in (args.tasks or setups)}
     seeds = list(range(args.seeds or (3 if args.quick else 5)))
     variants = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.variant)}
     arms = arm_table(variants)
-    arms = {name: arms[name] for name in (args.arms or arms)}
+    arms = {name: arms[name] for name in (args.arms or (QUICK_ARMS if args.quick else FULL_ARMS) + list(variants))}
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__} (1 thread); {'quick' if args.quick else 'full'}: {len(seeds)} seeds; "
@@ -390,22 +412,39 @@ def main() -> None:
         flush=True,
     )
     started = time.perf_counter()
-    results = {}
-    for task, setup in setups.items():
-        runs: dict[str, list[Run]] = {arm: [] for arm in arms}
-        for seed in seeds:
-            for arm, run in arms.items():
-                with tempfile.TemporaryDirectory() as directory:
-                    runs[arm].append(run(setup, seed, Path(directory)))
-                last = runs[arm][-1]
-                spent = last.upfront + sum(s for s, _ in last.trials)
-                shown = (
-                    f"n/a ({last.unavailable})" if last.unavailable else f"{len(last.trials)} trials, {spent:,} steps"
-                )
-                print(f"  {task} seed {seed} {arm}: {shown}, {last.seconds:.1f}s", flush=True)
-        results[task] = summarize(runs, setup)
+    runs = {task: run_arms(arms, setup, task, seeds) for task, setup in setups.items()}
+    if args.save:
+        data = {
+            "seeds": len(seeds),
+            "runs": {t: {a: [asdict(r) for r in rs] for a, rs in by_arm.items()} for t, by_arm in runs.items()},
+        }
+        args.save.write_text(json.dumps(data))
+    report(runs, setups, len(seeds), time.perf_counter() - started)
+
+
+def run_arms(
+    arms: dict[str, Callable[[TaskSetup, int, Path], Run]], setup: TaskSetup, task: str, seeds: list[int]
+) -> dict[str, list[Run]]:
+    """Every arm on one task, seed by seed (each run in a fresh directory), with a line per run."""
+    runs: dict[str, list[Run]] = {arm: [] for arm in arms}
+    for seed in seeds:
+        for arm, run in arms.items():
+            with tempfile.TemporaryDirectory() as directory:
+                runs[arm].append(run(setup, seed, Path(directory)))
+            last = runs[arm][-1]
+            spent = last.upfront + sum(s for s, _ in last.trials)
+            shown = f"n/a ({last.unavailable})" if last.unavailable else f"{len(last.trials)} trials, {spent:,} steps"
+            print(f"  {task} seed {seed} {arm}: {shown}, {last.seconds:.1f}s", flush=True)
+    return runs
+
+
+def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], seeds: int, wall: float) -> None:
+    """The table, each arm's median efficiency and head-to-head against naive, and the last line."""
+    results = {task: summarize(by_arm, setups[task]) for task, by_arm in runs.items()}
+    arms = list(dict.fromkeys(arm for by_arm in runs.values() for arm in by_arm))
     print_table(results, setups)
-    print(f"\nwall: {time.perf_counter() - started:.0f} s")
+    if wall:
+        print(f"\nwall: {wall:.0f} s")
     for arm in arms:
         ratio, count = overall(results, arm)
         if count:
@@ -416,7 +455,7 @@ def main() -> None:
             print(f"{arm:>12}: vs hand-written naive Optuna {versus:.2f}x (steps to the target; not reached = C)")
     ratio, count = overall(results, "defaults")
     shown = f"{ratio:.2f}x" if count else "n/a (the defaults arm did not run)"
-    print(f"efficiency vs random search: {shown} ({len(results)} tasks x {len(seeds)} seeds)")
+    print(f"efficiency vs random search: {shown} ({len(results)} tasks x {seeds} seeds)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ compute C, and `lr: auto`'s range test is counted."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -64,3 +65,30 @@ def test_the_naive_arm_is_plain_optuna_over_fit_and_stops_at_the_compute() -> No
     run = efficiency.run_naive(SETUP, seed=0)
     assert len(run.trials) == SETUP.trials and all(steps == SETUP.steps for steps, _ in run.trials)
     assert all(value is None or value > 0 for _, value in run.trials)
+
+
+def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    random = [Run(trials=[(20, v), (20, w)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]
+    defaults = [Run(trials=[(10, 0.3)], upfront=5), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])]
+    saved = []
+    for task in ("quadratic", "tabular-mlp"):
+        data = {"seeds": 3, "runs": {task: {"random": random, "defaults": defaults}}}
+        path = tmp_path / f"{task}.json"
+        path.write_text(json.dumps(data, default=efficiency.asdict))
+        saved.append(str(path))
+    sys.argv = ["efficiency.py", "--combine", *saved]
+    efficiency.main()
+    out = capsys.readouterr().out
+    # random reaches its target 0.3 at 40 steps (median); defaults at 15, 20 and never: 2.67x, 2.0x, 0 per task
+    assert "| quadratic (C=" in out and "| tabular-mlp (C=" in out and "| 2.7 2.0 0.0 |" in out
+    assert out.strip().splitlines()[-1] == "efficiency vs random search: 2.00x (2 tasks x 3 seeds)"
+
+
+def test_every_setup_gives_the_defaults_arm_lr_auto(tmp_path: Path) -> None:
+    """The defaults arm is the five-line file as a user writes it; in these setups its rule picks lr: auto."""
+    from tuner.spec import parse_study
+    from tuner.study.prepare import prepare
+
+    for setup in (*efficiency.FULL.values(), *efficiency.QUICK.values()):
+        spec = efficiency.five_line_file("bench", setup, 0, tmp_path)
+        assert prepare(parse_study(spec), spec_dir=str(ROOT)).space.auto_lr_by_default, setup.task
