@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from tests.helpers import mlflow_runs, write_study
-from tuner.train.lr_range import SweepConfig, diverged, find_lrs, suggest
+from tuner.train.lr_range import SweepConfig, diverged, find_lrs, suggest, sweeps_of
 
 LRS = SweepConfig(lr_start=1e-6, lr_end=10.0, steps=100).lrs()
 
@@ -125,6 +125,21 @@ def test_real_sweep_on_digits_orders_sgd_above_adam() -> None:
     at_suggestion = fit(task, Recipe("adam", adam.lr, batch_size=64), budget, device="cpu").best.metrics["accuracy"]
     too_low = fit(task, Recipe("adam", adam.low / 10, batch_size=64), budget, device="cpu").best.metrics["accuracy"]
     assert at_suggestion > 0.9 and at_suggestion > too_low + 0.05
+
+
+def test_adamw_shares_adams_sweep_which_it_repeats_step_for_step() -> None:
+    from tuner.tasks import load_task
+
+    task = load_task("digits-mlp", {"hidden": [32]})
+    config = SweepConfig(steps=40)
+    shared = find_lrs(task, ["adamw", "sgd", "adam"], batch_size=64, config=config, device="cpu")
+    alone = find_lrs(task, ["adamw"], batch_size=64, config=config, device="cpu")["adamw"]  # no adam: its own sweep
+    assert list(shared) == ["adamw", "sgd", "adam"]
+    assert shared["adamw"].losses == alone.losses == shared["adam"].losses  # the same update at weight decay 0
+    assert shared["adamw"].suggestion == alone.suggestion and shared["adamw"].optimizer == "adamw"
+    assert shared["adamw"].summary()["steps"] == 0 and shared["adam"].summary()["steps"] == len(alone.losses)
+    assert "adam's sweep" in shared["adamw"].stopped and alone.summary()["steps"] == len(alone.losses)
+    assert sweeps_of(("adamw", "sgd", "adam")) == 2 and sweeps_of(("adamw",)) == 1  # what lr: auto's rule counts
 
 
 def test_cli_lr_find_prints_json_and_plot(workdir: Path, cli) -> None:

@@ -24,7 +24,7 @@ from tuner.study.grid import is_grid
 from tuner.study.keys import StudyKeys
 from tuner.study.search import SearchSpace, resolve_space
 from tuner.tracking import Tracker
-from tuner.train.lr_range import SweepConfig, describe, find_lrs
+from tuner.train.lr_range import SweepConfig, describe, find_lrs, sweeps_of
 
 if TYPE_CHECKING:  # prepare builds the space with `lr_auto_by_default`, so it imports this module
     from tuner.study.prepare import Prepared
@@ -42,22 +42,23 @@ def lr_auto_by_default(spec: StudySpec, space: SearchSpace, plan: StudyPlan, bat
     if spec.space.lr is not None or plan.shortest is None or is_grid(spec.sampler) or spec.strategy == "pbt":
         return False
     tested = resolve_space(spec.space, batch_size, lr_auto_default=True).auto_lr
-    return bool(tested) and range_test_share(len(tested), spec, plan) <= RANGE_TEST_MAX_SHARE
+    return bool(tested) and range_test_share(tested, spec, plan) <= RANGE_TEST_MAX_SHARE
 
 
-def range_test_share(optimizers: int, spec: StudySpec, plan: StudyPlan) -> float:
-    """The range tests' steps for ``optimizers`` optimizers over the study's planned training steps."""
+def range_test_share(optimizers: tuple[str, ...], spec: StudySpec, plan: StudyPlan) -> float:
+    """The range tests' steps for ``optimizers`` over the study's planned training steps."""
     assert plan.shortest is not None
-    return optimizers * SweepConfig().steps / (spec.budget.n_trials * plan.shortest.steps)
+    return sweeps_of(optimizers) * SweepConfig().steps / (spec.budget.n_trials * plan.shortest.steps)
 
 
 def default_note(prepared: Prepared) -> str:
     """Why this study has ``lr: auto`` though its file does not say so ('' when it does not, or says so)."""
     if not prepared.space.auto_lr_by_default:
         return ""
-    share = range_test_share(len(prepared.space.auto_lr), prepared.spec, prepared.plan)
+    share = range_test_share(prepared.space.auto_lr, prepared.spec, prepared.plan)
+    sweeps = sweeps_of(prepared.space.auto_lr)
     return (
-        f"lr: auto by default: the range tests ({len(prepared.space.auto_lr)} x {SweepConfig().steps} steps) cost "
+        f"lr: auto by default: the range tests ({sweeps} x {SweepConfig().steps} steps) cost "
         f"{share:.0%} of the study's planned training, at most {RANGE_TEST_MAX_SHARE:.0%}; space.lr: catalog "
         "searches the catalog's LR ranges instead"
     )

@@ -57,6 +57,10 @@ if TYPE_CHECKING:
     from tuner.train.command import OwnTraining
 
 KNEE = 0.1  # the valley starts where the smoothed loss is within 10% of the total drop from its minimum
+SAME_SWEEP = {"adamw": "adam"}
+"""Optimizers whose range test would repeat another's, step for step: the sweep trains at weight decay 0, where AdamW
+is Adam (the quickstart's two sweeps gave the same suggestion and diverged at the same step). One sweep serves both,
+its steps counted once."""
 MEDIAN_WINDOW = 5
 MEAN_WINDOW = 5
 DIVERGENCE_FACTOR = 4.0
@@ -302,6 +306,11 @@ def range_test(
     )
 
 
+def sweeps_of(optimizers: Sequence[str]) -> int:
+    """How many range tests ``find_lrs`` runs for ``optimizers`` of a task (a shared sweep once: ``SAME_SWEEP``)."""
+    return sum(SAME_SWEEP.get(name) not in optimizers for name in optimizers)
+
+
 def find_lrs(
     trains: Union[Any, OwnTraining],
     optimizers: Sequence[str],
@@ -315,10 +324,20 @@ def find_lrs(
     own training (``OwnTraining``). Same seed for each, so every optimizer sees the same initial model and batches."""
     from tuner.train.command import OwnTraining
 
-    test = probe_sweep if isinstance(trains, OwnTraining) else range_test
-    return {
-        name: test(trains, name, batch_size=batch_size, config=config, seed=seed, device=device) for name in optimizers
-    }
+    if isinstance(trains, OwnTraining):  # the user's code may tell optimizers apart: every probe sweep runs
+        return {
+            name: probe_sweep(trains, name, batch_size=batch_size, config=config, seed=seed, device=device)
+            for name in optimizers
+        }
+    found: dict[str, LRFinding] = {}
+    for name in sorted(optimizers, key=lambda name: name in SAME_SWEEP):  # the sweeps others share first
+        twin = SAME_SWEEP.get(name)
+        if twin in found:
+            note = f"{found[twin].stopped}; {twin}'s sweep: the same update at the sweep's weight decay 0"
+            found[name] = replace(found[twin], optimizer=name, stopped=note, steps=0, seconds=0.0)
+        else:
+            found[name] = range_test(trains, name, batch_size=batch_size, config=config, seed=seed, device=device)
+    return {name: found[name] for name in optimizers}
 
 
 # -- own training: the probe sweep --------------------------------------------------------------------------------
