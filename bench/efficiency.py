@@ -384,17 +384,20 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON: an extra arm (a candidate default)")
     parser.add_argument("--save", type=Path, default=None, help="also write every run to this JSON file")
     parser.add_argument(
-        "--combine", type=Path, nargs="+", default=None, help="print the table of runs saved by --save (no training)"
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of runs saved by --save (no training); a later file's arm replaces an earlier one's",
     )
     args = parser.parse_args()
     setups = QUICK if args.quick else FULL
     if args.combine:
         saved = [json.loads(path.read_text()) for path in args.combine]
-        runs = {
-            task: {arm: [Run(**run) for run in arm_runs] for arm, arm_runs in by_arm.items()}
-            for data in saved
-            for task, by_arm in data["runs"].items()
-        }
+        runs: dict[str, dict[str, list[Run]]] = {}
+        for data in saved:  # a later file's arm of a task replaces an earlier one's (a rerun of that arm)
+            for task, by_arm in data["runs"].items():
+                runs.setdefault(task, {}).update({arm: [Run(**run) for run in rs] for arm, rs in by_arm.items()})
         return report(runs, setups, saved[0]["seeds"], 0.0)
 
     import torch

@@ -82,6 +82,13 @@ def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, ca
     # random reaches its target 0.3 at 40 steps (median); defaults at 15, 20 and never: 2.67x, 2.0x, 0 per task
     assert "| quadratic (C=" in out and "| tabular-mlp (C=" in out and "| 2.7 2.0 0.0 |" in out
     assert out.strip().splitlines()[-1] == "efficiency vs random search: 2.00x (2 tasks x 3 seeds)"
+    rerun = tmp_path / "rerun.json"  # a later file's arm replaces that arm: defaults at 10 steps in every seed
+    rerun.write_text(json.dumps({"seeds": 3, "runs": {"quadratic": {"defaults": [{"trials": [[10, 0.1]]}] * 3}}}))
+    sys.argv = ["efficiency.py", "--combine", *saved, str(rerun)]
+    efficiency.main()
+    out = capsys.readouterr().out
+    assert "| 4.0 4.0 4.0 |" in out and "| random |" in out  # quadratic's random arm kept from the first file
+    assert out.strip().splitlines()[-1] == "efficiency vs random search: 3.33x (2 tasks x 3 seeds)"
 
 
 def test_every_setup_gives_the_defaults_arm_lr_auto(tmp_path: Path) -> None:
