@@ -443,7 +443,9 @@ def run_arms(
 
 def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], seeds: int, wall: float) -> None:
     """The table, each arm's median efficiency and head-to-head against naive, and the last line."""
-    results = {task: summarize(by_arm, setups[task]) for task, by_arm in runs.items()}
+    results = {task: summarize(by_arm, setups[task]) for task, by_arm in runs.items() if "random" in by_arm}
+    for task in runs.keys() - results.keys():
+        print(f"{task}: no random arm, so no target (--combine these runs with a file that has it)")
     arms = list(dict.fromkeys(arm for by_arm in runs.values() for arm in by_arm))
     print_table(results, setups)
     if wall:
