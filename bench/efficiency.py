@@ -21,11 +21,18 @@ value at C, and the compute to first reach the target, the median final value of
 completion, their steps accumulated). Efficiency of a run = random search's median compute to the target / the run's
 (0 when it never gets there within C); the last line is the median over tasks x seeds for tuner's defaults.
 
-    python bench/efficiency.py [--quick] [--seeds 5] [--tasks digits-cnn charlm] [--arms random defaults]
-        [--variant NAME='{"pruner": {"name": "median", "options": {"n_warmup_steps": 20}}}']
+    python bench/efficiency.py [--quick] [--seeds 5] [--tasks digits-cnn charlm] [--arms random defaults] [--jobs 2]
+        [--variant NAME='{"pruner": {"name": "median", "options": {"n_warmup_steps": 20}}}'] [--save runs.json]
+
+``--quick`` runs only the arms of the last lines (random, naive, defaults) and stops naive and defaults as soon as a
+trial reaches the target (``--stop-at-target`` does that for any arms): random search runs every seed to C first
+(it sets the target), and the others' compute to the target -- all the last lines need -- is what the full run
+gives, because every arm is seeded and deterministic; only the "best at C" column is lost. Same tasks, same study
+sizes, same 5 seeds, in a fraction of the time.
 
 ``--variant`` adds an arm: the five-line file updated with that JSON (a candidate default), ``population`` and
-``strategy`` included. Training runs on the CPU with one thread, trials in this process.
+``strategy`` included. Training runs on the CPU, one thread per run, ``--jobs`` runs at once (default 2) in
+worker processes.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,7 +82,7 @@ class TaskSetup:
         return self.trials * self.steps
 
 
-FULL = {  # studies of 64-96 trials: the quickstart's 50 and more (at 16-24 trials: docs/benchmarks.md)
+SETUPS = {  # studies of 64-96 trials: the quickstart's 50 and more (at 16-24 trials: docs/benchmarks.md)
     "digits-cnn": TaskSetup({"name": "digits-cnn", "options": {"channels": [8, 16]}}, 120, 20, 80),
     "charlm": TaskSetup(
         {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 60000}},
@@ -94,18 +103,6 @@ FULL = {  # studies of 64-96 trials: the quickstart's 50 and more (at 16-24 tria
         {"name": "tabular-mlp", "options": {"dataset": "breast-cancer"}}, 100, 20, 96, "loss", "minimize"
     ),
 }
-QUICK = {  # shorter runs, fewer trials, 3 seeds, the three arms of the last lines
-    "digits-cnn": TaskSetup(FULL["digits-cnn"].task, 60, 15, 40),
-    "charlm": TaskSetup(
-        {"name": "charlm", "options": {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_chars": 30000}},
-        60,
-        15,
-        40,
-        direction="minimize",
-    ),
-    "quadratic": TaskSetup(FULL["quadratic"].task, 100, 20, 64, "excess_loss", "minimize"),
-    "tabular-mlp": TaskSetup(FULL["tabular-mlp"].task, 60, 15, 64, "loss", "minimize"),
-}
 
 
 @dataclass
@@ -117,6 +114,7 @@ class Run:
     upfront: int = 0
     unavailable: Optional[str] = None
     seconds: float = 0.0
+    stopped_at: Optional[float] = None  # the target it stopped at (--quick), None: it ran until it had spent C
 
 
 def five_line_file(name: str, setup: TaskSetup, seed: int, directory: Path) -> dict[str, Any]:
@@ -164,8 +162,11 @@ def range_test_steps(study: Any) -> int:
     return sum(int(row.get("steps", 0)) for row in study.user_attrs.get(StudyKeys.LR_AUTO, {}).values())
 
 
-def run_tuner(spec: dict[str, Any], setup: TaskSetup, directory: Path, population: int = 1) -> Run:
-    """A real study (prepare + run_study) until it has spent C steps (or hit the trial cap)."""
+def run_tuner(
+    spec: dict[str, Any], setup: TaskSetup, directory: Path, population: int = 1, target: Optional[float] = None
+) -> Run:
+    """A real study (prepare + run_study) until it has spent C steps (or hit the trial cap), or until a trial
+    reaches ``target`` when one is given."""
     from tuner.errors import TunerError
     from tuner.spec import parse_study
     from tuner.study.prepare import prepare
@@ -177,17 +178,24 @@ def run_tuner(spec: dict[str, Any], setup: TaskSetup, directory: Path, populatio
         return Run(unavailable=str(error).splitlines()[0][:80])
 
     def stop_at_compute(study: Any) -> None:
-        if range_test_steps(study) + sum(steps for steps, _ in trial_rows(study)) >= setup.compute:
+        rows = trial_rows(study)
+        if range_test_steps(study) + sum(steps for steps, _ in rows) >= setup.compute or hit(rows, target, setup):
             study.stop()
 
     started = time.perf_counter()
     options = RunOptions(n_trials=setup.trials * MAX_TRIALS_FACTOR, population=population)
     study = run_study(prepared, options, on_trial=stop_at_compute)
-    return Run(trial_rows(study), range_test_steps(study), seconds=time.perf_counter() - started)
+    return Run(trial_rows(study), range_test_steps(study), seconds=time.perf_counter() - started, stopped_at=target)
 
 
-def run_naive(setup: TaskSetup, seed: int) -> Run:
-    """Hand-written Optuna: TPE over optimizer + log-uniform LR, no pruning, each trial ``tuner.fit``."""
+def hit(rows: list[tuple[int, Optional[float]]], target: Optional[float], setup: TaskSetup) -> bool:
+    """Whether a run told to stop at ``target`` has a trial that reached it (its compute to the target is known)."""
+    return target is not None and any(reached(value, target, setup.direction) for _, value in rows)
+
+
+def run_naive(setup: TaskSetup, seed: int, target: Optional[float] = None) -> Run:
+    """Hand-written Optuna: TPE over optimizer + log-uniform LR, no pruning, each trial ``tuner.fit``; until it has
+    spent C, or until a trial reaches ``target`` when one is given."""
     import optuna
 
     from tuner.recipe import Recipe
@@ -209,7 +217,7 @@ def run_naive(setup: TaskSetup, seed: int) -> Run:
         counted = result.counted
         value = counted[metric] if counted and math.isfinite(counted[metric]) else None
         rows.append((result.steps_done, value))
-        if sum(steps for steps, _ in rows) >= setup.compute:
+        if sum(steps for steps, _ in rows) >= setup.compute or hit(rows, target, setup):
             trial.study.stop()
         return math.nan if value is None else value  # NaN: Optuna marks the trial FAIL, as a user's would be
 
@@ -217,7 +225,7 @@ def run_naive(setup: TaskSetup, seed: int) -> Run:
     study = optuna.create_study(direction=setup.direction, sampler=optuna.samplers.TPESampler(seed=seed))
     started = time.perf_counter()
     study.optimize(objective, n_trials=setup.trials * MAX_TRIALS_FACTOR)
-    return Run(rows, seconds=time.perf_counter() - started)
+    return Run(rows, seconds=time.perf_counter() - started, stopped_at=target)
 
 
 def pbt_available() -> bool:
@@ -227,19 +235,23 @@ def pbt_available() -> bool:
     return "strategy" in StudySpec.model_fields
 
 
-def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Callable[[TaskSetup, int, Path], Run]]:
-    """Arm name -> how to run it on (task setup, seed, fresh directory)."""
+Arm = Callable[[TaskSetup, int, Path, Optional[float]], Run]
+"""How to run one arm: (task setup, seed, a fresh directory, the target to stop at or None) -> its Run."""
 
-    def tuner_arm(update: dict[str, Any], population: int = 1) -> Callable[[TaskSetup, int, Path], Run]:
-        def run(setup: TaskSetup, seed: int, directory: Path) -> Run:
+
+def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Arm]:
+    """Arm name -> how to run it."""
+
+    def tuner_arm(update: dict[str, Any], population: int = 1) -> Arm:
+        def run(setup: TaskSetup, seed: int, directory: Path, target: Optional[float] = None) -> Run:
             spec = merged(five_line_file("bench", setup, seed, directory), update)
             budget = spec["budget"]  # PBT keeps budget.population (it checks it); others take it as the option
             members = budget.get("population") if "strategy" in spec else budget.pop("population", None)
-            return run_tuner(spec, setup, directory, members or population)
+            return run_tuner(spec, setup, directory, members or population, target)
 
         return run
 
-    def pbt(setup: TaskSetup, seed: int, directory: Path) -> Run:
+    def pbt(setup: TaskSetup, seed: int, directory: Path, target: Optional[float] = None) -> Run:
         if not pbt_available():
             return Run(unavailable="not available")
         # PBT owns the LR (one optimizer, a constant schedule it reshapes): adam, the catalog's first choice
@@ -249,11 +261,11 @@ def arm_table(variants: dict[str, dict[str, Any]]) -> dict[str, Callable[[TaskSe
             "space": {"optimizers": ["adam"], "schedules": ["constant"]},
             "pbt": {"interval": 1, "quantile": 0.25},
         }
-        return tuner_arm(update)(setup, seed, directory)
+        return tuner_arm(update)(setup, seed, directory, target)
 
-    arms = {
+    arms: dict[str, Arm] = {
         "random": tuner_arm({"sampler": "random", "pruner": "none", "space": {"lr": "catalog"}}),
-        "naive": lambda setup, seed, directory: run_naive(setup, seed),
+        "naive": lambda setup, seed, directory, target=None: run_naive(setup, seed, target),
         "defaults": tuner_arm({}),
         "catalog-lr": tuner_arm({"space": {"lr": "catalog"}}),
         "lr-auto": tuner_arm({"space": {"lr": "auto"}}),
@@ -305,11 +317,16 @@ def median_or_none(values: list[Optional[float]], direction: str) -> Optional[fl
     return None if math.isinf(middle) else middle
 
 
+def target_of(random_runs: list[Run], setup: TaskSetup) -> Optional[float]:
+    """The target: random search's median (over seeds) best value at C."""
+    return median_or_none([best_at(r, setup.compute, setup.direction) for r in random_runs], setup.direction)
+
+
 def summarize(runs: dict[str, list[Run]], setup: TaskSetup) -> tuple[float, dict[str, dict[str, Any]]]:
     """The target (random search's median best at C) and, per arm, median best, median compute to the target,
     how many seeds reached it, and each seed's efficiency against random search."""
     compute, direction = setup.compute, setup.direction
-    target = median_or_none([best_at(r, compute, direction) for r in runs["random"]], direction)
+    target = target_of(runs["random"], setup)
     if target is None:
         return math.nan, {}
     random_to = statistics.median(compute_to(r, target, direction, compute) for r in runs["random"])
@@ -319,8 +336,10 @@ def summarize(runs: dict[str, list[Run]], setup: TaskSetup) -> tuple[float, dict
             rows[arm] = {"unavailable": arm_runs[0].unavailable}
             continue
         to_target = [compute_to(r, target, direction, compute) for r in arm_runs]
+        stopped = any(r.stopped_at is not None for r in arm_runs)  # stopped at the target: no best at C
         rows[arm] = {
-            "best": median_or_none([best_at(r, compute, direction) for r in arm_runs], direction),
+            "best": None if stopped else median_or_none([best_at(r, compute, direction) for r in arm_runs], direction),
+            "stopped": stopped,
             "to_target": statistics.median(to_target),
             "reached": sum(math.isfinite(t) for t in to_target),
             "ratios": [random_to / t for t in to_target],  # inf steps: ratio 0
@@ -346,7 +365,13 @@ def print_table(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], set
             if "unavailable" in row:
                 print(f"| {task} | {arm} | n/a ({row['unavailable']}) | | | | | |")
                 continue
-            best = "none" if row["best"] is None else f"{row['best']:.4f}"
+            best = (
+                "not measured (stops at target)"
+                if row["stopped"]
+                else "none"
+                if row["best"] is None
+                else f"{row['best']:.4f}"
+            )
             print(
                 f"| {task} (C={setup.compute:,}, target {target:.4f}) | {arm} | {best} | {fmt_steps(row['to_target'])}"
                 f" | {row['reached']}/{len(row['ratios'])} | {statistics.median(row['ratios']):.2f}x"
@@ -377,12 +402,28 @@ def overall(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], arm: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller budgets and 3 seeds (<= 8 minutes on 2 cores)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 5; 3 with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"only the arms of the last lines ({QUICK_ARMS}), each stopped at the target",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
     parser.add_argument("--tasks", nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", default=None, help=f"default {FULL_ARMS}; with --quick {QUICK_ARMS}")
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON: an extra arm (a candidate default)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once (processes)")
+    parser.add_argument(
+        "--stop-at-target",
+        action="store_true",
+        help="every arm but random stops once a trial reaches the target (as --quick does): no best at C",
+    )
     parser.add_argument("--save", type=Path, default=None, help="also write every run to this JSON file")
+    parser.add_argument(
+        "--random-from",
+        type=Path,
+        default=None,
+        help="take random search's runs from this --save file instead of running them again (they are deterministic)",
+    )
     parser.add_argument(
         "--combine",
         type=Path,
@@ -391,31 +432,34 @@ def main() -> None:
         help="print the table of runs saved by --save (no training); a later file's arm replaces an earlier one's",
     )
     args = parser.parse_args()
-    setups = QUICK if args.quick else FULL
     if args.combine:
         saved = [json.loads(path.read_text()) for path in args.combine]
         runs: dict[str, dict[str, list[Run]]] = {}
         for data in saved:  # a later file's arm of a task replaces an earlier one's (a rerun of that arm)
             for task, by_arm in data["runs"].items():
                 runs.setdefault(task, {}).update({arm: [Run(**run) for run in rs] for arm, rs in by_arm.items()})
-        return report(runs, setups, saved[0]["seeds"], 0.0)
+        return report(runs, SETUPS, saved[0]["seeds"], 0.0)
 
     import torch
 
-    torch.set_num_threads(1)
-    setups = {name: setups[name] for name in (args.tasks or setups)}
-    seeds = list(range(args.seeds or (3 if args.quick else 5)))
+    setups = {name: SETUPS[name] for name in (args.tasks or SETUPS)}
+    seeds = list(range(args.seeds))
     variants = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.variant)}
-    arms = arm_table(variants)
-    arms = {name: arms[name] for name in (args.arms or (QUICK_ARMS if args.quick else FULL_ARMS) + list(variants))}
+    arms = args.arms or (QUICK_ARMS if args.quick else FULL_ARMS) + list(variants)
+    unknown = set(arms) - arm_table(variants).keys()
+    if unknown:
+        parser.error(f"unknown arms {sorted(unknown)}; known: {sorted(arm_table(variants))}")
+    stop = args.quick or args.stop_at_target
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__} (1 thread); {'quick' if args.quick else 'full'}: {len(seeds)} seeds; "
-        f"space {OPTIMIZERS} x {SCHEDULES}; PBT {'available' if pbt_available() else 'not available'}",
+        f"{torch.__version__} (1 thread per run, {args.jobs} runs at once); {'quick' if args.quick else 'full'}: "
+        f"{len(seeds)} seeds; space {OPTIMIZERS} x {SCHEDULES}; PBT {'' if pbt_available() else 'not '}available"
+        + ("; arms but random stop at the target" if stop else ""),
         flush=True,
     )
     started = time.perf_counter()
-    runs = {task: run_arms(arms, setup, task, seeds) for task, setup in setups.items()}
+    known = saved_random(args.random_from, setups, seeds) if args.random_from else {}
+    runs = run_all(arms, variants, setups, seeds, args.jobs, stop, known)
     if args.save:
         data = {
             "seeds": len(seeds),
@@ -425,20 +469,72 @@ def main() -> None:
     report(runs, setups, len(seeds), time.perf_counter() - started)
 
 
-def run_arms(
-    arms: dict[str, Callable[[TaskSetup, int, Path], Run]], setup: TaskSetup, task: str, seeds: list[int]
-) -> dict[str, list[Run]]:
-    """Every arm on one task, seed by seed (each run in a fresh directory), with a line per run."""
-    runs: dict[str, list[Run]] = {arm: [] for arm in arms}
-    for seed in seeds:
-        for arm, run in arms.items():
-            with tempfile.TemporaryDirectory() as directory:
-                runs[arm].append(run(setup, seed, Path(directory)))
-            last = runs[arm][-1]
-            spent = last.upfront + sum(s for s, _ in last.trials)
-            shown = f"n/a ({last.unavailable})" if last.unavailable else f"{len(last.trials)} trials, {spent:,} steps"
-            print(f"  {task} seed {seed} {arm}: {shown}, {last.seconds:.1f}s", flush=True)
-    return runs
+def saved_random(path: Path, setups: dict[str, TaskSetup], seeds: list[int]) -> dict[tuple[str, str, int], Run]:
+    """Random search's runs of these tasks and seeds from a ``--save`` file."""
+    runs = json.loads(path.read_text())["runs"]
+    return {
+        (task, "random", seed): Run(**runs[task]["random"][seed])
+        for task in setups
+        if "random" in runs.get(task, {})
+        for seed in seeds
+        if seed < len(runs[task]["random"])
+    }
+
+
+def run_one(arm: str, variants: dict[str, dict[str, Any]], setup: TaskSetup, seed: int, target: Optional[float]) -> Run:
+    """One arm on one task with one seed, in a fresh directory, torch on one thread (a worker process's job)."""
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as directory:
+        return arm_table(variants)[arm](setup, seed, Path(directory), target)
+
+
+def run_all(
+    arms: list[str],
+    variants: dict[str, dict[str, Any]],
+    setups: dict[str, TaskSetup],
+    seeds: list[int],
+    jobs: int,
+    stop_at_target: bool,
+    known: Optional[dict[tuple[str, str, int], Run]] = None,
+) -> dict[str, dict[str, list[Run]]]:
+    """Every arm on every task and seed, ``jobs`` runs at once, with a line per run (``known`` runs are not run
+    again). With ``stop_at_target`` a task's other arms start once its random search has run every seed (that sets
+    the target they stop at)."""
+    done: dict[tuple[str, str, int], Run] = dict(known or {})
+    others = [arm for arm in arms if arm != "random"]
+    waiting = dict.fromkeys(setups, "random" in arms and stop_at_target)
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) if jobs > 1 else ThreadPoolExecutor(1)
+    with pool:
+        pending = {
+            pool.submit(run_one, arm, variants, setups[task], seed, None): (task, arm, seed)
+            for task in setups
+            for arm in (["random"] if waiting[task] else arms)
+            for seed in seeds
+            if (task, arm, seed) not in done
+        }
+
+        def start_others(task: str) -> None:
+            if waiting[task] and all((task, "random", s) in done for s in seeds):
+                waiting[task] = False
+                target = target_of([done[task, "random", s] for s in seeds], setups[task])
+                for other in others:
+                    for s in seeds:
+                        pending[pool.submit(run_one, other, variants, setups[task], s, target)] = (task, other, s)
+
+        for task in setups:
+            start_others(task)
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task, arm, seed = pending.pop(future)
+                run = done[task, arm, seed] = future.result()
+                spent = run.upfront + sum(s for s, _ in run.trials)
+                shown = f"n/a ({run.unavailable})" if run.unavailable else f"{len(run.trials)} trials, {spent:,} steps"
+                print(f"  {task} seed {seed} {arm}: {shown}, {run.seconds:.1f}s", flush=True)
+                start_others(task)
+    return {task: {arm: [done[task, arm, s] for s in seeds] for arm in arms} for task in setups}
 
 
 def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], seeds: int, wall: float) -> None:

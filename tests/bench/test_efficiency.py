@@ -61,6 +61,39 @@ def test_tuner_arms_stop_at_the_compute_and_lr_auto_counts_its_range_test(tmp_pa
     assert len(auto.trials) == 1  # the range test alone spent C: the study stops after its first trial
 
 
+def test_stopping_at_the_target_keeps_each_runs_compute_to_it_so_quick_prints_the_full_last_line(
+    tmp_path: Path,
+) -> None:
+    """--quick stops naive and defaults at the target random search sets; arms are seeded and deterministic, so each
+    stopped run is the start of the full run and its compute to the target is the full run's."""
+    setups = {"quadratic": TaskSetup(SETUP.task, 20, 10, 6, "loss", "minimize")}
+    seeds, arms = [0, 1, 2], ["random", "naive", "defaults"]
+    full = efficiency.run_all(arms, {}, setups, seeds, jobs=1, stop_at_target=False)["quadratic"]
+    quick = efficiency.run_all(arms, {}, setups, seeds, jobs=1, stop_at_target=True)["quadratic"]
+    setup = setups["quadratic"]
+    target = efficiency.target_of(full["random"], setup)
+    assert [r.trials for r in quick["random"]] == [r.trials for r in full["random"]] and target == efficiency.target_of(
+        quick["random"], setup
+    )
+    for arm in ("naive", "defaults"):
+        for ran, stopped in zip(full[arm], quick[arm]):
+            assert stopped.stopped_at == target and ran.trials[: len(stopped.trials)] == stopped.trials
+            assert efficiency.compute_to(stopped, target, "minimize", setup.compute) == efficiency.compute_to(
+                ran, target, "minimize", setup.compute
+            )
+    assert sum(len(r.trials) for r in quick["defaults"]) < sum(len(r.trials) for r in full["defaults"])
+    assert (
+        efficiency.summarize(quick, setup)[1]["defaults"]["ratios"]
+        == efficiency.summarize(full, setup)[1]["defaults"]["ratios"]
+    )
+    saved = tmp_path / "full.json"  # --random-from: random search's saved runs set the target, nothing reruns them
+    saved.write_text(json.dumps({"seeds": 3, "runs": {"quadratic": full}}, default=efficiency.asdict))
+    known = efficiency.saved_random(saved, setups, seeds)
+    again = efficiency.run_all(["random", "defaults"], {}, setups, seeds, 1, True, known)["quadratic"]
+    assert again["random"] == [known["quadratic", "random", s] for s in seeds]
+    assert [r.trials for r in again["defaults"]] == [r.trials for r in quick["defaults"]]
+
+
 def test_the_naive_arm_is_plain_optuna_over_fit_and_stops_at_the_compute() -> None:
     run = efficiency.run_naive(SETUP, seed=0)
     assert len(run.trials) == SETUP.trials and all(steps == SETUP.steps for steps, _ in run.trials)
@@ -96,6 +129,6 @@ def test_every_setup_gives_the_defaults_arm_lr_auto(tmp_path: Path) -> None:
     from tuner.spec import parse_study
     from tuner.study.prepare import prepare
 
-    for setup in (*efficiency.FULL.values(), *efficiency.QUICK.values()):
+    for setup in efficiency.SETUPS.values():
         spec = efficiency.five_line_file("bench", setup, 0, tmp_path)
         assert prepare(parse_study(spec), spec_dir=str(ROOT)).space.auto_lr_by_default, setup.task
