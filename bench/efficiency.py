@@ -408,6 +408,7 @@ def main() -> None:
         help=f"only the arms of the last lines ({QUICK_ARMS}), each stopped at the target",
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ... (default 0)")
     parser.add_argument("--tasks", nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", default=None, help=f"default {FULL_ARMS}; with --quick {QUICK_ARMS}")
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON: an extra arm (a candidate default)")
@@ -443,7 +444,7 @@ def main() -> None:
     import torch
 
     setups = {name: SETUPS[name] for name in (args.tasks or SETUPS)}
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     variants = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.variant)}
     arms = args.arms or (QUICK_ARMS if args.quick else FULL_ARMS) + list(variants)
     unknown = set(arms) - arm_table(variants).keys()
@@ -463,6 +464,7 @@ def main() -> None:
     if args.save:
         data = {
             "seeds": len(seeds),
+            "first_seed": seeds[0],
             "runs": {t: {a: [asdict(r) for r in rs] for a, rs in by_arm.items()} for t, by_arm in runs.items()},
         }
         args.save.write_text(json.dumps(data))
@@ -471,13 +473,14 @@ def main() -> None:
 
 def saved_random(path: Path, setups: dict[str, TaskSetup], seeds: list[int]) -> dict[tuple[str, str, int], Run]:
     """Random search's runs of these tasks and seeds from a ``--save`` file."""
-    runs = json.loads(path.read_text())["runs"]
+    data = json.loads(path.read_text())
+    first = data.get("first_seed", 0)
     return {
-        (task, "random", seed): Run(**runs[task]["random"][seed])
+        (task, "random", seed): Run(**data["runs"][task]["random"][seed - first])
         for task in setups
-        if "random" in runs.get(task, {})
+        if "random" in data["runs"].get(task, {})
         for seed in seeds
-        if seed < len(runs[task]["random"])
+        if 0 <= seed - first < len(data["runs"][task]["random"])
     }
 
 

@@ -39,6 +39,24 @@ def test_an_early_spike_does_not_move_the_suggestion() -> None:
     assert suggest(LRS, spiked).lr == pytest.approx(suggest(LRS, CLEAN).lr, rel=0.25)
 
 
+def _flat_valley(lr: float) -> float:
+    """A noisy task's sweep: falls around lr 1e-2, then a long flat bottom up to lr 0.5, rising past it."""
+    x = math.log10(lr)
+    return 4.0 - 3.0 / (1 + math.exp(-6 * (x + 2))) + (0.0 if lr < 0.5 else 4 * (lr - 0.5))
+
+
+def test_the_range_reaches_the_far_end_of_a_flat_noisy_valley() -> None:
+    """The lowest smoothed loss of a flat bottom is where the noise put it (here a dip at lr 0.02-0.05); the range's
+    high is the highest LR still in the valley's band (the noisy quadratic's momentum sweep: min at 0.028, best full
+    runs at 0.36-0.42), not max(that minimum, 3x the suggestion): 0.073 here."""
+    rng = random.Random(0)
+    noisy = [_flat_valley(lr) + rng.gauss(0, 0.05) - (0.3 if 0.02 < lr < 0.05 else 0.0) for lr in LRS]
+    result = suggest(LRS, noisy)
+    assert 0.02 < result.lr_min_loss < 0.05 and result.lr < 0.03  # the minimum sits early in the valley
+    assert 0.3 < result.high < 0.8  # ... the range goes on to where the loss leaves the valley (0.5 + noise)
+    assert result.low == pytest.approx(result.lr / 10)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_noise_moves_the_suggestion_by_less_than_2x(seed: int) -> None:
     rng = random.Random(seed)

@@ -19,7 +19,12 @@ The suggestion is made to survive the two known failures of LR finders:
 Rule: with ``s`` the smoothed loss, ``s_min`` its minimum at ``lr_min_loss`` and ``drop`` the fall from the
 start level, the suggestion is the first LR where ``s`` is within ``KNEE`` of ``drop`` above ``s_min`` — the
 entrance of the valley, stable under noise in its flat bottom — and the safe range is
-``[suggestion / 10, max(lr_min_loss, 3 * suggestion)]``: past the lowest loss, training gets worse.
+``[suggestion / 10, max(valley exit, 3 * suggestion)]``, the valley exit being the highest LR where ``s`` is within
+that band: past it, training gets worse. Where the bottom is flat and noisy (a noisy loss, a
+sweep too short to separate LRs whose full runs differ) the minimum's position is chance, and full runs with a
+decaying schedule often do best near the valley's far end: the ill-conditioned noisy quadratic's sweeps put momentum's
+minimum at lr 0.028 in a valley reaching 0.45, random search's best runs had lr 0.36-0.42 (docs/benchmarks.md,
+"Efficiency"). Own training's probe sweep reads its range's high the same way (``suggest_probes``).
 
 When the sweep stopped on divergence at LR ``d``, nothing at or above ``d`` is proposed: the range's high and the
 suggestion are capped at the last LR of the sweep before ``d`` (and the low at the suggestion), and the note says so.
@@ -203,12 +208,14 @@ def _suggest(lrs: Sequence[float], finite: list[float]) -> Suggestion:
     noise = _noise(finite)
     if i_min == 0 or drop <= max(3 * noise, 1e-3 * abs(start)):
         return _fallback(lrs[i_min] / 10, lrs[i_min], "the loss barely fell; suggestion = LR of the lowest loss / 10")
-    knee = next(i for i in range(i_min + 1) if s[i] <= s[i_min] + KNEE * drop)
+    band = s[i_min] + KNEE * drop
+    knee = next(i for i in range(i_min + 1) if s[i] <= band)
+    valley_exit = max(i for i in range(i_min, len(s)) if s[i] <= band)
     lr = lrs[knee]
     return Suggestion(
         lr=lr,
         low=lr / 10,
-        high=max(lrs[i_min], 3 * lr),
+        high=max(lrs[valley_exit], 3 * lr),
         lr_min_loss=lrs[i_min],
         note="valley entrance of the smoothed loss",
     )
