@@ -29,6 +29,7 @@ TEAM_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",  # a frozen server: each call gives up after 2 s (tuner's own default is 10)
     "OMP_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
+    "PYTHONFAULTHANDLER": "1",  # a worker still running when a test gives up is sent SIGABRT: its stacks go to its log
 }
 
 
@@ -58,6 +59,20 @@ def _wait_for(condition, seconds: float, what: str, processes=()):
             )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stop_with_stacks(processes) -> None:
+    """Stop the workers still running (a test that gave up on them), each first writing every thread's stack to its
+    log (PYTHONFAULTHANDLER: SIGABRT), so a hang shows where it hung."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGABRT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _trials(url: str, name: str):
@@ -167,10 +182,8 @@ def test_three_workers_survive_a_sigkill_a_pause_an_mlflow_outage_and_a_postgres
         codes = [process.wait(timeout=300) for process in (runner, sleeper)]
     finally:
         mlflow_server.resume()
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.kill()
+        _stop_with_stacks(processes)
+        print("\n".join(f"--- {log.name}\n{log.read_text()[-6000:]}" for log in logs))  # shown when the test fails
     outputs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs)
     assert codes == [0, 0] and victim.returncode == -signal.SIGKILL, outputs
     assert "was failed as lost by another worker" in logs[2].read_text(), outputs
