@@ -9,12 +9,13 @@ import threading
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests.helpers import FIXTURES, write_study
 from tuner.optim import OPTIMIZERS
 from tuner.space import Float
-from tuner.study.keys import StudyKeys
-from tuner.study.lr_auto import wait_for_lr_ranges
+from tuner.study.keys import StudyKeys, TrialKeys
+from tuner.study.lr_auto import FIRST_TRIAL_LR_FACTOR, enqueue_suggested_lrs, wait_for_lr_ranges
 from tuner.study.prepare import prepare
 from tuner.study.runner import RunOptions, run_study
 
@@ -96,3 +97,55 @@ def test_a_worker_that_joins_during_the_range_tests_waits_for_their_ranges(workd
     given_up = wait_for_lr_ranges(alone, prepared, messages.append, timeout=0.3, poll=0.1)
     assert given_up.space.optimizers["sgd"].params["lr"] == OPTIMIZERS["sgd"].lr
     assert messages[-1] == "lr: auto: no LR ranges recorded after 0.3 s; searching the catalog's ranges"
+
+
+def test_a_new_study_first_tries_each_optimizer_at_the_multiple_of_its_suggestion(workdir: Path) -> None:
+    budget = {"epochs": 1, "n_trials": 200}
+    space = {"optimizers": ["adam", "sgd"], "schedules": ["constant", "cosine"], "batch_size": [64]}
+    messages: list[str] = []
+    study = run_study(
+        prepare(write_study(workdir, budget=budget, space=space)), RunOptions(n_trials=3), on_message=messages.append
+    )
+    found = study.user_attrs[StudyKeys.LR_AUTO]
+    first = sorted(study.trials, key=lambda t: t.number)[:2]
+    for trial, name in zip(first, ["adam", "sgd"]):
+        row = found[name]
+        lr = min(max(FIRST_TRIAL_LR_FACTOR * row["lr"], row["low"]), row["high"])
+        assert trial.user_attrs[TrialKeys.LR_SUGGESTED] == name
+        assert trial.params["optimizer"] == name and trial.params["schedule"] == "cosine"
+        assert trial.params[f"{name}.lr"] == pytest.approx(lr)
+    assert sum("lr: auto  first trial: " in message for message in messages) == 2
+    resumed = run_study(prepare(write_study(workdir, budget=budget, space=space)), RunOptions(n_trials=5))
+    assert len(resumed.trials) == 5
+    assert [t.number for t in resumed.trials if TrialKeys.LR_SUGGESTED in t.user_attrs] == [0, 1]
+
+
+def test_first_trials_set_only_what_the_space_draws_within_the_range_and_none_without_a_range_test(
+    workdir: Path,
+) -> None:
+    budget = {"epochs": 1, "n_trials": 200}
+    single = {"optimizers": ["adam"], "schedules": ["constant"], "batch_size": [32, 64]}
+    finding = {"adam": {"lr": 0.01, "low": 0.001, "high": 0.02, "batch_size": 64}}
+    study = optuna.create_study()
+    study.set_user_attr(StudyKeys.LR_AUTO, finding)
+    said: list[str] = []
+    enqueued = enqueue_suggested_lrs(study, prepare(write_study(workdir, budget=budget, space=single)), said.append)
+    assert enqueued == [{"adam.lr": 0.02, "batch_size": 64}]  # 3 x 0.01 capped at the range's high
+    assert said == ["lr: auto  first trial: adam at lr 0.02 (3 x the suggested 0.01, within [0.001, 0.02]), constant"]
+    assert enqueue_suggested_lrs(study, prepare(write_study(workdir, budget=budget, space=single))) == []  # queued
+    catalog = prepare(write_study(workdir, budget=budget, space={**single, "lr": "catalog"}))
+    fresh = optuna.create_study()
+    fresh.set_user_attr(StudyKeys.LR_AUTO, finding)
+    assert enqueue_suggested_lrs(fresh, catalog) == []
+    shutil.copy(FIXTURES / "user_train.py", workdir / "user_train.py")  # a probe sweep suggests its best probe
+    own_space = {**single, "lr": "auto"}
+    own = write_study(
+        workdir,
+        task=None,
+        train="user_train.py:train",
+        budget=budget,
+        metric="accuracy",
+        direction="maximize",
+        space=own_space,
+    )
+    assert prepare(own).space.auto_lr == ("adam",) and enqueue_suggested_lrs(fresh, prepare(own)) == []

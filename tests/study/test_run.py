@@ -14,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.helpers import mlflow_runs, write_study
+from tests.helpers import TINY_STUDY, mlflow_runs, write_study
 
 
 def _study(workdir: Path, name: str = "tiny") -> optuna.Study:
@@ -112,7 +112,10 @@ def test_jobs_run_local_workers_on_one_study(workdir: Path, cli) -> None:
 
 def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: Path) -> None:
     # runs until interrupted; ASHA reads the trial's reports from the study, so they are written at once (see below)
-    path = write_study(workdir, budget={"steps": 10_000_000, "eval_every": 200, "n_trials": 3}, pruner="asha")
+    # the catalog's LR ranges: no range test, so no first trials at its suggestions waiting in the queue
+    space = {**TINY_STUDY["space"], "lr": "catalog"}
+    budget = {"steps": 10_000_000, "eval_every": 200, "n_trials": 3}
+    path = write_study(workdir, budget=budget, pruner="asha", space=space)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "tuner", "run", str(path), "--tracking-uri", "none"],
@@ -138,7 +141,7 @@ def test_ctrl_c_marks_running_trial_interrupted_exits_130_and_resumes(workdir: P
     interrupted = [t for t in _study(workdir).trials if t.user_attrs.get("reason") == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
 
-    short = write_study(workdir, "short.yaml", budget={"epochs": 1, "n_trials": 1}, pruner="asha")  # resumes it
+    short = write_study(workdir, "short.yaml", budget={"epochs": 1, "n_trials": 1}, pruner="asha", space=space)
     resumed = subprocess.run(  # a shorter budget changes what the study is: said, and allowed
         [sys.executable, "-m", "tuner", "run", str(short), "--tracking-uri", "none", "--allow-change"],
         cwd=workdir,

@@ -17,6 +17,7 @@ class TrialKeys:
     POPULATION = "population"  # how many members it was stacked with (1: trained alone)
     TRACKING_ERRORS = "tracking_errors"  # what could not be logged to MLflow
     WARM_START = "warm_start"  # "study#number" it was enqueued from
+    LR_SUGGESTED = "lr_suggested"  # the optimizer whose range test's suggested LR it tries (a new study's first trials)
     RETRY_OF = "retry_of"  # the number of the interrupted trial it repeats
     GRID_POINT = "grid_point"  # the grid point it runs (a key of tuner.study.grid.Grid), on a grid study's trials
     RESUMED = "resumed_from"  # {"trial": N, "step": S}: it went on from trial N's checkpoint after S steps

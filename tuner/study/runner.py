@@ -27,7 +27,7 @@ from tuner.study.definition import check_unchanged, definition, storable
 from tuner.study.grid import check_grid_run, enqueue_grid, grid_of, grid_trials_only, is_grid
 from tuner.study.keys import StudyKeys, TrialKeys
 from tuner.study.lifecycle import TrialLifecycle, trial_seed
-from tuner.study.lr_auto import apply_auto_lr, with_lr_ranges
+from tuner.study.lr_auto import apply_auto_lr, enqueue_suggested_lrs, with_lr_ranges
 from tuner.study.prepare import Prepared, prepare, quiet_libraries
 from tuner.study.records import finished_count
 from tuner.study.runs import LostRunCloser, RunLinker, end_study
@@ -86,6 +86,7 @@ def run_study(
     prepared = apply_auto_lr(study, prepared, tracker, on_message)
     if options.warm_start:
         warm_start(study, prepared, options.warm_start, on_message)
+    enqueue_suggested_lrs(study, prepared, on_message)
     if is_grid(prepared.spec.sampler):  # the grid's points are the queue every worker takes trials from
         enqueue_grid(study, prepared.space, prepared.spec.sampler, prepared.spec.seed, options.n_trials, on_message)
     workers = _start_workers(prepared, options) if options.jobs > 1 else []
