@@ -149,3 +149,27 @@ def test_first_trials_set_only_what_the_space_draws_within_the_range_and_none_wi
         space=own_space,
     )
     assert prepare(own).space.auto_lr == ("adam",) and enqueue_suggested_lrs(fresh, prepare(own)) == []
+
+
+def test_a_first_trial_still_queued_when_the_space_changes_is_failed_with_the_reason_not_trained(
+    workdir: Path,
+) -> None:
+    budget = {"epochs": 1, "n_trials": 200}
+    space = {"optimizers": ["adam", "sgd"], "schedules": ["constant", "cosine"], "batch_size": [64]}
+    first = run_study(prepare(write_study(workdir, budget=budget, space=space)), RunOptions(n_trials=1))
+    queued = [t for t in first.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.user_attrs[TrialKeys.LR_SUGGESTED] for t in queued] == ["sgd"]
+    row = first.user_attrs[StudyKeys.LR_AUTO]["sgd"]
+    stale_lr = min(max(FIRST_TRIAL_LR_FACTOR * row["lr"], row["low"]), row["high"])
+    narrowed = {**space, "optimizers": {"adam": {}, "sgd": {"lr": {"low": stale_lr / 100, "high": stale_lr / 10}}}}
+    resumed = run_study(
+        prepare(write_study(workdir, budget=budget, space=narrowed)), RunOptions(n_trials=3, allow_change=True)
+    )
+    stale = resumed.trials[queued[0].number]
+    assert stale.state == optuna.trial.TrialState.FAIL
+    reason = stale.user_attrs[TrialKeys.REASON]
+    assert f"sgd.lr = {stale_lr!r} is outside [{stale_lr / 100:.4g}, {stale_lr / 10:.4g}]" in reason
+    assert "the study's space, which changed since" in reason and TrialKeys.STEPS_DONE not in stale.user_attrs
+    others = [t for t in resumed.trials if t.number != stale.number]
+    assert len(others) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in others)  # n_trials: 3
+    assert all(t.params["sgd.lr"] <= stale_lr / 10 for t in others if t.params["optimizer"] == "sgd")

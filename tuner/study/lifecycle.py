@@ -161,8 +161,14 @@ class TrialLifecycle:
             raise
         finally:
             for trial, reason in failed:
-                self._tell(trial, TrialOutcome("FAIL", reason))
+                self._fail_unstarted(trial, reason)
         return members
+
+    def _fail_unstarted(self, trial: optuna.Trial, reason: str) -> None:
+        """Fail a trial whose start failed (it has no MLflow run): its reason on the trial, then tell Optuna."""
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed as lost meanwhile: _tell says so
+            write_trial(trial, {TrialKeys.REASON: reason})
+        self._tell(trial, TrialOutcome("FAIL", reason))
 
     def _train(self, members: list[StartedTrial], pruning: Pruning, stacked: bool) -> None:
         started = time.perf_counter()
@@ -276,6 +282,7 @@ class TrialLifecycle:
         MLflow run exists), find the checkpoint it resumes from (``resumable``: it trains alone), then queue its
         MLflow run."""
         recipe = self.prepared.space.sample(trial)
+        check_queued_values(trial)
         seed = trial.user_attrs.get(TrialKeys.SEED, trial_seed(self.prepared.spec.seed, trial.number))
         attrs = {
             TrialKeys.RECIPE: recipe.to_dict(),
@@ -364,6 +371,41 @@ class TrialLifecycle:
             TrialResultDiscarded,
             stacklevel=3,
         )
+
+
+class QueuedOutsideSpace(Exception):
+    """A queued trial holds values the study's space no longer has (it changed since: ``--allow-change``)."""
+
+
+def check_queued_values(trial: optuna.Trial) -> None:
+    """Raise ``QueuedOutsideSpace`` when a trial taken from the queue (a first trial at the suggested LR, a warm
+    start's, a retry) holds a value outside the space it was sampled in: Optuna only warns and trains it. Sampled
+    values are always inside, so only queued ones can be outside."""
+    outside = [
+        f"{name} = {trial.params[name]!r} is outside {_described(dist)}"
+        for name, dist in trial.distributions.items()
+        if not _holds(dist, trial.params[name])
+    ]
+    if outside:
+        raise QueuedOutsideSpace(
+            f"queued with values outside the study's space, which changed since: {'; '.join(outside)} (not trained)"
+        )
+
+
+def _holds(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+        slack = 1e-9 * max(abs(distribution.low), abs(distribution.high))
+        return distribution.low - slack <= value <= distribution.high + slack
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return value in distribution.choices
+    return True
+
+
+def _described(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return f"the choices {list(distribution.choices)}"
+    low, high = getattr(distribution, "low", None), getattr(distribution, "high", None)
+    return f"[{low:.4g}, {high:.4g}]"
 
 
 def failure_reason(error: BaseException) -> str:
