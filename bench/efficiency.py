@@ -19,7 +19,9 @@ population counts every member's steps, ``lr: auto`` adds its range test's steps
 has spent the same compute C (the random arm's ``trials x steps``). Per task and arm: the median (over seeds) best
 value at C, and the compute to first reach the target, the median final value of random search (trials ordered by
 completion, their steps accumulated). Efficiency of a run = random search's median compute to the target / the run's
-(0 when it never gets there within C); the last line is the median over tasks x seeds for tuner's defaults.
+(0 when it never gets there within C); the last line is the median over tasks x seeds for tuner's defaults, the
+line before it a 90% bootstrap interval of that median (each task's seeds drawn again, random search's with them):
+with 5 seeds per task it is wide, and sets of 5 seeds differ by as much (docs/benchmarks.md).
 
     python bench/efficiency.py [--quick] [--seeds 5] [--tasks digits-cnn charlm] [--arms random defaults] [--jobs 2]
         [--variant NAME='{"pruner": {"name": "median", "options": {"n_warmup_steps": 20}}}'] [--save runs.json]
@@ -42,6 +44,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -63,6 +66,7 @@ POPULATION = 4  # members per pass on the CPU
 FULL_ARMS = ["random", "naive", "defaults", "catalog-lr", "population", "pbt"]
 QUICK_ARMS = ["random", "naive", "defaults"]  # the arms of the last lines
 MAX_TRIALS_FACTOR = 8  # an arm stops at C, or after this many times the random arm's trials
+BOOTSTRAP_ROUNDS = 1000  # redraws of the seeds behind the interval printed before the last line
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,29 @@ def overall(results: dict[str, tuple[float, dict[str, dict[str, Any]]]], arm: st
     return (statistics.median(ratios) if ratios else math.nan), len(ratios)
 
 
+def bootstrap_interval(
+    runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], arm: str, rounds: int = BOOTSTRAP_ROUNDS
+) -> Optional[tuple[float, float]]:
+    """A 90% interval of ``arm``'s median efficiency: each task's seeds drawn again with replacement ``rounds`` times
+    (random search's runs with them, so the target moves too), the 5th and 95th percentiles of the medians."""
+    draw = random.Random(0)
+    medians = []
+    for _ in range(rounds):
+        ratios = []
+        for task, by_arm in runs.items():
+            if arm not in by_arm or "random" not in by_arm:
+                continue
+            picks = [draw.randrange(len(by_arm["random"])) for _ in by_arm["random"]]
+            _, rows = summarize({a: [by_arm[a][i] for i in picks] for a in ("random", arm)}, setups[task])
+            ratios += rows.get(arm, {}).get("ratios", [])
+        if ratios:
+            medians.append(statistics.median(ratios))
+    if not medians:
+        return None
+    medians.sort()
+    return medians[int(0.05 * len(medians))], medians[math.ceil(0.95 * len(medians)) - 1]
+
+
 # -- the run ---------------------------------------------------------------------------------------------------------
 
 
@@ -558,6 +585,12 @@ def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], 
             versus = head_to_head(results, arm, "naive")
             print(f"{arm:>12}: vs hand-written naive Optuna {versus:.2f}x (steps to the target; not reached = C)")
     ratio, count = overall(results, "defaults")
+    interval = bootstrap_interval(runs, setups, "defaults") if count else None
+    if interval:
+        print(
+            f"    defaults: 90% bootstrap interval of that median {interval[0]:.2f}x - {interval[1]:.2f}x (each task's "
+            f"seeds drawn again {BOOTSTRAP_ROUNDS} times)"
+        )
     shown = f"{ratio:.2f}x" if count else "n/a (the defaults arm did not run)"
     print(f"efficiency vs random search: {shown} ({len(results)} tasks x {seeds} seeds)")
 

@@ -100,6 +100,20 @@ def test_the_naive_arm_is_plain_optuna_over_fit_and_stops_at_the_compute() -> No
     assert all(value is None or value > 0 for _, value in run.trials)
 
 
+def test_the_bootstrap_interval_redraws_each_tasks_seeds_with_random_searchs_so_the_target_moves_too() -> None:
+    steady = {"random": [Run(trials=[(20, 0.5), (20, 0.3)])] * 3, "defaults": [Run(trials=[(10, 0.3)])] * 3}
+    assert efficiency.bootstrap_interval({"quadratic": steady}, {"quadratic": SETUP}, "defaults") == (4.0, 4.0)
+    random = [Run(trials=[(20, v), (20, w)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]
+    defaults = [Run(trials=[(10, 0.3)], upfront=5), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])]
+    runs = {"quadratic": {"random": random, "defaults": defaults}}
+    low, high = efficiency.bootstrap_interval(runs, {"quadratic": SETUP}, "defaults", rounds=200)
+    # the median over these seeds is 2.0x (40/20); a redraw of three zeros (never reached) gives 0, of the first
+    # seed alone 40/15: every redraw lies between
+    assert 0.0 <= low < 2.0 < high <= 40 / 15
+    assert efficiency.bootstrap_interval(runs, {"quadratic": SETUP}, "defaults", rounds=200) == (low, high)
+    assert efficiency.bootstrap_interval(runs, {"quadratic": SETUP}, "naive") is None
+
+
 def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     random = [Run(trials=[(20, v), (20, w)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]
     defaults = [Run(trials=[(10, 0.3)], upfront=5), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])]
@@ -115,6 +129,7 @@ def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, ca
     # random reaches its target 0.3 at 40 steps (median); defaults at 15, 20 and never: 2.67x, 2.0x, 0 per task
     assert "| quadratic (C=" in out and "| tabular-mlp (C=" in out and "| 2.7 2.0 0.0 |" in out
     assert out.strip().splitlines()[-1] == "efficiency vs random search: 2.00x (2 tasks x 3 seeds)"
+    assert "    defaults: 90% bootstrap interval of that median " in out.strip().splitlines()[-2]
     rerun = tmp_path / "rerun.json"  # a later file's arm replaces that arm: defaults at 10 steps in every seed
     rerun.write_text(json.dumps({"seeds": 3, "runs": {"quadratic": {"defaults": [{"trials": [[10, 0.1]]}] * 3}}}))
     sys.argv = ["efficiency.py", "--combine", *saved, str(rerun)]
