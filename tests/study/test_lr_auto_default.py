@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import optuna
@@ -152,7 +153,7 @@ def test_first_trials_set_only_what_the_space_draws_within_the_range_and_none_wi
 
 
 def test_a_first_trial_still_queued_when_the_space_changes_is_failed_with_the_reason_not_trained(
-    workdir: Path,
+    workdir: Path, cli
 ) -> None:
     budget = {"epochs": 1, "n_trials": 200}
     space = {"optimizers": ["adam", "sgd"], "schedules": ["constant", "cosine"], "batch_size": [64]}
@@ -162,14 +163,18 @@ def test_a_first_trial_still_queued_when_the_space_changes_is_failed_with_the_re
     row = first.user_attrs[StudyKeys.LR_AUTO]["sgd"]
     stale_lr = min(max(FIRST_TRIAL_LR_FACTOR * row["lr"], row["low"]), row["high"])
     narrowed = {**space, "optimizers": {"adam": {}, "sgd": {"lr": {"low": stale_lr / 100, "high": stale_lr / 10}}}}
-    resumed = run_study(
-        prepare(write_study(workdir, budget=budget, space=narrowed)), RunOptions(n_trials=3, allow_change=True)
-    )
+    with warnings.catch_warnings(record=True) as caught:  # Optuna's own warning is not shown: tuner says why
+        warnings.simplefilter("always")
+        result = cli("run", write_study(workdir, budget=budget, space=narrowed), "--n-trials", 3, "--allow-change")
+    assert not [w for w in caught if "Fixed parameter" in str(w.message)]
+    assert result.exit_code == 0, result.output
+    resumed = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'tuner.db'}")
     stale = resumed.trials[queued[0].number]
     assert stale.state == optuna.trial.TrialState.FAIL
     reason = stale.user_attrs[TrialKeys.REASON]
-    assert f"sgd.lr = {stale_lr!r} is outside [{stale_lr / 100:.4g}, {stale_lr / 10:.4g}]" in reason
+    assert f"sgd.lr = {stale_lr:.4g} is outside [{stale_lr / 100:.4g}, {stale_lr / 10:.4g}]" in reason
     assert "the study's space, which changed since" in reason and TrialKeys.STEPS_DONE not in stale.user_attrs
+    assert f"failed: 1 x {reason}" in result.output
     others = [t for t in resumed.trials if t.number != stale.number]
     assert len(others) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in others)  # n_trials: 3
     assert all(t.params["sgd.lr"] <= stale_lr / 10 for t in others if t.params["optimizer"] == "sgd")

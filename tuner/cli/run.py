@@ -159,7 +159,8 @@ class _Progress:
 
 
 def _print_result(study: Any, metric: str) -> None:
-    """The study's counts and best recipe; when no trial completed and some failed, why (and exit 1)."""
+    """The study's counts, why trials failed (the most frequent reasons) and the best recipe; when no trial completed
+    and some failed, exit 1."""
     from tuner.study.records import best_record, failure_reasons, summarize
 
     summary = summarize(study)
@@ -175,6 +176,8 @@ def _print_result(study: Any, metric: str) -> None:
             typer.echo(f"  {count} x {example}", err=True)
         typer.echo(f"see every trial's reason: tuner show {study.study_name}", err=True)
         raise typer.Exit(1)
+    for _, count, example in failure_reasons(study) if summary.get("fail") else []:
+        typer.echo(f"failed: {count} x {example}", err=True)
     best = best_record(study)
     recipe = best.to_recipe()
     typer.echo(

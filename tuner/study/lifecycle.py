@@ -382,7 +382,7 @@ def check_queued_values(trial: optuna.Trial) -> None:
     start's, a retry) holds a value outside the space it was sampled in: Optuna only warns and trains it. Sampled
     values are always inside, so only queued ones can be outside."""
     outside = [
-        f"{name} = {trial.params[name]!r} is outside {_described(dist)}"
+        f"{name} = {_shown(trial.params[name])} is outside {_described(dist)}"
         for name, dist in trial.distributions.items()
         if not _holds(dist, trial.params[name])
     ]
@@ -399,6 +399,10 @@ def _holds(distribution: optuna.distributions.BaseDistribution, value: Any) -> b
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return value in distribution.choices
     return True
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
 
 
 def _described(distribution: optuna.distributions.BaseDistribution) -> str:

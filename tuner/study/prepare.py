@@ -234,3 +234,5 @@ def quiet_libraries() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*noload.*")
+    # a queued trial outside a changed space is failed with its reason (lifecycle.check_queued_values)
+    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
