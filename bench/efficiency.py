@@ -479,7 +479,7 @@ def main() -> None:
         parser.error(f"unknown arms {sorted(unknown)}; known: {sorted(arm_table(variants))}")
     stop = args.quick or args.stop_at_target
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__} (1 thread per run, {args.jobs} runs at once); {'quick' if args.quick else 'full'}: "
         f"{len(seeds)} seeds; space {OPTIMIZERS} x {SCHEDULES}; PBT {'' if pbt_available() else 'not '}available"
         + ("; arms but random stop at the target" if stop else ""),
@@ -496,6 +496,18 @@ def main() -> None:
         }
         args.save.write_text(json.dumps(data))
     report(runs, setups, len(seeds), time.perf_counter() - started)
+
+
+def cpu_model() -> str:
+    """The CPU's model and widest vector unit (runs are deterministic on one CPU, not across CPUs: float32 rounding
+    in a vector unit can move a trial's value and so the search after it; docs/benchmarks.md, seventh session)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    parts = [model or platform.processor() or platform.machine(), vector]
+    return ", ".join(part for part in parts if part)
 
 
 def saved_random(path: Path, setups: dict[str, TaskSetup], seeds: list[int]) -> dict[tuple[str, str, int], Run]:

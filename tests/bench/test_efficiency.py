@@ -114,6 +114,18 @@ def test_the_bootstrap_interval_redraws_each_tasks_seeds_with_random_searchs_so_
     assert efficiency.bootstrap_interval(runs, {"quadratic": SETUP}, "naive") is None
 
 
+def test_the_machine_line_names_the_cpu_model_since_runs_are_deterministic_only_on_one_cpu() -> None:
+    shown = efficiency.cpu_model()
+    cpuinfo = Path("/proc/cpuinfo")
+    models = (
+        [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")] if cpuinfo.exists() else []
+    )
+    if models:
+        assert shown.startswith(models[0].split(":", 1)[1].strip())
+    else:
+        assert shown
+
+
 def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     random = [Run(trials=[(20, v), (20, w)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]
     defaults = [Run(trials=[(10, 0.3)], upfront=5), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])]
