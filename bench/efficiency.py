@@ -34,7 +34,17 @@ sizes, same 5 seeds, in a fraction of the time.
 
 ``--variant`` adds an arm: the five-line file updated with that JSON (a candidate default), ``population`` and
 ``strategy`` included. Training runs on the CPU, one thread per run, ``--jobs`` runs at once (default 2) in
-worker processes.
+worker processes. Arms are deterministic on one CPU, not across CPUs (float32 rounding differs by vector unit), so
+the machine line names the CPU.
+
+A candidate is judged on several seed sets, each with its own target: run each set with ``--first-seed S --save``
+(``--random-from`` a saved set's random search to skip it), then ``--combine`` the files of every set: the table has
+one row group per task and set, and the medians, the interval and the last line pool every task-seed::
+
+    python bench/efficiency.py --quick --first-seed 5 --save set5.json          # and 0, 10, 15
+    python bench/efficiency.py --stop-at-target --arms random defaults --first-seed 5 --random-from set5.json \
+        --save candidate5.json                                                  # from the candidate's checkout
+    python bench/efficiency.py --combine set0.json set5.json ... candidate0.json candidate5.json ...
 """
 
 from __future__ import annotations
@@ -457,16 +467,12 @@ def main() -> None:
         type=Path,
         nargs="+",
         default=None,
-        help="print the table of runs saved by --save (no training); a later file's arm replaces an earlier one's",
+        help="print the table of runs saved by --save (no training); a later file's arm replaces an earlier one's; "
+        "files of several --first-seed sets pool, each set against its own target",
     )
     args = parser.parse_args()
     if args.combine:
-        saved = [json.loads(path.read_text()) for path in args.combine]
-        runs: dict[str, dict[str, list[Run]]] = {}
-        for data in saved:  # a later file's arm of a task replaces an earlier one's (a rerun of that arm)
-            for task, by_arm in data["runs"].items():
-                runs.setdefault(task, {}).update({arm: [Run(**run) for run in rs] for arm, rs in by_arm.items()})
-        return report(runs, SETUPS, saved[0]["seeds"], 0.0)
+        return combine([json.loads(path.read_text()) for path in args.combine])
 
     import torch
 
@@ -508,6 +514,36 @@ def cpu_model() -> str:
     vector = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
     parts = [model or platform.processor() or platform.machine(), vector]
     return ", ".join(part for part in parts if part)
+
+
+def combine(saved: list[dict[str, Any]]) -> None:
+    """The table of runs saved by ``--save``. Files of one seed set (``--first-seed``) merge, a later file's arm of a
+    task replacing an earlier one's (a rerun of that arm); files of several seed sets pool: each set's runs are
+    measured against that set's own target, and the medians and the last line are over every task-seed of them."""
+    sets: dict[int, dict[str, dict[str, list[Run]]]] = {}
+    seeds: dict[int, int] = {}
+    for data in saved:
+        first = data.get("first_seed", 0)
+        seeds[first] = max(seeds.get(first, 0), data["seeds"])
+        for task, by_arm in data["runs"].items():
+            by_set = sets.setdefault(first, {}).setdefault(task, {})
+            by_set.update({arm: [Run(**run) for run in rs] for arm, rs in by_arm.items()})
+    if len(sets) == 1:
+        return report(next(iter(sets.values())), SETUPS, next(iter(seeds.values())), 0.0)
+    labelled = {  # one row group per task and seed set, each with its own target
+        f"{task} seeds {first}-{first + seeds[first] - 1}": (task, by_arm)
+        for first, runs in sorted(sets.items())
+        for task, by_arm in runs.items()
+    }
+    tasks = {task for task, _ in labelled.values()}
+    scope = f"{len(tasks)} tasks x {sum(seeds.values())} seeds, {len(sets)} seed sets, each against its own target"
+    report(
+        {label: by_arm for label, (_, by_arm) in labelled.items()},
+        {label: SETUPS[task] for label, (task, _) in labelled.items()},
+        sum(seeds.values()),
+        0.0,
+        scope,
+    )
 
 
 def saved_random(path: Path, setups: dict[str, TaskSetup], seeds: list[int]) -> dict[tuple[str, str, int], Run]:
@@ -579,8 +615,15 @@ def run_all(
     return {task: {arm: [done[task, arm, s] for s in seeds] for arm in arms} for task in setups}
 
 
-def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], seeds: int, wall: float) -> None:
-    """The table, each arm's median efficiency and head-to-head against naive, and the last line."""
+def report(
+    runs: dict[str, dict[str, list[Run]]],
+    setups: dict[str, TaskSetup],
+    seeds: int,
+    wall: float,
+    scope: Optional[str] = None,
+) -> None:
+    """The table, each arm's median efficiency and head-to-head against naive, and the last line (``scope``: what it
+    is the median over; by default the tasks x seeds of the runs)."""
     results = {task: summarize(by_arm, setups[task]) for task, by_arm in runs.items() if "random" in by_arm}
     for task in runs.keys() - results.keys():
         print(f"{task}: no random arm, so no target (--combine these runs with a file that has it)")
@@ -604,7 +647,7 @@ def report(runs: dict[str, dict[str, list[Run]]], setups: dict[str, TaskSetup], 
             f"seeds drawn again {BOOTSTRAP_ROUNDS} times)"
         )
     shown = f"{ratio:.2f}x" if count else "n/a (the defaults arm did not run)"
-    print(f"efficiency vs random search: {shown} ({len(results)} tasks x {seeds} seeds)")
+    print(f"efficiency vs random search: {shown} ({scope or f'{len(results)} tasks x {seeds} seeds'})")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,32 @@ def test_saved_runs_combine_into_one_table_with_the_last_line(tmp_path: Path, ca
     assert out.strip().splitlines()[-1] == "efficiency vs random search: 3.33x (2 tasks x 3 seeds)"
 
 
+def test_saved_runs_of_several_seed_sets_pool_each_against_its_own_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    def runs(scale: float, defaults: list[Run]) -> dict[str, list[Run]]:
+        random = [Run(trials=[(20, v * scale), (20, w * scale)]) for v, w in ((0.5, 0.3), (0.6, 0.2), (0.4, 0.4))]
+        return {"random": random, "defaults": defaults}
+
+    first = runs(1.0, [Run(trials=[(10, 0.3)], upfront=5), Run(trials=[(20, 0.1)]), Run(trials=[(40, 0.9)])])
+    second = runs(0.1, [Run(trials=[(5, 0.01)]), Run(trials=[(10, 0.02)]), Run(trials=[(40, 0.9)])])
+    saved = []
+    for first_seed, by_arm in ((0, first), (3, second)):
+        path = tmp_path / f"set{first_seed}.json"
+        data = {"seeds": 3, "first_seed": first_seed, "runs": dict.fromkeys(("quadratic", "tabular-mlp"), by_arm)}
+        path.write_text(json.dumps(data, default=efficiency.asdict))
+        saved.append(str(path))
+    sys.argv = ["efficiency.py", "--combine", *saved]
+    efficiency.main()
+    out = capsys.readouterr().out
+    # targets 0.3 and 0.03, random search's median compute to each 40 steps: per seed 2.67, 2.0, 0 and 8.0, 4.0, 0
+    assert "| quadratic seeds 0-2 (C=19,200, target 0.3000) | defaults |" in out
+    assert "| quadratic seeds 3-5 (C=19,200, target 0.0300) | defaults |" in out and "| 8.0 4.0 0.0 |" in out
+    assert "defaults: median efficiency vs random search 2.33x over 12 task-seeds" in out
+    last = "efficiency vs random search: 2.33x (2 tasks x 6 seeds, 2 seed sets, each against its own target)"
+    assert out.strip().splitlines()[-1] == last
+
+
 def test_every_setup_gives_the_defaults_arm_lr_auto(tmp_path: Path) -> None:
     """The defaults arm is the five-line file as a user writes it; in these setups its rule picks lr: auto."""
     from tuner.spec import parse_study
