@@ -223,7 +223,7 @@ class StudySpec(Strict):
     )
     pruner: NamedOptions = Field(
         default_factory=lambda: NamedOptions(name="median"),
-        description="median, asha, hyperband or none; a name or {name, options}",
+        description="median, percentile, asha, hyperband or none; a name or {name, options}",
     )
     seed: int = 0
     deterministic: bool = Field(False, description="torch deterministic algorithms (bit-identical reruns on CPU)")

@@ -88,6 +88,12 @@ REFUSED = [
         {"pruner": {"name": "asha", "options": {"min_resource": 1000}}},
         ["pruner.options.min_resource", "1000", "46 optimizer steps"],
     ),
+    ("percentile-without-its-cut", {"pruner": "percentile"}, ["pruner 'percentile'", "bad options", "percentile"]),
+    (
+        "percentile-past-100",
+        {"pruner": {"name": "percentile", "options": {"percentile": 150}}},
+        ["pruner 'percentile'", "150"],
+    ),
     ("tpe-option", {"sampler": {"name": "tpe", "options": {"gamma": 0.5}}}, ["sampler 'tpe'", "gamma", "not callable"]),
     ("grid-option", {"sampler": {"name": "grid", "options": {"points": 0}}}, ["sampler 'grid'", "points=0"]),
 ]

@@ -166,3 +166,24 @@ def test_the_default_median_rule_prunes_from_the_third_trial_at_the_first_evalua
     assert "none pruned before 2 trials complete" in describe_search(
         NamedOptions(name="tpe"), NamedOptions(name="median")
     )
+
+
+def test_the_percentile_rule_cuts_where_the_file_says_with_the_median_rules_defaults(tmp_path: Path) -> None:
+    """`pruner: {name: percentile, options: {percentile: 25}}` keeps only trials in the best quarter at a step; from
+    the third trial on (the median rule's start-up), and decided in memory like the median rule."""
+    from tuner.spec import NamedOptions
+    from tuner.study.tables import describe_search, make_pruner
+
+    spec = NamedOptions(name="percentile", options={"percentile": 25})
+    study = _study(tmp_path, pruner=make_pruner(spec))
+    for value in (0.2, 0.4, 0.6, 0.8):  # four completed trials at step 10: median 0.5, best quarter from 0.65
+        done = study.ask()
+        done.report(value, 10)
+        study.tell(done, value)
+    above_median, in_best_quarter = study.ask(), study.ask()
+    pruning = Pruning(study, [above_median, in_best_quarter])
+    assert pruning.in_memory
+    assert pruning.report(above_median, 10, 0.55)  # the median rule would let it go on
+    assert not pruning.report(in_best_quarter, 10, 0.7)
+    line = describe_search(NamedOptions(name="tpe"), spec)
+    assert "pruner percentile (a trial goes on in the best 25%; none pruned before 2 trials complete)" in line

@@ -355,8 +355,8 @@ def check_pruner(spec: StudySpec, lengths: Sequence[RunLength]) -> None:
                 f"pruner.options: min_resource must be <= max_resource, got min_resource={low}, max_resource={high}"
             )
     longest = max((run.steps for run in lengths), default=None)
-    first = options.get("n_warmup_steps") if name == "median" else options.get("min_resource")
-    key = "n_warmup_steps" if name == "median" else "min_resource"
+    key = "n_warmup_steps" if name in ("median", "percentile") else "min_resource"
+    first = options.get(key)
     if longest is not None and isinstance(first, (int, float)) and first >= longest and name != "none":
         raise TunerError(
             f"pruner.options.{key}: {first} steps, but the longest trial runs {longest} optimizer steps: the pruner "
