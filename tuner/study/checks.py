@@ -46,7 +46,7 @@ from tuner.space import Choice, Dimension, Fixed, Float, Int
 from tuner.spec import StudySpec
 from tuner.study.grid import Grid, GridQueueSampler
 from tuner.study.search import EntrySpace, SearchSpace
-from tuner.study.tables import make_pruner, make_sampler
+from tuner.study.tables import PERCENTILE_RULES, make_pruner, make_sampler
 from tuner.tasks import Task, loaders_of
 from tuner.train import TrainBudget
 from tuner.train.data import length
@@ -355,7 +355,7 @@ def check_pruner(spec: StudySpec, lengths: Sequence[RunLength]) -> None:
                 f"pruner.options: min_resource must be <= max_resource, got min_resource={low}, max_resource={high}"
             )
     longest = max((run.steps for run in lengths), default=None)
-    key = "n_warmup_steps" if name in ("median", "percentile") else "min_resource"
+    key = "n_warmup_steps" if name in PERCENTILE_RULES else "min_resource"
     first = options.get(key)
     if longest is not None and isinstance(first, (int, float)) and first >= longest and name != "none":
         raise TunerError(

@@ -30,10 +30,13 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
 
 MEDIAN_DEFAULTS = {"n_startup_trials": 2, "n_warmup_steps": 0}
 """The median rule's defaults (and the percentile rule's, its generalisation): prune from the third trial on, at any
-evaluation. Optuna's 5 start-up trials spend
-5 whole runs before anything is pruned. ``bench/efficiency.py`` (docs/benchmarks.md, "Efficiency"): random search's
-median final value reached with 1/1.70 of its compute with 2 against 1/1.62 with 5 (4 tasks x 5 seeds; better on
-digits-cnn, charlm and tabular-mlp, worse on the quadratic), 1/1.44 against 1/1.15 in the quick suite."""
+evaluation. Optuna's 5 start-up trials spend 5 whole runs before anything is pruned. ``bench/efficiency.py``
+(docs/benchmarks.md, "Efficiency"): random search's median final value reached with 1/1.70 of its compute with 2
+against 1/1.62 with 5 (4 tasks x 5 seeds; better on digits-cnn, charlm and tabular-mlp, worse on the quadratic),
+1/1.44 against 1/1.15 in the quick suite."""
+
+PERCENTILE_RULES = ("median", "percentile")
+"""Pruners that compare a trial with the completed trials at the same step, built with ``MEDIAN_DEFAULTS``."""
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "median": lambda **o: optuna.pruners.MedianPruner(**{**MEDIAN_DEFAULTS, **o}),
@@ -97,7 +100,7 @@ def describe_search(
             parts[0] += f" (its first {startup} trials are drawn at random)"
     if pruner.name == "none":
         parts.append("no pruning")
-    elif pruner.name in ("median", "percentile"):
+    elif pruner.name in PERCENTILE_RULES:
         options = {**MEDIAN_DEFAULTS, **pruner.options}
         kept = "" if pruner.name == "median" else f"a trial goes on in the best {options.get('percentile')}%; "
         parts.append(
